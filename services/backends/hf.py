@@ -1,0 +1,85 @@
+"""The ``hf`` backend: transformers in the service's own process, on CPU or GPU.
+
+The forward pass runs on one dedicated thread so the event loop keeps accepting and validating requests
+while a batch computes (torch releases the GIL inside its kernels). Inputs are right-padded with the
+model's pad id: with causal attention, padding after a sequence cannot change it, and the model's own
+last-non-pad-token pooling finds the same position alone or in any batch, so a score never depends on its
+neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from services.backends.base import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+def pad_id_for(tokenizer: PreTrainedTokenizerBase, model_pad_id: int | None) -> int:
+    for candidate in (model_pad_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the model has no pad token id and the tokenizer has neither a pad nor an eos token")
+
+
+class HFClassifier:
+    """A transformers ``AutoModelForSequenceClassification`` behind the ``ClassifierBackend`` interface."""
+
+    name = "hf"
+    cost_model = "padded"
+    concurrency = 1
+
+    def __init__(
+        self,
+        model_dir: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir,
+            dtype=getattr(torch, self.dtype),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        ).to(self.device)
+        self.model.eval()
+        self.pad_id = pad_id_for(tokenizer, self.model.config.pad_token_id)
+        # Batched last-token pooling needs the pad id on the config (Llama-style heads read it there).
+        self.model.config.pad_token_id = self.pad_id
+        self.num_outputs = int(self.model.config.num_labels)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-forward")
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Synchronous forward pass (the benchmark's in-process reference calls this directly)."""
+        longest = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+            ).logits
+        return logits.float().cpu().numpy()
+
+    async def classify(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.forward, batch)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,118 @@
+"""The ``rewardline`` command: one entry point for serving, building local models, training and the demo.
+
+Each program's options come from its typed configuration object (services.config_loading), so a flag, a
+YAML key and a field are always the same thing. Heavy imports (torch, vLLM, the trainer) happen inside the
+handlers, so ``rewardline --help`` and a reward service never pay for parts they do not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from services.config import ServeConfig
+from services.config_loading import ConfigError, add_config_flags, load_config
+from services.logs import setup_logging
+
+SERVICE_KINDS = {
+    "reward": "scalar and multi-attribute reward models (sequence-classification checkpoints)",
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(ServeConfig, args)
+    setup_logging(config.log_level)
+    if config.num_threads:
+        import torch
+
+        torch.set_num_threads(config.num_threads)
+    from services.server import serve
+
+    serve(config)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    """Scores samples from a JSONL file (or one prompt/response pair) against a running service."""
+    from google.protobuf.json_format import MessageToDict
+
+    from services.client import RewardClient
+
+    if args.input:
+        lines = Path(args.input).read_text().splitlines()
+        samples = [json.loads(line) for line in lines if line.strip()]
+    else:
+        samples = [{"id": "0", "prompt": args.prompt or "", "response": args.response or ""}]
+    with RewardClient(args.target, timeout=args.timeout) as client:
+        for reward in client.score(samples):
+            print(json.dumps(MessageToDict(reward, preserving_proto_field_name=True)))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from services.client import RewardClient
+
+    with RewardClient(args.target, timeout=args.timeout) as client:
+        print(json.dumps(MessageToDict(client.info(), preserving_proto_field_name=True), indent=2))
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="serve a reward model over gRPC", description="Serve a reward model over gRPC.")
+    kinds = serve.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, help_text in SERVICE_KINDS.items():
+        p = kinds.add_parser(kind, help=help_text, description=f"Serve {help_text}.")
+        add_config_flags(p, ServeConfig, skip={"kind"})
+        p.set_defaults(handler=_serve)
+
+
+def _add_client(sub: argparse._SubParsersAction) -> None:
+    score = sub.add_parser("score", help="score samples against a running service")
+    score.add_argument("--target", default="127.0.0.1:50051", help="host:port or dns:///name:port")
+    score.add_argument("--input", type=Path, help="JSONL with id, prompt, response (or messages) per line")
+    score.add_argument("--prompt")
+    score.add_argument("--response")
+    score.add_argument("--timeout", type=float, default=60.0)
+    score.set_defaults(handler=_score)
+    info = sub.add_parser("info", help="describe the model behind a running service")
+    info.add_argument("--target", default="127.0.0.1:50051")
+    info.add_argument("--timeout", type=float, default=10.0)
+    info.set_defaults(handler=_info)
+
+
+def _add_extensions(sub: argparse._SubParsersAction) -> None:
+    from trainer.cli import add_commands
+
+    add_commands(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rewardline",
+        description="Reward models served over gRPC to online RL trainers, and the trainer that uses them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_client(sub)
+    _add_extensions(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Nothing is fetched from a model hub at run time: models come from local directories.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as e:
+        print(f"rewardline {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

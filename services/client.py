@@ -1,0 +1,196 @@
+"""The Python client of RewardService, synchronous and asyncio.
+
+Retries and load balancing are gRPC's own, configured through the channel's service config rather than a
+hand-written loop: UNAVAILABLE (a pod starting, draining or gone) is retried with exponential backoff, and a
+``dns:///name:port`` target with ``round_robin`` spreads calls over every address the name resolves to —
+the pods behind a headless Kubernetes Service. A retried RPC produced no reward on the failed attempt, so a
+retry never scores a sample twice into one answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence, Union
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.api import REWARD_SERVICE, pb, pb_grpc
+
+SampleLike = Union[pb.Sample, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC retry policy for the RewardService methods (see gRFC A6)."""
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    backoff_multiplier: float = 2.0
+    retryable_codes: tuple[str, ...] = ("UNAVAILABLE",)
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    retry: RetryPolicy | None = field(default_factory=RetryPolicy)
+    load_balancing: str = "round_robin"
+    max_message_mb: float = 64.0
+    keepalive_s: float = 30.0
+
+
+def service_config(settings: ChannelSettings) -> str:
+    method: dict[str, Any] = {"name": [{"service": REWARD_SERVICE}]}
+    if settings.retry is not None:
+        r = settings.retry
+        method["retryPolicy"] = {
+            "maxAttempts": r.max_attempts,
+            "initialBackoff": f"{r.initial_backoff_s}s",
+            "maxBackoff": f"{r.max_backoff_s}s",
+            "backoffMultiplier": r.backoff_multiplier,
+            "retryableStatusCodes": list(r.retryable_codes),
+        }
+    return json.dumps({"loadBalancingConfig": [{settings.load_balancing: {}}], "methodConfig": [method]})
+
+
+def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
+    size = int(settings.max_message_mb * 1024 * 1024)
+    return [
+        ("grpc.service_config", service_config(settings)),
+        ("grpc.enable_retries", 1 if settings.retry is not None else 0),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 0),
+    ]
+
+
+def to_sample(sample: SampleLike, index: int = 0) -> pb.Sample:
+    """A Sample from a proto or a dict with ``id``, ``prompt``/``response`` or ``messages``, ``reference``."""
+    if isinstance(sample, pb.Sample):
+        return sample
+    messages = [pb.Message(role=m["role"], content=m["content"]) for m in sample.get("messages", ())]
+    return pb.Sample(
+        id=str(sample.get("id", index)),
+        prompt=sample.get("prompt", ""),
+        response=sample.get("response", ""),
+        messages=messages,
+        reference=sample.get("reference", "") or "",
+    )
+
+
+def to_request(samples: Iterable[SampleLike]) -> pb.ScoreRequest:
+    return pb.ScoreRequest(samples=[to_sample(s, i) for i, s in enumerate(samples)])
+
+
+def _stream_requests(items: Iterable[SampleLike | Sequence[SampleLike]]) -> Iterator[pb.ScoreRequest]:
+    for item in items:
+        if isinstance(item, (pb.Sample, Mapping)):
+            yield pb.ScoreRequest(samples=[to_sample(item)])
+        else:
+            yield to_request(item)
+
+
+class RewardClient:
+    """Blocking client. ``timeout`` is each call's deadline in seconds (None: no deadline)."""
+
+    def __init__(self, target: str, timeout: float | None = 60.0, settings: ChannelSettings | None = None) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target, options=channel_options(settings or ChannelSettings()))
+        self.stub = pb_grpc.RewardServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def score(self, samples: Iterable[SampleLike], timeout: float | None = None) -> list[pb.Reward]:
+        """One Reward per sample, in order."""
+        response = self.stub.Score(to_request(samples), timeout=timeout or self.timeout, wait_for_ready=True)
+        return list(response.rewards)
+
+    def score_stream(
+        self, items: Iterable[SampleLike | Sequence[SampleLike]], timeout: float | None = None
+    ) -> Iterator[pb.Reward]:
+        """Streams samples (one at a time, or in lists) and yields rewards as they are ready, in any order."""
+        for response in self.stub.ScoreStream(_stream_requests(items), timeout=timeout, wait_for_ready=True):
+            yield from response.rewards
+
+    def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
+        return self.stub.GetInfo(pb.GetInfoRequest(), timeout=timeout or self.timeout, wait_for_ready=True)
+
+    def compare(self, prompt: str, response_a: str, response_b: str, reference: str = "", id: str = "",
+                timeout: float | None = None) -> pb.CompareResponse:
+        request = pb.CompareRequest(id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference)
+        return self.stub.Compare(request, timeout=timeout or self.timeout, wait_for_ready=True)
+
+    def health(self, service: str = REWARD_SERVICE, timeout: float = 5.0) -> str:
+        """"SERVING", "NOT_SERVING", ... (raises grpc.RpcError when the server cannot be reached)."""
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "RewardClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRewardClient:
+    """asyncio client with the same methods as RewardClient."""
+
+    def __init__(self, target: str, timeout: float | None = 60.0, settings: ChannelSettings | None = None) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(settings or ChannelSettings()))
+        self.stub = pb_grpc.RewardServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    async def score(self, samples: Iterable[SampleLike], timeout: float | None = None) -> list[pb.Reward]:
+        response = await self.stub.Score(to_request(samples), timeout=timeout or self.timeout, wait_for_ready=True)
+        return list(response.rewards)
+
+    async def score_stream(
+        self, items: AsyncIterable[SampleLike | Sequence[SampleLike]] | Iterable[SampleLike | Sequence[SampleLike]],
+        timeout: float | None = None,
+    ) -> AsyncIterator[pb.Reward]:
+        async def requests() -> AsyncIterator[pb.ScoreRequest]:
+            if hasattr(items, "__aiter__"):
+                async for item in items:  # type: ignore[union-attr]
+                    for request in _stream_requests([item]):
+                        yield request
+            else:
+                for request in _stream_requests(items):  # type: ignore[arg-type]
+                    yield request
+
+        call = self.stub.ScoreStream(requests(), timeout=timeout, wait_for_ready=True)
+        async for response in call:
+            for reward in response.rewards:
+                yield reward
+
+    def open_stream(self, timeout: float | None = None) -> grpc.aio.StreamStreamCall:
+        """A raw ScoreStream call: ``await call.write(ScoreRequest)``, ``await call.read()``,
+        ``await call.done_writing()`` — for callers that send and receive from separate tasks (the trainer)."""
+        return self.stub.ScoreStream(timeout=timeout, wait_for_ready=True)
+
+    async def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
+        return await self.stub.GetInfo(pb.GetInfoRequest(), timeout=timeout or self.timeout, wait_for_ready=True)
+
+    async def compare(self, prompt: str, response_a: str, response_b: str, reference: str = "", id: str = "",
+                      timeout: float | None = None) -> pb.CompareResponse:
+        request = pb.CompareRequest(id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference)
+        return await self.stub.Compare(request, timeout=timeout or self.timeout, wait_for_ready=True)
+
+    async def health(self, service: str = REWARD_SERVICE, timeout: float = 5.0) -> str:
+        response = await self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "AsyncRewardClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,57 @@
+"""The configuration of ``rewardline serve``: one typed, validated object for every service kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ServiceKind = Literal["reward", "uncertainty", "judge"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ServeConfig(BaseModel):
+    """Everything a service process needs besides its model's own files."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    kind: ServiceKind = Field("reward", description="which kind of reward model this service serves")
+    model: Path = Field(..., description="model directory (Hugging Face format, safetensors weights)")
+    model_name: str | None = Field(None, description="name reported by GetInfo and metrics (default: the directory name)")
+    backend: Literal["hf"] = Field("hf", description="where the forward pass runs")
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port")
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus /metrics port (0: no exporter)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights and compute dtype")
+    max_length: int | None = Field(None, gt=0, description="longest input in tokens (default: the model's)")
+    truncation: Literal["left", "error"] = Field("left", description="left: keep the response, cut the prompt from the left; error: refuse")
+    chat_template: Literal["auto", "on", "off"] = Field("auto", description="render with the tokenizer's chat template (auto: when it has one)")
+    score_weights: dict[str, float] | list[float] | None = Field(
+        None, description="multi-attribute models: weights of the attributes in score, by name (a=0.7,b=0.3) or in order (0.7,0.3); default: the first"
+    )
+    trust_remote_code: bool = Field(False, description="allow model code shipped with the checkpoint")
+    max_batch_tokens: int = Field(16384, gt=0, description="token budget of one forward batch (padded tokens for hf)")
+    max_batch_size: int = Field(64, gt=0, description="most samples in one forward batch")
+    max_wait_ms: float = Field(0.0, ge=0, description="hold a small batch this long for more samples (0: start as soon as the backend is free)")
+    max_queue_samples: int = Field(2048, gt=0, description="samples that may wait; beyond, RESOURCE_EXHAUSTED")
+    max_samples_per_request: int = Field(256, gt=0, description="most samples in one ScoreRequest")
+    max_message_mb: float = Field(16.0, gt=0, description="largest gRPC message accepted")
+    cache_size: int = Field(8192, ge=0, description="recent rewards kept for repeated inputs (0: no cache)")
+    grace_period_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish")
+    num_threads: int | None = Field(None, gt=0, description="torch threads for the forward pass (default: torch's)")
+    log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
+
+    @field_validator("score_weights", mode="before")
+    @classmethod
+    def _weights_from_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            if "=" in value:
+                return dict(pair.split("=", 1) for pair in value.split(",") if pair.strip())
+            return [v for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def name(self) -> str:
+        return self.model_name or Path(self.model).resolve().name

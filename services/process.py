@@ -1,0 +1,120 @@
+"""Starting and stopping service processes: used by the demo, the benchmarks and the tests alike.
+
+A service is started exactly as a user starts it (``rewardline serve ...`` in its own process) and is
+considered up when its standard health service answers SERVING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(target: str, timeout: float, process: subprocess.Popen | None = None, service: str = "") -> None:
+    """Returns once ``target``'s health says SERVING; raises if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the service at {target} exited with code {process.returncode} before serving")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"the service at {target} was not SERVING after {timeout:.0f}s")
+
+
+class ServiceProcess:
+    """``rewardline serve KIND ...`` as a child process on a loopback port."""
+
+    def __init__(
+        self,
+        kind: str,
+        args: Sequence[str],
+        port: int | None = None,
+        metrics_port: int | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        threads: int | None = 1,
+    ) -> None:
+        self.kind = kind
+        self.port = port or free_port()
+        self.metrics_port = metrics_port if metrics_port is not None else free_port()
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        if threads is not None:
+            self.env.setdefault("OMP_NUM_THREADS", str(threads))
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "services", "serve", self.kind, *self.args,
+            "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+        ]
+
+    def start(self, timeout: float = 180.0) -> "ServiceProcess":
+        if self.log_path is not None:
+            self._log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(), env=self.env, stdout=self._log_file or subprocess.DEVNULL,
+            stderr=self._log_file or subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            wait_serving(self.target, timeout, self.process)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait for the drain; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        finally:
+            if self._log_file:
+                self._log_file.close()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "ServiceProcess":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill()

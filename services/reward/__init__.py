@@ -1,0 +1,1 @@
+"""Scalar and multi-attribute reward models: Hugging Face sequence-classification checkpoints."""

@@ -1,0 +1,128 @@
+"""The reward kind: a sequence-classification checkpoint whose logits are the reward (or its attributes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from services.api import pb
+from services.backends.base import ClassifierBackend
+from services.config import ServeConfig
+from services.errors import ServiceError
+from services.metrics import ServiceMetrics
+from services.model_dir import weights_revision
+from services.rendering import TRUNCATION_DESCRIPTIONS, InputRenderer, RenderedInput
+from services.reward.heads import attribute_names, combination_weights
+from services.scorer import unimplemented_compare
+
+
+def default_max_length(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The model's own limit: max_position_embeddings, or the tokenizer's model_max_length when smaller."""
+    config = AutoConfig.from_pretrained(model_dir)
+    limits = [getattr(config.get_text_config(), "max_position_embeddings", None)]
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    found = [int(x) for x in limits if x]
+    return min(found) if found else 2048
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def make_renderer(config: ServeConfig, tokenizer: PreTrainedTokenizerBase, model_dir: Path) -> InputRenderer:
+    template = {"auto": None, "on": True, "off": False}[config.chat_template]
+    max_length = config.max_length or default_max_length(model_dir, tokenizer)
+    if config.max_batch_tokens < max_length:
+        raise ValueError(f"max_batch_tokens={config.max_batch_tokens} is below max_length={max_length}: the longest sample could never run")
+    return InputRenderer(tokenizer, max_length, config.truncation, template)
+
+
+def make_classifier(config: ServeConfig, model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> ClassifierBackend:
+    """The configured backend for a sequence-classification checkpoint."""
+    if config.backend == "hf":
+        from services.backends.hf import HFClassifier
+
+        return HFClassifier(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code)
+    raise ValueError(f"unknown backend {config.backend!r}")
+
+
+def base_info(config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str) -> pb.GetInfoResponse:
+    return pb.GetInfoResponse(
+        model_name=config.name,
+        revision=revision,
+        max_length=renderer.max_length,
+        backend=backend.name,
+        device=backend.device,
+        dtype=backend.dtype,
+        truncation=TRUNCATION_DESCRIPTIONS[renderer.truncation],
+        chat_template=renderer.use_chat_template,
+    )
+
+
+class RewardScorer:
+    """Scalar and multi-attribute reward models."""
+
+    kind = pb.MODEL_KIND_REWARD
+
+    def __init__(self, config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str,
+                 id2label: dict | None) -> None:
+        self.backend = backend
+        self.renderer = renderer
+        self.revision = revision
+        self.max_length = renderer.max_length
+        self.cost_model = backend.cost_model
+        self.concurrency = backend.concurrency
+        self.attributes = attribute_names(id2label, backend.num_outputs)
+        self.weights = combination_weights(self.attributes, config.score_weights)
+        self._info = base_info(config, backend, renderer, revision)
+        self._info.kind = self.kind
+        self._info.attributes.extend(self.attributes)
+        self._info.score_weights.update({n: float(w) for n, w in zip(self.attributes, self.weights)})
+
+    @classmethod
+    def load(cls, config: ServeConfig) -> "RewardScorer":
+        model_dir = Path(config.model)
+        revision = weights_revision(model_dir)
+        tokenizer = load_tokenizer(model_dir, config.trust_remote_code)
+        renderer = make_renderer(config, tokenizer, model_dir)
+        backend = make_classifier(config, model_dir, tokenizer)
+        id2label = AutoConfig.from_pretrained(model_dir).id2label
+        return cls(config, backend, renderer, revision, id2label)
+
+    def info(self) -> pb.GetInfoResponse:
+        out = pb.GetInfoResponse()
+        out.CopyFrom(self._info)
+        return out
+
+    def render(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
+        return self.renderer.render(samples)
+
+    def cache_scope(self) -> str:
+        return ",".join(f"{w:.6g}" for w in self.weights)
+
+    async def score_batch(self, inputs: list[RenderedInput]) -> list[pb.Reward]:
+        logits = await self.backend.classify([x.token_ids for x in inputs])
+        scores = logits @ self.weights
+        return [self._reward(row, float(score), x) for row, score, x in zip(logits, scores, inputs)]
+
+    def _reward(self, row: np.ndarray, score: float, x: RenderedInput) -> pb.Reward:
+        reward = pb.Reward(score=score, model_revision=self.revision, truncated=x.truncated, num_tokens=x.num_tokens)
+        if len(self.attributes) > 1:
+            reward.attributes.update({n: float(v) for n, v in zip(self.attributes, row)})
+        return reward
+
+    def observe(self, reward: pb.Reward, metrics: ServiceMetrics) -> None:
+        pass
+
+    async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse:
+        raise unimplemented_compare("reward")
+
+    async def ready(self) -> bool:
+        return await self.backend.ready()
+
+    async def close(self) -> None:
+        await self.backend.close()

@@ -1,0 +1,57 @@
+"""What a model kind must provide to the shared serving pipeline.
+
+The pipeline (validation, rendering, cache, admission, batching, health, metrics, shutdown) is written
+once; a kind — reward, uncertainty, judge — only says how to render a sample, how to run a batch and what
+a Reward carries. Kinds that cannot compare two responses leave ``compare`` to raise UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import grpc
+
+from services.api import pb
+from services.errors import ServiceError
+from services.metrics import ServiceMetrics
+from services.rendering import RenderedInput
+
+
+class Scorer(Protocol):
+    kind: "pb.ModelKind.ValueType"
+    revision: str
+    max_length: int
+    cost_model: str
+    concurrency: int
+
+    def info(self) -> pb.GetInfoResponse:
+        """The model's half of GetInfo (the server adds its own limits)."""
+        ...
+
+    def render(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
+        """One entry per sample: what the model reads, or why this sample cannot be scored."""
+        ...
+
+    def cache_scope(self) -> str:
+        """Everything besides the revision and the tokens that changes a reward (a judge's mode, say)."""
+        ...
+
+    async def score_batch(self, inputs: list[RenderedInput]) -> list[pb.Reward]:
+        """One Reward per input, without its id; ``model_revision``, ``truncated``, ``num_tokens`` set."""
+        ...
+
+    def observe(self, reward: pb.Reward, metrics: ServiceMetrics) -> None:
+        """Kind-specific metrics for one reward."""
+        ...
+
+    async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse: ...
+
+    async def ready(self) -> bool:
+        """Whether the backend can serve now; folded into the health status."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def unimplemented_compare(kind_name: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNIMPLEMENTED, f"Compare is served by judge services; this is a {kind_name} service")

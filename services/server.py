@@ -1,0 +1,177 @@
+"""The gRPC server every service kind runs: health, reflection, metrics, loading, warm-up and drain.
+
+Life of a process:
+1. The metrics exporter and the gRPC port come up first; health says NOT_SERVING and RPCs answer
+   UNAVAILABLE, so an orchestrator can tell "loading" from "dead".
+2. The model loads (on a worker thread, so health keeps answering) and one warm-up batch runs through the
+   whole pipeline; only then health says SERVING.
+3. SIGTERM or SIGINT: health goes NOT_SERVING, new RPCs (and new samples on open streams) get UNAVAILABLE
+   so clients retry elsewhere, in-flight work gets ``grace_period_s`` to finish, and the process exits 0.
+While serving, a backend that stops being ready (a remote Triton going away) turns health NOT_SERVING
+until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services import __version__
+from services.api import REWARD_SERVICE, pb, pb_grpc
+from services.config import ServeConfig
+from services.metrics import ServiceMetrics, start_exporter
+from services.scorer import Scorer
+from services.servicer import RewardServicer
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+READINESS_POLL_S = 1.0
+
+
+def load_scorer(config: ServeConfig) -> Scorer:
+    """The Scorer of ``config.kind`` (imported lazily: a reward service never imports vLLM)."""
+    if config.kind == "reward":
+        from services.reward.scorer import RewardScorer
+
+        return RewardScorer.load(config)
+    raise ValueError(f"service kind {config.kind!r} is not available")
+
+
+def warmup_request(max_length: int) -> pb.ScoreRequest:
+    return pb.ScoreRequest(samples=[
+        pb.Sample(id="warmup-0", prompt="Warm-up: what is 1 + 1?", response="2"),
+        pb.Sample(id="warmup-1", prompt="Warm-up.", response="A longer warm-up response, so that two lengths run."),
+    ])
+
+
+class RewardServer:
+    """Owns the grpc.aio server and the servicer for one process."""
+
+    def __init__(self, config: ServeConfig, loader: Callable[[ServeConfig], Scorer] = load_scorer) -> None:
+        self.config = config
+        self.loader = loader
+        self.metrics = ServiceMetrics()
+        self.servicer = RewardServicer(config, self.metrics)
+        self.health = health.aio.HealthServicer()
+        max_bytes = int(config.max_message_mb * 1024 * 1024)
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ])
+        pb_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (REWARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port}")
+        self._stop = asyncio.Event()
+        self._serving = False
+
+    async def _set_health(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", REWARD_SERVICE):
+            await self.health.set(name, status)
+        self._serving = serving
+        self.metrics.serving.set(1 if serving else 0)
+
+    async def start(self) -> None:
+        start_exporter(self.config.metrics_port, self.config.host)
+        await self._set_health(False)
+        await self.server.start()
+        log.info("listening", extra={"port": self.port, "metrics_port": self.config.metrics_port, "kind": self.config.kind})
+        started = time.monotonic()
+        scorer = await asyncio.get_running_loop().run_in_executor(None, self.loader, self.config)
+        self.servicer.attach(scorer)
+        info = scorer.info()
+        self.metrics.model_info.info({
+            "name": info.model_name, "revision": info.revision, "kind": pb.ModelKind.Name(info.kind),
+            "backend": info.backend, "device": info.device, "dtype": info.dtype, "version": __version__,
+        })
+        await self._warm_up()
+        self.servicer.gate.ready = True
+        await self._set_health(await scorer.ready())
+        log.info("serving", extra={"model": info.model_name, "revision": info.revision, "load_s": round(time.monotonic() - started, 2)})
+
+    async def _warm_up(self) -> None:
+        """One batch through render, batcher and backend, so the first real request pays no lazy start-up."""
+        scorer = self.servicer.scorer
+        assert scorer is not None and self.servicer.batcher is not None
+        samples = list(warmup_request(scorer.max_length).samples)
+        rendered = [r for r in scorer.render(samples) if not isinstance(r, Exception)]
+        if not rendered:
+            raise RuntimeError("the warm-up samples could not be rendered for this model")
+        futures = self.servicer.batcher.submit([(r, r.num_tokens) for r in rendered])
+        await asyncio.gather(*futures)
+
+    async def _watch_backend(self) -> None:
+        """Folds the backend's readiness into health while serving."""
+        scorer = self.servicer.scorer
+        assert scorer is not None
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), READINESS_POLL_S)
+                return
+            except asyncio.TimeoutError:
+                pass
+            ready = await scorer.ready()
+            if ready != self._serving and not self.servicer.gate.draining:
+                log.warning("backend readiness changed", extra={"ready": ready})
+                await self._set_health(ready)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def drain(self) -> None:
+        """Stops taking work, lets in-flight RPCs finish within the grace period, then stops."""
+        gate = self.servicer.gate
+        gate.draining = True
+        await self.health.enter_graceful_shutdown()
+        self._serving = False
+        self.metrics.serving.set(0)
+        log.info("draining", extra={"inflight": gate.inflight, "grace_period_s": self.config.grace_period_s})
+        finished = await gate.wait_idle(self.config.grace_period_s)
+        if not finished:
+            log.warning("grace period over; cancelling in-flight RPCs", extra={"inflight": gate.inflight})
+        await self.server.stop(0)
+        if self.servicer.batcher:
+            await self.servicer.batcher.close()
+        if self.servicer.scorer:
+            await self.servicer.scorer.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        starting = loop.create_task(self.start())
+        stopping = loop.create_task(self._stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a model that failed to load ends the process with its error
+            watcher = loop.create_task(self._watch_backend())
+            await stopping
+            await watcher
+        else:
+            log.warning("stopped while loading the model")
+        await self.drain()
+
+
+def serve(config: ServeConfig) -> None:
+    """Runs a service until SIGTERM; returns after a clean drain."""
+
+    async def main() -> None:  # grpc.aio servers belong to the loop they are created in
+        await RewardServer(config).run()
+
+    asyncio.run(main())
