@@ -1,0 +1,213 @@
+"""`rewardline models build`: runs the steps of steps.py into one directory, cached and written atomically.
+
+- Cached: `ensure_models` does nothing when `DIR/build.json` carries the key of the current code and config.
+  Otherwise each step whose own key is unchanged is copied from the previous build instead of rerun.
+- Atomic: the build happens in a sibling `DIR.tmp-XXXX` that replaces DIR by renames only when every step has
+  finished, so an interrupted build never leaves a directory that looks complete.
+- Serialised: a lock file beside DIR makes concurrent builders (parallel test sessions) wait for one another.
+- Deterministic: each step seeds random, numpy and torch from the build seed and its own name, so its output
+  does not depend on which other steps ran or were reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import tokenizers
+import torch
+import transformers
+from transformers.utils import logging as hf_logging
+
+from trainer.local_models.config import ModelsBuildConfig
+from trainer.local_models.steps import STEPS, BuildStep, describe
+
+log = logging.getLogger(__name__)
+MANIFEST = "build.json"
+
+
+def library_versions() -> dict[str, str]:
+    """Part of every key: a new torch or transformers may train or save differently."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+def step_seed(config: ModelsBuildConfig, step: BuildStep) -> int:
+    return zlib.crc32(f"{config.seed}:{step.name}".encode())
+
+
+def step_keys(config: ModelsBuildConfig) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    versions = json.dumps(library_versions(), sort_keys=True)
+    for step in STEPS:
+        parts = [step.name, str(step_seed(config, step)), describe(config, step), versions, inspect.getsource(step.run)]
+        parts += [inspect.getsource(m) for m in step.modules]
+        parts += [keys[n] for n in step.needs]
+        keys[step.name] = _sha256(parts)
+    return keys
+
+
+def build_key(config: ModelsBuildConfig) -> str:
+    """Covers every step's key and this file's source (which writes the manifest)."""
+    return _sha256([*step_keys(config).values(), inspect.getsource(sys.modules[__name__])])
+
+
+def _sha256(parts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_current(out: Path, config: ModelsBuildConfig) -> bool:
+    manifest = read_manifest(out)
+    return manifest is not None and manifest.get("key") == build_key(config)
+
+
+def ensure_models(out: Path, config: ModelsBuildConfig | None = None) -> Path:
+    """The built directory, building (or updating) it first only if its key differs from the current one."""
+    config = config or ModelsBuildConfig()
+    if not is_current(out, config):
+        with _locked(out):
+            if not is_current(out, config):  # another process may have built it while this one waited
+                _build(out, config, reuse=True)
+    return out
+
+
+def build_models(out: Path, config: ModelsBuildConfig | None = None, *, force: bool = False) -> dict:
+    """Builds into `out`, reusing unchanged steps of a previous build unless `force`; returns the manifest."""
+    with _locked(out):
+        return _build(out, config or ModelsBuildConfig(), reuse=not force)
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _build_settings(threads: int) -> Iterator[None]:
+    """Threads, determinism and transformers' load/save progress bars set for the build, and given back after
+    (the caller may be a test session with settings of its own)."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+        if before[2]:
+            hf_logging.enable_progress_bar()
+
+
+def _build(out: Path, config: ModelsBuildConfig, reuse: bool) -> dict:
+    if out.exists() and read_manifest(out) is None and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not a models build; refusing to replace it")
+    for stale in [*out.parent.glob(f"{out.name}.tmp-*"), *out.parent.glob(f"{out.name}.old-*")]:
+        shutil.rmtree(stale)  # left by a build that was killed; none is running, as this one holds the lock
+    previous = read_manifest(out) if reuse else None
+    keys = step_keys(config)
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would become the finished directory's mode
+    try:
+        with _build_settings(config.threads):
+            steps = {step.name: _run_step(step, keys[step.name], config, tmp, out, previous) for step in STEPS}
+        manifest = {
+            "key": build_key(config),
+            "seed": config.seed,
+            "config": config.model_dump(mode="json"),
+            "versions": library_versions(),
+            "seconds": round(time.perf_counter() - started, 2),
+            "steps": steps,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace(out, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("models built in %s (%.0f s)", out, manifest["seconds"], extra={"out": str(out), "key": manifest["key"]})
+    return manifest
+
+
+def _run_step(
+    step: BuildStep, key: str, config: ModelsBuildConfig, root: Path, out: Path, previous: dict | None
+) -> dict:
+    before = (previous or {}).get("steps", {}).get(step.name, {})
+    if before.get("key") == key and (out / step.output).is_dir():
+        shutil.copytree(out / step.output, root / step.output)
+        log.info("reused step %s", step.name, extra={"step": step.name})
+        return {**before, "reused": True}
+    seed = step_seed(config, step)
+    transformers.set_seed(seed)
+    started = time.perf_counter()
+    metrics = step.run(root, config, seed)
+    seconds = round(time.perf_counter() - started, 2)
+    extra = {"step": step.name, "seconds": seconds, "metrics": metrics}
+    log.info("built step %s in %.1f s", step.name, seconds, extra=extra)
+    return {"key": key, "output": step.output, "seed": seed, "seconds": seconds, "reused": False, "metrics": metrics}
+
+
+def _replace(out: Path, tmp: Path) -> None:
+    """Two renames; between them `out` is briefly missing, never half-built."""
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def summary(manifest: dict) -> str:
+    lines = [f"built in {manifest['seconds']:.0f} s (key {manifest['key'][:12]})"]
+    for name, step in manifest["steps"].items():
+        figures = {k: v for k, v in step["metrics"].items() if isinstance(v, int | float)}
+        shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+        lines.append(f"  {name:<10} {step['seconds']:>6.1f} s{' (reused)' if step['reused'] else ''}  {shown}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rewardline models build", description="Build the small local models and data sets."
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory to build into")
+    parser.add_argument("--force", action="store_true", help="rerun every step, even those whose key is unchanged")
+    parser.add_argument("--seed", type=int, default=ModelsBuildConfig().seed)
+    parser.add_argument("--threads", type=int, default=ModelsBuildConfig().threads, help="torch threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    manifest = build_models(args.out, ModelsBuildConfig(seed=args.seed, threads=args.threads), force=args.force)
+    print(summary(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""The one configuration of `rewardline models build`; its defaults are what tests, demo and benchmarks use."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from trainer.local_models.architectures import TINY, ModelSize
+from trainer.local_models.data import DataConfig
+from trainer.local_models.sft import SFTConfig
+from trainer.reward_modeling.train import RewardTrainConfig
+
+
+class TokenizerConfig(BaseModel):
+    vocab_size: int = 1024  # the benchmark's ~1000-token-vocabulary model reuses this tokenizer
+    task_texts: int = 10000
+    generic_texts: int = 5000
+    model_max_length: int = 512
+
+
+class ModelsBuildConfig(BaseModel):
+    seed: int = 0
+    # One thread: the machines are 2-core and shared; a second thread was only ~17% faster here.
+    threads: int = 1
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    data: DataConfig = DataConfig()
+    model_size: ModelSize = TINY
+    policy: SFTConfig = SFTConfig()
+    # The reward model starts from the policy's weights (as RLHF reward models start from the SFT model):
+    # from scratch it learnt little beyond spotting malformed answers in the same time.
+    reward: RewardTrainConfig = RewardTrainConfig(steps=900, learning_rate=3e-4)

@@ -1,0 +1,126 @@
+"""The build steps, in order: each reads what earlier steps wrote under the build root and writes one directory.
+
+A step's cache key (see build.py) covers its name, its part of the config, the source of its `run` function and
+of the `modules` it lists, and the keys of the steps before it that it `needs`; so a step is rebuilt exactly when
+something it depends on changed. Adding a model (say `uncertainty`) is one function here and one `BuildStep`
+entry in `STEPS`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from pydantic import BaseModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainer.local_models import architectures, data, generic_text, sft, task, tokenizer
+from trainer.local_models.config import ModelsBuildConfig
+from trainer.reward_modeling import data as rm_data
+from trainer.reward_modeling import evaluate as rm_evaluate
+from trainer.reward_modeling import losses as rm_losses
+from trainer.reward_modeling import train as rm_train
+
+Metrics = dict[str, object]
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    name: str
+    run: Callable[[Path, ModelsBuildConfig, int], Metrics]  # (build root, config, seed) -> measured figures
+    settings: Callable[[ModelsBuildConfig], list[BaseModel]]  # the parts of the config its output depends on
+    modules: tuple[ModuleType, ...]
+    needs: tuple[str, ...] = ()
+
+    @property
+    def output(self) -> str:
+        """The directory under the build root that this step writes, and the only one."""
+        return self.name
+
+
+def make_tokenizer(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
+    c = config.tokenizer
+    texts = tokenizer.tokenizer_corpus(random.Random(seed), c.task_texts, c.generic_texts)
+    tok = tokenizer.train_tokenizer(texts, c.vocab_size, c.model_max_length)
+    tok.save_pretrained(root / "tokenizer")
+    return {"vocab_size": len(tok), "training_texts": len(texts)}
+
+
+def make_data(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
+    return {"records": data.write_datasets(root / "data", config.data, random.Random(seed))}
+
+
+def make_policy(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
+    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+    examples = data.read_examples(root / "data" / "sft_train.jsonl")
+    model = architectures.causal_lm(config.model_size, tok, seed)
+    sft_config = config.policy.model_copy(update={"seed": seed})
+    losses = sft.train_sft(model, tok, examples, data.read_prompts(root / "data" / "prompts_val.jsonl"), sft_config)
+    test = sft.task_accuracy(model, tok, *data.read_prompts(root / "data" / "prompts_test.jsonl"))
+    architectures.save_model(model, tok, root / "policy")
+    return {
+        "parameters": architectures.parameter_count(model),
+        "steps": len(losses),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "prompts_test_accuracy": test.accuracy,
+        "prompts_test_format_rate": test.format_rate,
+    }
+
+
+def make_reward(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
+    """Bradley–Terry on prefs_train, starting from the policy's transformer with a fresh scalar head."""
+    tok = AutoTokenizer.from_pretrained(root / "policy")
+    policy = AutoModelForCausalLM.from_pretrained(root / "policy")
+    model = architectures.sequence_classifier(config.model_size, tok, seed)
+    model.model.load_state_dict(policy.model.state_dict())
+    train_pairs = rm_data.read_pairs(root / "data" / "prefs_train.jsonl")
+    losses = rm_train.train_reward_model(model, tok, train_pairs, config.reward.model_copy(update={"seed": seed}))
+    test = rm_evaluate.evaluate_pairs(model, tok, rm_data.read_pairs(root / "data" / "prefs_test.jsonl"))
+    architectures.save_model(model, tok, root / "reward")
+    return {
+        "parameters": architectures.parameter_count(model),
+        "steps": len(losses),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "prefs_test_accuracy": test.accuracy,
+        "prefs_test_accuracy_by_kind": test.by_category,
+        "prefs_test_mean_margin": test.mean_margin,
+    }
+
+
+STEPS: tuple[BuildStep, ...] = (
+    BuildStep(
+        "tokenizer",
+        make_tokenizer,
+        lambda c: [c.tokenizer],
+        (tokenizer, generic_text, task),
+    ),
+    BuildStep(
+        "data",
+        make_data,
+        lambda c: [c.data],
+        (data, generic_text, task, rm_data, sft),
+    ),
+    BuildStep(
+        "policy",
+        make_policy,
+        lambda c: [c.model_size, c.policy],
+        (architectures, data, sft, task, rm_data, rm_train),
+        needs=("tokenizer", "data"),
+    ),
+    BuildStep(
+        "reward",
+        make_reward,
+        lambda c: [c.model_size, c.reward],
+        (architectures, rm_data, rm_train, rm_losses, rm_evaluate),
+        needs=("data", "policy"),
+    ),
+)
+
+
+def describe(config: ModelsBuildConfig, step: BuildStep) -> str:
+    """The settings a step's key covers, as canonical JSON."""
+    return json.dumps([s.model_dump(mode="json") for s in step.settings(config)], sort_keys=True)
