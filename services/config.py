@@ -54,4 +54,4 @@ class ServeConfig(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.model_name or Path(self.model).resolve().name
+        return self.model_name or Path(self.model).name or Path(self.model).resolve().name

@@ -60,3 +60,24 @@ def start_exporter(port: int, host: str = "0.0.0.0") -> None:
     """Serves /metrics on ``port`` (0: no exporter)."""
     if port:
         start_http_server(port, addr=host)
+
+
+MetricsSnapshot = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> MetricsSnapshot:
+    """Every sample of a /metrics page, keyed by (name, sorted labels): for benchmarks, the demo, tests."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample_value(snapshot: MetricsSnapshot, metric_name: str, **labels: str) -> float:
+    return snapshot.get((metric_name, tuple(sorted(labels.items()))), 0.0)

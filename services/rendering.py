@@ -65,16 +65,18 @@ class InputRenderer:
             raise ValueError("use_chat_template is set but the tokenizer has no chat template")
         self._special_ids = set(tokenizer.all_special_ids)
 
-    def _texts(self, sample: pb.Sample) -> tuple[str, str]:
-        """(full text, text of everything before the response)."""
+    def _full_text(self, sample: pb.Sample) -> str:
         if self.use_chat_template:
-            messages = conversation(sample)
-            full = self.tokenizer.apply_chat_template(messages, tokenize=False)
-            prefix = self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-            return full, prefix
+            return self.tokenizer.apply_chat_template(conversation(sample), tokenize=False)
         if sample.messages:
             raise invalid_argument(f"sample {sample.id!r}: messages need a chat template and this model's tokenizer has none")
-        return sample.prompt + sample.response, sample.prompt
+        return sample.prompt + sample.response
+
+    def _prefix_text(self, sample: pb.Sample) -> str:
+        """Everything before the response; only needed to truncate, so rendered only then."""
+        if self.use_chat_template:
+            return self.tokenizer.apply_chat_template(conversation(sample)[:-1], tokenize=False, add_generation_prompt=True)
+        return sample.prompt
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         add_special = not self.use_chat_template
@@ -97,16 +99,16 @@ class InputRenderer:
 
     def render(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
         """One entry per sample: its tokens, or the error that sample alone earns."""
-        texts: list[tuple[str, str] | ServiceError] = []
+        texts: list[str | ServiceError] = []
         for i, sample in enumerate(samples):
             try:
-                texts.append(self._texts(sample))
+                texts.append(self._full_text(sample))
             except ServiceError as e:
                 texts.append(e)
             except Exception as e:  # a template that chokes on this input: the sample's fault, not the server's
                 texts.append(invalid_argument(f"{sample_label(sample, i)}: cannot render with the chat template: {e}"))
         ok = [t for t in texts if not isinstance(t, ServiceError)]
-        encoded = iter(self._encode([full for full, _ in ok])) if ok else iter(())
+        encoded = iter(self._encode(ok)) if ok else iter(())
         out: list[RenderedInput | ServiceError] = []
         for i, (sample, text) in enumerate(zip(samples, texts)):
             if isinstance(text, ServiceError):
@@ -117,7 +119,7 @@ class InputRenderer:
                 out.append(RenderedInput(tuple(ids), truncated=False))
                 continue
             try:
-                out.append(self._truncate(ids, text[1], text[0], sample_label(sample, i)))
+                out.append(self._truncate(ids, self._prefix_text(sample), text, sample_label(sample, i)))
             except ServiceError as e:
                 out.append(e)
         return out

