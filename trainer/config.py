@@ -1,0 +1,225 @@
+"""The one configuration of ``rewardline train``: a typed object with a section per part of the trainer.
+
+Loaded from YAML and overridden by flags (``--rollout.n 8``) through services.config_loading; validated once
+at start so that a bad value is reported with its field's name before any model is loaded. The list of
+reward sources is YAML-only (a list of mappings has no sensible flag form); every other field has a flag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.config import LogLevel
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(False, description="train LoRA adapters (peft) instead of every weight")
+    r: int = Field(8, gt=0, description="LoRA rank")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], description="module names that get adapters (comma-separated)"
+    )
+
+
+class PolicyConfig(_Section):
+    path: Path = Field(..., description="the policy: a Hugging Face causal LM directory (safetensors)")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights and compute dtype")
+    reference: Literal["auto", "copy", "adapters_off", "none"] = Field(
+        "auto",
+        description="the frozen reference of the KL term: a copy of the initial policy, the base with LoRA "
+        "adapters off, or none (no KL); auto: adapters_off with LoRA, else copy (none when kl_coef is 0)",
+    )
+    lora: LoraConfig = LoraConfig()
+
+
+class RolloutConfig(_Section):
+    engine: Literal["hf", "vllm"] = Field("hf", description="transformers generate, or an in-process vLLM engine")
+    prompts_per_step: int = Field(8, gt=0, description="prompts (groups) per training step, over all ranks")
+    n: int = Field(4, gt=0, description="samples per prompt (the group size of GRPO/RLOO)")
+    max_new_tokens: int = Field(32, gt=0, description="longest completion in tokens")
+    max_prompt_tokens: int = Field(256, gt=0, description="longer prompts are cut from the left")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto", description="render prompts with the tokenizer's chat template (auto: when it has one)"
+    )
+    vllm_kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU build: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM GPU build: memory fraction")
+
+
+class DataConfig(_Section):
+    train: list[Path] = Field([], description="prompt JSONL files, read in order (comma-separated)")
+    watch_dir: Path | None = Field(None, description="a directory whose new *.jsonl files (by name) are read as they arrive")
+    poll_s: float = Field(2.0, gt=0, description="how often the watched directory is listed when idle")
+    prompt_field: str = Field("prompt", description="the JSON key of the prompt")
+    answer_field: str = Field("answer", description="the JSON key of the reference answer (optional in records)")
+    loop: bool = Field(True, description="start over from the first file when every file is read (else wait for new files)")
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> "DataConfig":
+        if not self.train and self.watch_dir is None:
+            raise ValueError("give prompt files (data.train) or a directory to watch (data.watch_dir)")
+        return self
+
+
+class _SourceBase(_Section):
+    name: str = Field(..., min_length=1, description="the source's name in metrics and logs")
+    weight: float = Field(1.0, description="weight in the combined reward")
+    uncertainty_penalty: float = Field(0.0, ge=0, description="λ in score − λ·std for sources that report uncertainty")
+    mask_out_of_distribution: bool = Field(False, description="leave samples this source flags out of distribution out of the loss")
+    error_score: float | None = Field(
+        None, description="the score of a sample this source refused (e.g. an empty response); None: leave it out of the loss"
+    )
+
+
+class GrpcSourceConfig(_SourceBase):
+    """A rewardline service (reward, uncertainty or judge) reached over ScoreStream."""
+
+    type: Literal["grpc"] = "grpc"
+    target: str = Field(..., min_length=1, description="host:port or dns:///name:port of the service")
+    max_samples_per_request: int = Field(64, gt=0, description="samples per ScoreRequest written to the stream")
+    reconnect_max_backoff_s: float = Field(5.0, gt=0, description="longest wait between reconnection attempts")
+
+
+class PythonSourceConfig(_SourceBase):
+    """A reward function ``module:function`` with TRL's signature ``fn(prompts, completions, **columns)``."""
+
+    type: Literal["python"] = "python"
+    function: str = Field(..., pattern=r"^[\w.]+:[\w.]+$", description="import path, module:function")
+    kwargs: dict[str, object] = Field({}, description="extra keyword arguments passed on every call")
+
+
+# Another source type (a Triton one, say) is a config class here, added to this union, and an entry in
+# trainer/rewards/__init__.py: SOURCE_TYPES.
+RewardSourceConfig = Annotated[Union[GrpcSourceConfig, PythonSourceConfig], Field(discriminator="type")]
+
+
+class RewardsConfig(_Section):
+    sources: list[RewardSourceConfig] = Field(..., min_length=1, description="reward sources (YAML only)")
+    combine: Literal["sum", "normalize_then_sum", "sum_then_normalize"] = Field(
+        "sum",
+        description="sum: weighted sum of scores; normalize_then_sum: z-score each source over the batch first; "
+        "sum_then_normalize: z-score the weighted sum",
+    )
+    max_wait_s: float | None = Field(
+        None, gt=0, description="give up (exit 1) after waiting this long for one step's rewards (None: wait for the sources to come back)"
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "RewardsConfig":
+        names = [s.name for s in self.sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"reward source names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+class AlgorithmConfig(_Section):
+    name: Literal["grpo", "rloo", "ppo"] = Field("grpo", description="the policy-gradient algorithm")
+    clip_eps: float = Field(0.2, gt=0, description="ratio clipping: [1 − clip_eps, 1 + clip_eps_high]")
+    clip_eps_high: float | None = Field(None, gt=0, description="upper clipping (default: clip_eps)")
+    kl_coef: float = Field(0.04, ge=0, description="β of the KL term to the reference (k3 estimator)")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
+    loss_aggregation: Literal["token", "sequence"] = Field(
+        "token", description="token: mean over every completion token of the batch; sequence: mean of per-sequence means"
+    )
+    epochs: int = Field(1, gt=0, description="optimisation passes over each batch of rollouts")
+    scale_rewards: bool = Field(True, description="GRPO: divide group-centred rewards by the group's std")
+    # PPO
+    value_model: Literal["head", "model"] = Field(
+        "head", description="PPO: a value head on the policy's hidden states, or a separate value model (from the policy's weights)"
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount")
+    lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE λ")
+    value_coef: float = Field(0.5, ge=0, description="PPO: value loss coefficient")
+    value_clip: float | None = Field(0.2, gt=0, description="PPO: value clipping range (None: unclipped)")
+    whiten_advantages: bool = Field(True, description="PPO: normalise advantages over the batch")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (comma-separated)")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (None: off)")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    micro_batch_size: int | None = Field(None, gt=0, description="sequences per forward/backward (None: the whole local batch)")
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end and on SIGTERM)")
+    keep: int = Field(2, gt=0, description="how many recent checkpoints to keep")
+
+
+class ObservabilityConfig(_Section):
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: no exporter)")
+    metrics_host: str = Field("127.0.0.1", description="address of the /metrics exporter")
+    plot_every: int = Field(10, ge=0, description="rewrite reward.png and kl.png every N steps (0: only at the end)")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class ControlConfig(_Section):
+    port: int | None = Field(None, ge=0, le=65535, description="gRPC TrainerService port (None: no control API; 0: any free port)")
+    host: str = Field("127.0.0.1", description="address of the control API")
+
+
+class DistributedConfig(_Section):
+    backend: Literal["gloo", "nccl"] = Field("gloo", description="torch.distributed backend when run under torchrun")
+
+
+class TrainConfig(_Section):
+    run_dir: Path = Field(Path("runs/train"), description="checkpoints, metrics.jsonl and plots go here")
+    steps: int | None = Field(None, gt=0, description="stop after this many steps (None: run until stopped, as a daemon)")
+    seed: int = Field(0, description="seeds sampling, data-independent randomness and initialisation")
+    threads: int | None = Field(1, gt=0, description="torch threads per process (None: torch's default)")
+    log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
+    policy: PolicyConfig
+    rollout: RolloutConfig = RolloutConfig()
+    data: DataConfig
+    rewards: RewardsConfig
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    optim: OptimConfig = OptimConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+    control: ControlConfig = ControlConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.algorithm.name in ("grpo", "rloo") and self.rollout.n < 2:
+            raise ValueError(f"rollout.n: {self.algorithm.name} compares samples of one prompt, so it needs n >= 2")
+        if self.policy.reference == "adapters_off" and not self.policy.lora.enabled:
+            raise ValueError("policy.reference: adapters_off needs policy.lora.enabled")
+        if self.algorithm.name == "ppo" and self.policy.lora.enabled and self.algorithm.value_model == "model":
+            raise ValueError("algorithm.value_model: a separate value model is not supported with LoRA; use head")
+        return self
+
+    @property
+    def reference_kind(self) -> Literal["copy", "adapters_off", "none"]:
+        if self.algorithm.kl_coef == 0 or self.policy.reference == "none":
+            return "none"
+        if self.policy.reference == "auto":
+            return "adapters_off" if self.policy.lora.enabled else "copy"
+        return self.policy.reference
+
+
+# Fields that may change between a run and its resumption without changing what the run computes.
+_NOT_HASHED = {"steps", "log_level", "observability", "control", "checkpoint"}
+
+
+def config_hash(config: TrainConfig) -> str:
+    """What a checkpoint records so that resuming under a different configuration is noticed."""
+    data = config.model_dump(mode="json", exclude=_NOT_HASHED)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
