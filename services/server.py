@@ -91,9 +91,13 @@ class RewardServer:
             "name": info.model_name, "revision": info.revision, "kind": pb.ModelKind.Name(info.kind),
             "backend": info.backend, "device": info.device, "dtype": info.dtype, "version": __version__,
         })
-        await self._warm_up()
+        ready = await scorer.ready()
+        if ready:
+            await self._warm_up()
+        else:  # a remote backend (Triton) that is down: serve NOT_SERVING until _watch_backend sees it ready
+            log.warning("backend not ready at start; health stays NOT_SERVING until it is", extra={"backend": info.backend})
         self.servicer.gate.ready = True
-        await self._set_health(await scorer.ready())
+        await self._set_health(ready)
         log.info("serving", extra={"model": info.model_name, "revision": info.revision, "load_s": round(time.monotonic() - started, 2)})
 
     async def _warm_up(self) -> None:

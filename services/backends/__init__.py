@@ -19,4 +19,12 @@ def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrain
         from services.backends.hf import HFClassifier
 
         return HFClassifier(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code)
+    if config.backend == "triton":
+        from services.backends.triton import TritonClassifier
+
+        assert config.triton_url is not None  # ServeConfig refuses backend triton without it
+        return TritonClassifier(
+            model_dir, tokenizer, config.triton_url, config.triton_model or config.name,
+            timeout_s=config.triton_timeout_s, concurrency=config.triton_concurrency,
+        )
     raise ValueError(f"unknown backend {config.backend!r}")
