@@ -48,6 +48,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_config_flags(demo, DemoConfig)
     demo.set_defaults(handler=_demo)
 
+    from trainer.reward_modeling.cli import add_rm_commands  # rm train / eval / ensemble / calibrate
+
+    add_rm_commands(sub)
+
 
 if __name__ == "__main__":
     from services.cli import main

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from trainer.local_models.architectures import TINY, ModelSize
 from trainer.local_models.data import DataConfig
 from trainer.local_models.sft import SFTConfig
+from trainer.reward_modeling.rm_train import RMRecipe
 from trainer.reward_modeling.train import RewardTrainConfig
 
 
@@ -28,3 +29,8 @@ class ModelsBuildConfig(BaseModel):
     # The reward model starts from the policy's weights (as RLHF reward models start from the SFT model):
     # from scratch it learnt little beyond spotting malformed answers in the same time.
     reward: RewardTrainConfig = RewardTrainConfig(steps=900, learning_rate=3e-4)
+    # uncertainty: 5 heads on the reward model's frozen backbone (one forward pass serves all), each from a prior
+    # shaped by the training features and trained on its own bootstrap resample (trainer/reward_modeling/heads.py).
+    uncertainty: RMRecipe = RMRecipe(
+        kind="ensemble", members=5, freeze_backbone=True, steps=600, batch_size=256, head_learning_rate=1e-2
+    )

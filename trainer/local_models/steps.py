@@ -24,6 +24,15 @@ from trainer.reward_modeling import data as rm_data
 from trainer.reward_modeling import evaluate as rm_evaluate
 from trainer.reward_modeling import losses as rm_losses
 from trainer.reward_modeling import train as rm_train
+from trainer.reward_modeling import calibration as rm_calibration
+from trainer.reward_modeling import features as rm_features
+from trainer.reward_modeling import heads as rm_heads
+from trainer.reward_modeling import metrics as rm_metrics
+from trainer.reward_modeling import predict as rm_predict
+from trainer.reward_modeling import rm_eval as rm_cmd_eval
+from trainer.reward_modeling import rm_train as rm_cmd_train
+from services.uncertainty import heads as uncertainty_heads
+from services.uncertainty import model_format as uncertainty_format
 
 Metrics = dict[str, object]
 
@@ -91,6 +100,33 @@ def make_reward(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
     }
 
 
+def make_uncertainty(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
+    """`rm train --kind ensemble` on the reward model's backbone (calibrated on a held-out tenth of prefs_train),
+    then `rm eval` on prefs_test and the OOD set."""
+    recipe = config.uncertainty.model_copy(update={"seed": seed})
+    report = rm_cmd_train.train_rm(rm_cmd_train.RMTrainConfig(
+        **recipe.model_dump(), data=root / "data" / "prefs_train.jsonl", base=root / "reward", out=root / "uncertainty",
+        device="cpu",
+    ))
+    evaluation = rm_cmd_eval.evaluate_model(rm_cmd_eval.RMEvalConfig(
+        model=root / "uncertainty", data=root / "data" / "prefs_test.jsonl", ood=root / "data" / "ood.jsonl", device="cpu",
+    ))
+    assert evaluation.ood is not None
+    return {
+        "members": report["members"],
+        "steps": report["steps"],
+        "final_loss": report["final_loss"],
+        "ood_threshold": report["ood_threshold"],
+        "prefs_test_accuracy": evaluation.accuracy,
+        "prefs_test_accuracy_by_kind": evaluation.accuracy_by_category,
+        "prefs_test_ece": evaluation.ece,
+        "ood_auroc": evaluation.ood.auroc,
+        "ood_auroc_by_kind": evaluation.ood.auroc_by_kind,
+        "ood_flagged": evaluation.ood.flagged,
+        "in_distribution_flagged": evaluation.ood.flagged_in_distribution,
+    }
+
+
 STEPS: tuple[BuildStep, ...] = (
     BuildStep(
         "tokenizer",
@@ -117,6 +153,14 @@ STEPS: tuple[BuildStep, ...] = (
         lambda c: [c.model_size, c.reward],
         (architectures, rm_data, rm_train, rm_losses, rm_evaluate),
         needs=("data", "policy"),
+    ),
+    BuildStep(
+        "uncertainty",
+        make_uncertainty,
+        lambda c: [c.uncertainty],
+        (rm_cmd_train, rm_cmd_eval, rm_heads, rm_features, rm_predict, rm_calibration, rm_metrics, rm_losses, rm_data,
+         uncertainty_heads, uncertainty_format),
+        needs=("data", "reward"),
     ),
 )
 

@@ -17,7 +17,11 @@ from transformers import PreTrainedTokenizerBase
 
 
 class PreferencePair(BaseModel):
-    """One comparison; `category` (optional) says what kind of pair it is, for accuracy per category."""
+    """One comparison; `category` (optional) says what kind of pair it is, for accuracy per category.
+
+    `chosen_ratings` / `rejected_ratings` (optional) rate a side per attribute (HelpSteer-style), for reward models
+    with several attributes or heads that regress ratings (Gaussian likelihood, pinball loss).
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -25,6 +29,8 @@ class PreferencePair(BaseModel):
     chosen: str
     rejected: str
     category: str | None = None
+    chosen_ratings: dict[str, float] | None = None
+    rejected_ratings: dict[str, float] | None = None
 
 
 class EncodedPair(BaseModel):
@@ -61,6 +67,17 @@ def encode_pairs(
             raise ValueError(f"a pair is longer than max_length={max_length} tokens: {pair.prompt[:60]!r}")
         encoded.append(EncodedPair(chosen=chosen, rejected=rejected))
     return encoded
+
+
+def rating_targets(pairs: Sequence[PreferencePair], attributes: Sequence[str]) -> torch.Tensor:
+    """(pairs, 2, attributes) ratings, chosen side first; nan where a pair does not rate that side or attribute."""
+    out = torch.full((len(pairs), 2, len(attributes)), float("nan"))
+    for i, pair in enumerate(pairs):
+        for side, ratings in enumerate((pair.chosen_ratings, pair.rejected_ratings)):
+            for a, name in enumerate(attributes):
+                if ratings and name in ratings:
+                    out[i, side, a] = float(ratings[name])
+    return out
 
 
 def pad_right(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
