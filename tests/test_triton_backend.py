@@ -245,17 +245,47 @@ def test_other_weights_in_triton_keep_the_backend_not_ready(stack, triton, rewar
     assert triton_ready is True and ready is False
 
 
-def test_stopped_triton_turns_health_not_serving_and_a_restart_brings_it_back(stack, triton, reference):
-    """Runs last: Triton goes away under a running service and comes back on the same port."""
+def test_stopped_triton_turns_health_not_serving_and_a_restart_brings_it_back(stack, triton, local_models, reference):
+    """Runs last: Triton goes away under a running service, and under a trainer's Triton reward source, and
+    comes back on the same port. The service turns NOT_SERVING and answers UNAVAILABLE, then serves again
+    without a restart; the source reports the outage, holds its samples and resends them."""
+    from test_triton_reward_source import arithmetic, source_config
+    from trainer.observability import TrainerMetrics
+    from trainer.rewards import make_source
+    from trainer.rewards.hub import RewardHub, RewardWaitTimeout
+
     _, service = stack
     pid = service.process.pid
-    assert triton.stop() == 0  # the launcher forwarded SIGTERM; tritonserver drained and exited cleanly
-    wait_health(service.target, "NOT_SERVING", timeout=60)
-    with pytest.raises(grpc.RpcError) as err:
-        raw_score(service.target, [pb.Sample(id="down", prompt="What is 3 + 3?", response="6")])
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    triton.start()
-    wait_health(service.target, "SERVING", timeout=120)
-    reply = raw_score(service.target, [pb.Sample(id="back", prompt="What is 3 + 3?", response="6")])
+    metrics = TrainerMetrics()
+    source = make_source(source_config(triton, local_models))
+    hub = RewardHub([source], metrics)
+    hub.start()
+    try:
+        first = arithmetic("a", 4)
+        hub.submit(first)
+        hub.wait([s.id for s in first], timeout=120)
+
+        assert triton.stop() == 0  # the launcher forwarded SIGTERM; tritonserver drained and exited cleanly
+        wait_health(service.target, "NOT_SERVING", timeout=60)
+        with pytest.raises(grpc.RpcError) as err:
+            raw_score(service.target, [pb.Sample(id="down", prompt="What is 3 + 3?", response="6")])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        second = arithmetic("b", 9)
+        hub.submit(second)
+        with pytest.raises(RewardWaitTimeout):
+            hub.wait([s.id for s in second], timeout=3)
+        assert hub.waiting_for == ["rm"]
+
+        triton.start()
+        wait_health(service.target, "SERVING", timeout=120)
+        reply = raw_score(service.target, [pb.Sample(id="back", prompt="What is 3 + 3?", response="6")])
+        got = hub.wait([s.id for s in second], timeout=120)
+        assert hub.waiting_for == []
+    finally:
+        hub.close()
     assert abs(reply.rewards[0].score - reference.score("What is 3 + 3?", "6")) < 1e-4
     assert service.process.pid == pid and service.process.poll() is None
+    assert_close([got[s.id]["rm"].score for s in second], [reference.score(s.prompt, s.completion) for s in second])
+    assert all(got[s.id]["rm"].error is None for s in second)
+    assert source.outages == 1 and metrics.source_outages.labels("rm")._value.get() == 1
+    assert metrics.duplicate_rewards.labels("rm")._value.get() == 0

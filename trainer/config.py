@@ -100,9 +100,26 @@ class PythonSourceConfig(_SourceBase):
     kwargs: dict[str, object] = Field({}, description="extra keyword arguments passed on every call")
 
 
+class TritonSourceConfig(_SourceBase):
+    """A sequence-classification reward model hosted by NVIDIA Triton, called directly (KServe v2 gRPC), for
+    users who run Triton and not rewardline's service; rendered and tokenized exactly as the service does."""
+
+    type: Literal["triton"] = "triton"
+    url: str = Field(..., min_length=1, description="host:port of Triton's gRPC endpoint")
+    model: str = Field(..., min_length=1, description="the model's name in Triton")
+    model_dir: Path = Field(..., description="the model directory Triton serves (tokenizer, chat template, config, weights' revision)")
+    max_length: int | None = Field(None, gt=0, description="longest input in tokens; longer prompts are cut from the left (default: the model's)")
+    chat_template: Literal["auto", "on", "off"] = Field("auto", description="render with the tokenizer's chat template (auto: when it has one)")
+    score_weights: dict[str, float] | list[float] | None = Field(None, description="multi-attribute models: weights of the outputs in the score (default: the first)")
+    max_batch_size: int = Field(32, gt=0, description="samples per Triton call")
+    concurrency: int = Field(4, gt=0, description="Triton calls in flight (its dynamic batcher merges them)")
+    timeout_s: float = Field(60.0, gt=0, description="deadline of one Triton call")
+    reconnect_max_backoff_s: float = Field(5.0, gt=0, description="longest wait between readiness checks while Triton is away")
+
+
 # Another source type (a Triton one, say) is a config class here, added to this union, and an entry in
 # trainer/rewards/__init__.py: SOURCE_TYPES.
-RewardSourceConfig = Annotated[Union[GrpcSourceConfig, PythonSourceConfig], Field(discriminator="type")]
+RewardSourceConfig = Annotated[Union[GrpcSourceConfig, PythonSourceConfig, TritonSourceConfig], Field(discriminator="type")]
 
 
 class RewardsConfig(_Section):

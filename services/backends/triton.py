@@ -74,7 +74,7 @@ class TritonClassifier:
         self.revision = weights_revision(model_dir)
         self.max_batch_size: int | None = None  # Triton's, learned when the model is first seen ready
         self._checked = False
-        self._mismatch: list[str] = []
+        self.mismatch: list[str] = []  # why Triton's model was last refused (empty: it was not)
         self._client: Any = None
 
     def _triton(self) -> Any:
@@ -153,12 +153,12 @@ class TritonClassifier:
         if remote_revision and remote_revision != self.revision:
             problems.append(f"it serves weights revision {remote_revision} and the model directory holds {self.revision}")
         if problems:
-            if problems != self._mismatch:  # the server polls every second: say it once
+            if problems != self.mismatch:  # the server polls every second: say it once
                 log.error("Triton's model does not match the model directory; staying NOT_SERVING",
                           extra={"triton": self.url, "model": self.model, "problems": problems})
-            self._mismatch = problems
+            self.mismatch = problems
             return False
-        self._mismatch = []
+        self.mismatch = []
         self.max_batch_size = int(config.max_batch_size) or None
         return True
 

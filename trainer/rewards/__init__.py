@@ -17,6 +17,7 @@ from trainer.rewards.base import RewardSink, RewardSource, ScoringSample, Source
 SOURCE_TYPES: dict[str, str] = {
     "grpc": "trainer.rewards.grpc_source:GrpcRewardSource",
     "python": "trainer.rewards.python_source:PythonRewardSource",
+    "triton": "trainer.rewards.triton_source:TritonRewardSource",
 }
 
 
