@@ -292,3 +292,11 @@ def test_a_spec_that_does_not_match_the_checkpoint_is_refused(kinds, tmp_path):
 def test_a_plain_reward_model_is_not_served_as_an_uncertainty_model(local_models):
     with pytest.raises(ValueError, match="is not an uncertainty model"):
         load(local_models / "reward")
+
+
+def test_a_checkpoint_ensemble_is_refused_on_the_triton_backend(kinds):
+    """Triton serves the one model --triton-model names; K members would all be that one model."""
+    config = ServeConfig(kind="uncertainty", model=kinds["checkpoint_ensemble"].model_dir, backend="triton",
+                         triton_url="127.0.0.1:1")
+    with pytest.raises(ValueError, match="one model per member"):
+        UncertaintyScorer.load(config)

@@ -104,6 +104,9 @@ class UncertaintyScorer:
         model_dir = Path(config.model)
         spec = read_spec(model_dir)
         dirs = spec.checkpoint_dirs(model_dir)
+        if len(dirs) > 1 and config.backend == "triton":
+            raise ValueError("a checkpoint_ensemble runs one model per member, and the triton backend serves the one "
+                             "model named by --triton-model; serve it with --backend hf or vllm")
         for d in dirs:
             if not d.is_dir():
                 raise ValueError(f"member directory {d} listed in {spec_path(model_dir)} does not exist")

@@ -1,0 +1,134 @@
+"""What uncertainty costs: the scalar reward service against uncertainty services on the same backbone.
+
+    .venv/bin/python bench/uncertainty_cost.py [--seconds 20] [--clients 1,32] [--threads 1] [--checkpoints 2,3]
+
+Same load as bench/reward_service.py (N concurrent asyncio clients sending single-sample Score calls for a fixed
+time, cache off), on the benchmark model of bench/common.py (Llama, hidden 256, 4 layers, ~3.4M parameters,
+samples of 64-256 tokens):
+  * scalar:          `serve reward` on the benchmark model (one output);
+  * ensemble K=5:    `serve uncertainty` on the SAME backbone with a 5-row score layer (one forward pass for all
+                     heads; target: p50 latency <= 1.15x the scalar service's);
+  * checkpoints K=k: `serve uncertainty` on k separate copies of the model (k forward passes), for reference.
+Latency p50/p99 and throughput are printed, with each service's ratio to the scalar one at the same load. The
+heads are untrained (serving cost does not depend on what the weights say); each model's OOD threshold is the
+95th percentile of its std over the benchmark samples, so the flag is computed as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import BenchModel, print_table  # noqa: E402
+from bench.reward_service import drive  # noqa: E402
+from services.process import ServiceProcess  # noqa: E402
+
+ENSEMBLE_MEMBERS = 5
+
+
+def _calibrated_on_samples(model_dir: Path, model: BenchModel, kind: str, members: int, member_dirs: list[str]) -> None:
+    """Writes the spec, with the 95th percentile of std over the benchmark samples as the threshold."""
+    from services.uncertainty.model_format import Calibration, UncertaintySpec, write_spec
+    from trainer.reward_modeling.calibration import threshold_from
+    from trainer.reward_modeling.predict import Predictor
+
+    placeholder = Calibration(percentile=95, threshold=0.0, n=1, data="placeholder")
+    write_spec(model_dir, UncertaintySpec(kind=kind, members=members, member_dirs=member_dirs, calibration=placeholder))
+    predictor = Predictor.from_dir(model_dir, "cpu", batch_size=32, max_length=4096)
+    stds = predictor.predict_rows(model.token_ids).std
+    calibration = threshold_from(stds, 95.0, "bench/common.py benchmark samples (cost measurement only)")
+    write_spec(model_dir, UncertaintySpec(kind=kind, members=members, member_dirs=member_dirs, calibration=calibration))
+
+
+def ensemble_model(model: BenchModel, cache: Path, members: int) -> Path:
+    """The benchmark backbone with a `members`-row score layer (seeded random heads) and its spec."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = cache / f"reward-3m-ensemble{members}"
+    if (path / "rewardline_uncertainty.json").exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    scalar = AutoModelForSequenceClassification.from_pretrained(model.path)
+    config = scalar.config
+    config.num_labels = members
+    config.id2label = {i: f"member{i}.score" for i in range(members)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    wide = AutoModelForSequenceClassification.from_config(config)
+    wide.model.load_state_dict(scalar.model.state_dict())
+    torch.manual_seed(0)
+    torch.nn.init.normal_(wide.score.weight, std=0.02)
+    wide.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    _calibrated_on_samples(path, model, "ensemble", members, [])
+    return path
+
+
+def checkpoint_model(model: BenchModel, cache: Path, members: int) -> Path:
+    """`members` copies of the benchmark model, each with its own seeded score head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = cache / f"reward-3m-checkpoints{members}"
+    if (path / "rewardline_uncertainty.json").exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    member_dirs = [f"members/{i}" for i in range(members)]
+    for i, d in enumerate(member_dirs):
+        member = AutoModelForSequenceClassification.from_pretrained(model.path)
+        torch.manual_seed(i)
+        torch.nn.init.normal_(member.score.weight, std=0.02)
+        member.save_pretrained(path / d)
+        model.tokenizer.save_pretrained(path / d)
+    _calibrated_on_samples(path, model, "checkpoint_ensemble", members, member_dirs)
+    return path
+
+
+def served(kind: str, path: Path, model: BenchModel, clients: int, seconds: float, threads: int) -> dict:
+    args = ["--model", str(path), "--num-threads", str(threads), "--cache-size", "0"]
+    with ServiceProcess(kind, args, threads=threads) as svc:
+        return asyncio.run(drive(svc.target, model.samples, clients, seconds, warmup=2.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", default="1,32")
+    parser.add_argument("--checkpoints", default="2,3", help="member counts of the separate-checkpoint ensembles ('' for none)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
+                        help="torch threads of every service")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cache = REPO / ".cache" / "bench"
+    model = BenchModel.load_or_build(cache)
+    runs = [("scalar", "reward", model.path), (f"ensemble K={ENSEMBLE_MEMBERS}", "uncertainty", ensemble_model(model, cache, ENSEMBLE_MEMBERS))]
+    runs += [(f"checkpoints K={k}", "uncertainty", checkpoint_model(model, cache, int(k))) for k in args.checkpoints.split(",") if k]
+    print(f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens "
+          f"(mean {model.mean_len:.0f}), torch threads {args.threads}, {args.seconds:.0f}s per run")
+    rows = []
+    for clients in (int(c) for c in args.clients.split(",")):
+        scalar: dict | None = None
+        for name, kind, path in runs:
+            result = served(kind, path, model, clients, args.seconds, args.threads)
+            scalar = scalar or result
+            rows.append({"clients": clients, "service": name, "served/s": result["samples_s"], "p50 ms": result["p50_ms"],
+                         "p99 ms": result["p99_ms"], "p50 / scalar": result["p50_ms"] / scalar["p50_ms"],
+                         "p99 / scalar": result["p99_ms"] / scalar["p99_ms"],
+                         "throughput / scalar": result["samples_s"] / scalar["samples_s"]})
+    print_table(rows)
+    ensemble = [r for r in rows if r["service"].startswith("ensemble")]
+    worst = max(r["p50 / scalar"] for r in ensemble)
+    print(f"shared-backbone ensemble of {ENSEMBLE_MEMBERS}: worst p50 ratio {worst:.3f} (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
