@@ -268,7 +268,7 @@ def test_build_is_deterministic_and_cached(tmp_path):
     changed = tiny_config(reward=RewardTrainConfig(steps=3, batch_size=8))
     build.ensure_models(tmp_path / "a", changed)
     reused = {name: s["reused"] for name, s in build.read_manifest(tmp_path / "a")["steps"].items()}
-    assert reused == {"tokenizer": True, "data": True, "policy": True, "reward": False}
+    assert reused == {"tokenizer": True, "data": True, "policy": True, "reward": False, "uncertainty": False}
     assert build.is_current(tmp_path / "a", changed)
     assert build.build_key(changed) != build.build_key(tiny_config())
     assert build.build_key(tiny_config(seed=1)) != build.build_key(tiny_config())
