@@ -75,13 +75,14 @@ class TritonControl:
 
 @pytest.fixture(scope="session")
 def triton_repo(local_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository for the local reward model, as `rewardline triton build-repo` writes it. Triton's max batch
-    (8) is below the test services' (16), so the backend's splitting of a batch runs too."""
+    """A repository for the local reward and uncertainty models, as `rewardline triton build-repo` writes it.
+    Triton's max batch (8) is below the test services' (16), so the backend's splitting of a batch runs too."""
     from services.triton.config import TritonRepoConfig
     from services.triton.repository import build_repository
 
     out = tmp_path_factory.mktemp("triton-repo")
-    build_repository(TritonRepoConfig(model=local_models / "reward", out=out, max_batch_size=8, num_threads=1))
+    for name in ("reward", "uncertainty"):
+        build_repository(TritonRepoConfig(model=local_models / name, out=out, max_batch_size=8, num_threads=1))
     return out
 
 

@@ -245,6 +245,38 @@ def test_other_weights_in_triton_keep_the_backend_not_ready(stack, triton, rewar
     assert triton_ready is True and ready is False
 
 
+def test_uncertainty_kind_runs_on_triton_unchanged(stack, triton, local_models, reference):
+    """The uncertainty kind post-processes a plain checkpoint's logits (here a 5-head ensemble), so it runs on
+    the triton backend as it is; its rewards equal the same scorer's on the hf backend, computed in-process."""
+    from services.config import ServeConfig
+    from services.uncertainty.scorer import UncertaintyScorer
+
+    model_dir = local_models / "uncertainty"
+    pairs = short_pairs(reference, 10, seed=4)
+    args = ["--model", str(model_dir), "--backend", "triton", "--triton-url", triton.url, "--triton-model", "uncertainty",
+            "--max-length", str(MAX_LENGTH)]
+    with ServiceProcess("uncertainty", args) as service, RewardClient(service.target, timeout=60) as client:
+        served = client.score(samples(pairs))
+        info = client.info()
+
+    async def on_hf() -> list[pb.Reward]:
+        scorer = UncertaintyScorer.load(ServeConfig(kind="uncertainty", model=model_dir, max_length=MAX_LENGTH, device="cpu"))
+        try:
+            rendered = scorer.render(samples(pairs))
+            return await scorer.score_batch(rendered)  # type: ignore[arg-type]
+        finally:
+            await scorer.close()
+
+    expected = asyncio.run(on_hf())
+    assert info.backend == "triton" and info.num_members == 5
+    assert_close([r.score for r in served], [r.score for r in expected])
+    assert_close([r.uncertainty.std for r in served], [r.uncertainty.std for r in expected])
+    for got, want in zip(served, expected):
+        assert_close(list(got.uncertainty.member_scores), list(want.uncertainty.member_scores))
+        assert got.uncertainty.out_of_distribution == want.uncertainty.out_of_distribution
+        assert got.model_revision == want.model_revision == info.revision
+
+
 def test_stopped_triton_turns_health_not_serving_and_a_restart_brings_it_back(stack, triton, local_models, reference):
     """Runs last: Triton goes away under a running service, and under a trainer's Triton reward source, and
     comes back on the same port. The service turns NOT_SERVING and answers UNAVAILABLE, then serves again
