@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from trainer.reward_modeling.data import pad_right
@@ -37,7 +38,7 @@ def pooled_features(
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = torch.empty(len(rows), model.config.get_text_config().hidden_size, device=device)
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc="features", disable=None, leave=False):
             chunk = order[start : start + batch_size]
             input_ids, attention_mask = pad_right([list(rows[i]) for i in chunk], pad_id)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -44,7 +45,7 @@ def forward_logits(
     model.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = np.empty((len(rows), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=None, leave=False):
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = pad_right([list(rows[i]) for i in chunk], pad_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
