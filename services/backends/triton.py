@@ -71,7 +71,8 @@ class TritonClassifier:
         self.device = f"triton://{url}/{model}"
         self.num_outputs = int(config.num_labels)
         self.pad_id = pad_id_for(tokenizer, config.pad_token_id)
-        self.revision = weights_revision(model_dir)
+        self.model_dir = Path(model_dir)
+        self._revision: str | None = None  # hashed when first needed: large weights take a while
         self.max_batch_size: int | None = None  # Triton's, learned when the model is first seen ready
         self._checked = False
         self.mismatch: list[str] = []  # why Triton's model was last refused (empty: it was not)
@@ -150,8 +151,8 @@ class TritonClassifier:
         elif outputs[LOGITS][-1:] not in ([self.num_outputs], [-1]):
             problems.append(f"its {LOGITS!r} has dims {outputs[LOGITS]}, and the model directory's config has {self.num_outputs} labels")
         remote_revision = config.parameters[REVISION_PARAMETER].string_value if REVISION_PARAMETER in config.parameters else ""
-        if remote_revision and remote_revision != self.revision:
-            problems.append(f"it serves weights revision {remote_revision} and the model directory holds {self.revision}")
+        if remote_revision and remote_revision != await self.revision():
+            problems.append(f"it serves weights revision {remote_revision} and the model directory holds {await self.revision()}")
         if problems:
             if problems != self.mismatch:  # the server polls every second: say it once
                 log.error("Triton's model does not match the model directory; staying NOT_SERVING",
@@ -161,6 +162,12 @@ class TritonClassifier:
         self.mismatch = []
         self.max_batch_size = int(config.max_batch_size) or None
         return True
+
+    async def revision(self) -> str:
+        """The model directory's weights revision (as build-repo records it), hashed once, off the event loop."""
+        if self._revision is None:
+            self._revision = await asyncio.to_thread(weights_revision, self.model_dir)
+        return self._revision
 
     async def close(self) -> None:
         if self._client is not None:
