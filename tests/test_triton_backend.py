@@ -247,27 +247,25 @@ def test_other_weights_in_triton_keep_the_backend_not_ready(stack, triton, rewar
 
 def test_uncertainty_kind_runs_on_triton_unchanged(stack, triton, local_models, reference):
     """The uncertainty kind post-processes a plain checkpoint's logits (here a 5-head ensemble), so it runs on
-    the triton backend as it is; its rewards equal the same scorer's on the hf backend, computed in-process."""
+    the triton backend as it is: its scorer on triton gives the rewards it gives on hf. (In-process scorers:
+    the serving pipeline around them is the one the reward tests above run.)"""
     from services.config import ServeConfig
     from services.uncertainty.scorer import UncertaintyScorer
 
     model_dir = local_models / "uncertainty"
     pairs = short_pairs(reference, 10, seed=4)
-    args = ["--model", str(model_dir), "--backend", "triton", "--triton-url", triton.url, "--triton-model", "uncertainty",
-            "--max-length", str(MAX_LENGTH)]
-    with ServiceProcess("uncertainty", args) as service, RewardClient(service.target, timeout=60) as client:
-        served = client.score(samples(pairs))
-        info = client.info()
 
-    async def on_hf() -> list[pb.Reward]:
-        scorer = UncertaintyScorer.load(ServeConfig(kind="uncertainty", model=model_dir, max_length=MAX_LENGTH, device="cpu"))
+    async def rewards(**backend: object) -> tuple[list[pb.Reward], pb.GetInfoResponse]:
+        config = ServeConfig(kind="uncertainty", model=model_dir, max_length=MAX_LENGTH, device="cpu", **backend)
+        scorer = UncertaintyScorer.load(config)
         try:
-            rendered = scorer.render(samples(pairs))
-            return await scorer.score_batch(rendered)  # type: ignore[arg-type]
+            assert await scorer.ready()
+            return await scorer.score_batch(scorer.render(samples(pairs))), scorer.info()  # type: ignore[arg-type]
         finally:
             await scorer.close()
 
-    expected = asyncio.run(on_hf())
+    served, info = asyncio.run(rewards(backend="triton", triton_url=triton.url, triton_model="uncertainty"))
+    expected, _ = asyncio.run(rewards(backend="hf"))
     assert info.backend == "triton" and info.num_members == 5
     assert_close([r.score for r in served], [r.score for r in expected])
     assert_close([r.uncertainty.std for r in served], [r.uncertainty.std for r in expected])
