@@ -30,6 +30,25 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(config)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    config = load_config(TrainConfig, args)
+    setup_logging(config.log_level)
+    return train(config, resume=args.resume)
+
+
+TRAIN_DESCRIPTION = """Train a policy online against reward services and reward functions (GRPO, RLOO, PPO).
+Every field of the config can be set with a flag (--rollout.n 8) or in the YAML file given with --config,
+except the list of reward sources (rewards.sources), which is YAML-only: e.g.
+  rewards:
+    sources:
+      - {name: rm, type: grpc, target: "127.0.0.1:50051", weight: 1.0}
+      - {name: exact, type: python, function: "trainer.rewards.verifiable:exact_answer"}
+Under torchrun (several processes) it trains data-parallel (DDP)."""
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Registers the trainer's subcommands on the ``rewardline`` parser."""
     from trainer.demo import DemoConfig
@@ -43,6 +62,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="rerun every step, even those whose key is unchanged")
     add_config_flags(build, ModelsBuildConfig)
     build.set_defaults(handler=_models_build)
+
+    from trainer.config import TrainConfig
+
+    train = sub.add_parser("train", help="the online RL training daemon (GRPO, RLOO, PPO)", description=TRAIN_DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run_dir")
+    add_config_flags(train, TrainConfig, skip={"rewards.sources"})
+    train.set_defaults(handler=_train)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on local models (the README's main command)")
     add_config_flags(demo, DemoConfig)

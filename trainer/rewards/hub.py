@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Coroutine, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 from trainer.observability import TrainerMetrics
 from trainer.rewards.base import RewardSource, ScoringSample, SourceReward
@@ -25,6 +25,10 @@ T = TypeVar("T")
 
 class RewardWaitTimeout(TimeoutError):
     """Rewards did not arrive within rewards.max_wait_s."""
+
+
+class WaitInterrupted(Exception):
+    """The run was asked to stop while it waited for rewards."""
 
 
 class LoopThread:
@@ -107,13 +111,24 @@ class RewardHub:
         for source in self.sources:
             self.loop.spawn(source.submit(samples))
 
+    def forget(self, sample_ids: Sequence[str]) -> None:
+        """Drops what is known about samples of an abandoned step (their late answers count as duplicates)."""
+        with self.condition:
+            for i in sample_ids:
+                self.results.pop(i, None)
+            self.expected.difference_update(sample_ids)
+
     def missing(self, sample_ids: Sequence[str]) -> dict[str, int]:
         """Per source, how many of these samples it has not answered."""
         with self.condition:
             return self.missing_locked(sample_ids)
 
-    def wait(self, sample_ids: Sequence[str], timeout: float | None = None) -> dict[str, dict[str, SourceReward]]:
-        """Blocks until every source answered every sample; returns and forgets their answers."""
+    def wait(
+        self, sample_ids: Sequence[str], timeout: float | None = None, should_stop: Callable[[], bool] = lambda: False
+    ) -> dict[str, dict[str, SourceReward]]:
+        """Blocks until every source answered every sample; returns and forgets their answers.
+
+        Raises RewardWaitTimeout after ``timeout`` seconds, WaitInterrupted as soon as ``should_stop()``."""
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
 
@@ -123,10 +138,12 @@ class RewardHub:
         with self.condition:
             while not complete():
                 remaining = None if deadline is None else deadline - time.monotonic()
+                if should_stop():
+                    raise WaitInterrupted("stopped while waiting for rewards")
                 if remaining is not None and remaining <= 0:
                     missing = {n: c for n, c in self.missing_locked(sample_ids).items() if c}
                     raise RewardWaitTimeout(f"rewards still missing after {timeout:.0f} s: {missing}")
-                self.condition.wait(1.0 if remaining is None else min(remaining, 1.0))
+                self.condition.wait(0.5 if remaining is None else min(remaining, 0.5))
             out = {i: self.results.pop(i) for i in sample_ids}
             self.expected.difference_update(sample_ids)
         self.metrics.reward_wait_seconds.inc(time.monotonic() - started)

@@ -1,0 +1,50 @@
+"""Completions as tensors: prompts left-padded, completions right-padded, so every completion starts at the
+same column.
+
+With that layout the completion tokens of every row are the last C columns, a row's valid completion tokens
+are a prefix of them (what GAE needs), and the model only has to produce logits for those columns
+(``logits_to_keep``). Position ids are counted from each row's first real token, so left padding changes
+nothing the model computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from trainer.rollout.base import Completion
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, P + C)
+    attention_mask: torch.Tensor  # (B, P + C)
+    position_ids: torch.Tensor  # (B, P + C)
+    completion_ids: torch.Tensor  # (B, C)
+    completion_mask: torch.Tensor  # (B, C) float: 1 on generated tokens of samples that count in the loss
+
+    @property
+    def completion_width(self) -> int:
+        return self.completion_ids.shape[1]
+
+    def rows(self, index: slice) -> "Batch":
+        return Batch(self.input_ids[index], self.attention_mask[index], self.position_ids[index],
+                     self.completion_ids[index], self.completion_mask[index])
+
+
+def build_batch(completions: Sequence[Completion], valid: Sequence[bool], pad_id: int) -> Batch:
+    prompt_width = max(len(c.request.prompt_ids) for c in completions)
+    completion_width = max(max(len(c.token_ids) for c in completions), 1)
+    input_ids, attention, completion_ids, completion_mask = [], [], [], []
+    for c, keep in zip(completions, valid, strict=True):
+        prompt, tokens = list(c.request.prompt_ids), list(c.token_ids)
+        left, right = prompt_width - len(prompt), completion_width - len(tokens)
+        input_ids.append([pad_id] * left + prompt + tokens + [pad_id] * right)
+        attention.append([0] * left + [1] * (len(prompt) + len(tokens)) + [0] * right)
+        completion_ids.append(tokens + [pad_id] * right)
+        completion_mask.append([float(keep)] * len(tokens) + [0.0] * right)
+    attention_mask = torch.tensor(attention)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(torch.tensor(input_ids), attention_mask, position_ids, torch.tensor(completion_ids), torch.tensor(completion_mask))

@@ -1,0 +1,115 @@
+"""Checkpoints: everything needed to continue a run as if it had never stopped.
+
+A checkpoint is a directory ``run_dir/checkpoints/step-00000042``: ``policy/`` (a Hugging Face directory in
+safetensors — the full model, or the LoRA adapter), ``value.safetensors`` (PPO), ``trainer_state.pt``
+(optimizer, scheduler, the RNG states of python/numpy/torch, step, data cursor, config hash) and
+``state.json`` (the same facts, readable). It is written under a temporary name and renamed when complete,
+so the latest checkpoint is always whole, even after a SIGKILL in the middle of writing one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from trainer.data import Cursor
+from trainer.policy import PolicyModule
+
+log = logging.getLogger(__name__)
+PREFIX = "step-"
+
+
+@dataclass
+class TrainingState:
+    step: int
+    cursor: Cursor
+    config_hash: str
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def latest(run_dir: Path) -> Path | None:
+    done = [p for p in checkpoints_dir(run_dir).glob(f"{PREFIX}*") if (p / "state.json").exists()]
+    return max(done, key=lambda p: int(p.name[len(PREFIX) :]), default=None)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save(
+    run_dir: Path,
+    module: PolicyModule,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainingState,
+    keep: int,
+) -> Path:
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{state.step:08d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    module.policy.save_pretrained(tmp / "policy", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "policy")
+    if module.value is not None:
+        save_file({k: v.contiguous() for k, v in module.value.state_dict().items()}, tmp / "value.safetensors")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "step": state.step,
+            "cursor": state.cursor.model_dump(),
+            "config_hash": state.config_hash,
+        },
+        tmp / "trainer_state.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({
+        "step": state.step, "cursor": state.cursor.model_dump(), "config_hash": state.config_hash, "time": time.time(),
+    }, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob(f"{PREFIX}*"), key=lambda p: int(p.name[len(PREFIX) :]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint written", extra={"step": state.step, "path": str(final)})
+    return final
+
+
+def load(path: Path, module: PolicyModule, optimizer: torch.optim.Optimizer, scheduler: Any) -> TrainingState:
+    """Restores weights, optimizer, scheduler and RNG states in place; returns step, cursor and config hash."""
+    if hasattr(module.policy, "get_base_model"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(module.policy, load_file(path / "policy" / "adapter_model.safetensors"))
+    else:
+        saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=next(module.policy.parameters()).dtype)
+        module.policy.load_state_dict(saved.state_dict())
+    if module.value is not None:
+        module.value.load_state_dict(load_file(path / "value.safetensors"))
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return TrainingState(state["step"], Cursor(**state["cursor"]), state["config_hash"])

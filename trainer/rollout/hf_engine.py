@@ -1,0 +1,83 @@
+"""Rollouts with transformers' ``generate`` on the training policy itself.
+
+The engine holds the live policy module, so there is nothing to copy after an update: the next call samples
+from the new weights. One prompt group is generated per call (its n copies of one prompt need no padding)
+under that group's own seed, which makes a group's samples independent of the batch around it; each group is
+handed to the reward sources as soon as it is done, so scoring overlaps the next group's generation.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer.config import RolloutConfig
+from trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, eos_token_ids
+
+
+class HFEngine:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        generation = getattr(model, "generation_config", None)
+        self.eos_ids = eos_token_ids(getattr(generation, "eos_token_id", None), tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[RolloutRequest], n: int, on_complete: OnComplete) -> list[Completion]:
+        out: list[Completion] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for request in requests:
+                input_ids = torch.tensor([list(request.prompt_ids)] * n)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(request.seed)
+                    generated = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        do_sample=True,
+                        temperature=self.config.temperature,
+                        top_p=self.config.top_p,
+                        top_k=self.config.top_k,
+                        max_new_tokens=self.config.max_new_tokens,
+                        eos_token_id=sorted(self.eos_ids),
+                        pad_token_id=self.pad_id,
+                    )
+                new_tokens = generated[:, input_ids.shape[1] :].tolist()
+                group = [completion_from_tokens(request, k, t, self.tokenizer, self.eos_ids) for k, t in enumerate(new_tokens)]
+                on_complete(group)
+                out.extend(group)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Left-padded batch; the generated ids up to and including the end-of-sequence token."""
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompt_ids])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            generated = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+            )
+        finally:
+            self.model.train(was_training)
+        out = []
+        for row in generated[:, width:].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in self.eos_ids), len(row))
+            out.append(row[:cut])
+        return out
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Nothing to do: this engine samples from the training module itself."""
+
+    def close(self) -> None:
+        pass

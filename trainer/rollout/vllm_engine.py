@@ -1,0 +1,110 @@
+"""Rollouts with an in-process vLLM engine, and new weights loaded into it in place after every update.
+
+- In process and single-worker (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, executor ``uni``, eager): it starts in
+  seconds on the CPU build and the engine's model lives in this process, which is what lets the update below
+  hand it tensors without serialising them.
+- Streaming: each sample is its own request (with its own seed), driven through ``LLMEngine.step``; a sample
+  is passed on to the reward sources the step it finishes, while the others are still generating.
+- In-place update: ``collective_rpc("reload_weights", weights_iterator=...)`` is vLLM's own layer-wise
+  reload (vllm/model_executor/model_loader/reload); it takes checkpoint-format names, so the policy's
+  ``state_dict`` goes in as is. The prefix cache holds KV computed with the old weights and is reset.
+  On a multi-process GPU engine the same call pickles the tensors to the worker; a production deployment at
+  scale would stream them over NCCL instead (vLLM's weight-transfer engine), which this build cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from trainer.config import RolloutConfig
+from trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, derive_seed, eos_token_ids
+
+
+def _fast_single_process_settings(config: RolloutConfig) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(config.vllm_kv_cache_gib))))
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    # Every reload warns that the rotary embedding got no weights: it has none to get (its tables are computed),
+    # and the greedy-equality test shows the reload is complete.
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+
+
+class VLLMEngine:
+    def __init__(self, model_dir: Path, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, dtype: str, seed: int) -> None:
+        _fast_single_process_settings(config)
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.config = config
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype=dtype,
+            seed=seed,
+            distributed_executor_backend="uni",
+            enforce_eager=True,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        )
+        generation = self.llm.llm_engine.model_config.try_get_generation_config()
+        self.eos_ids = eos_token_ids(generation.get("eos_token_id"), tokenizer)
+        self._counter = 0
+
+    def _params(self, seed: int | None, max_tokens: int, greedy: bool = False):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if greedy:
+            return SamplingParams(temperature=0.0, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False)
+        return SamplingParams(
+            n=1, seed=seed, temperature=self.config.temperature, top_p=self.config.top_p, top_k=self.config.top_k,
+            max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False,
+        )
+
+    def _run(self, requests: dict[str, tuple], on_finished) -> None:
+        """Adds every request, then steps the engine, calling ``on_finished(key, token_ids)`` as each ends."""
+        engine = self.llm.llm_engine
+        ids: dict[str, object] = {}
+        for key, (prompt_ids, params) in requests.items():
+            self._counter += 1
+            request_id = f"r{self._counter}"  # outputs carry this id; vLLM's internal one has a random suffix
+            engine.add_request(request_id, {"prompt_token_ids": list(prompt_ids)}, params)
+            ids[request_id] = key
+        remaining = len(ids)
+        while remaining:
+            for output in engine.step():
+                if output.finished and output.request_id in ids:
+                    remaining -= 1
+                    on_finished(ids.pop(output.request_id), list(output.outputs[0].token_ids))
+
+    def generate(self, requests: Sequence[RolloutRequest], n: int, on_complete: OnComplete) -> list[Completion]:
+        by_key = {(r.index, k): r for r in requests for k in range(n)}
+        work = {key: (r.prompt_ids, self._params(derive_seed(r.seed, key[1]), self.config.max_new_tokens)) for key, r in by_key.items()}
+        done: dict[tuple[int, int], Completion] = {}
+
+        def finished(key, token_ids):
+            completion = completion_from_tokens(by_key[key], key[1], token_ids, self.tokenizer, self.eos_ids)
+            done[key] = completion
+            on_complete([completion])
+
+        self._run(work, finished)
+        return [done[key] for key in sorted(done)]
+
+    def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        out: dict[int, list[int]] = {}
+        params = self._params(None, max_new_tokens, greedy=True)
+        self._run({i: (p, params) for i, p in enumerate(prompt_ids)}, lambda i, t: out.__setitem__(i, t))
+        return [out[i] for i in range(len(prompt_ids))]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            del self.llm

@@ -1,0 +1,78 @@
+"""What a run leaves for people to read: ``metrics.jsonl`` (one line per step) and PNG plots of it.
+
+metrics.jsonl carries at least ``step`` and ``reward`` (the mean combined reward over the step's samples that
+counted) and every other figure of the step. On resume, lines of steps after the checkpoint (steps that will
+be run again) are dropped, so the file always describes one history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.history: list[dict[str, Any]] = []
+        if self.path.exists():
+            if resume_step is None:
+                self.path.unlink()  # a fresh run in an old directory starts a new history
+            else:
+                lines = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+                self.history = [r for r in lines if r.get("step", 0) <= resume_step]
+                self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in history if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+def write_plots(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
+    """reward.png (combined reward and each source's) and kl.png, rewritten in place."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    sources = sorted({k for r in history for k in r if k.startswith("reward/")})
+    for name, keys, title in (("reward.png", ["reward", *sources], "reward"), ("kl.png", ["kl"], "KL to the reference (k3, per token)")):
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        for key in keys:
+            steps, values = _series(history, key)
+            if not steps:
+                continue
+            line = ax.plot(steps, values, alpha=0.3, linewidth=1)[0]
+            window = max(1, len(values) // 20)
+            ax.plot(steps, _smooth(values, window), color=line.get_color(), linewidth=2, label=key)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        tmp = run_dir / f".{name}.tmp.png"
+        fig.savefig(tmp)
+        plt.close(fig)
+        tmp.replace(run_dir / name)
+        written.append(run_dir / name)
+    return written

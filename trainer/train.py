@@ -1,0 +1,266 @@
+"""``rewardline train``: the online training daemon.
+
+Sets up once — process group, policy, reference, optimizer, rollout engine, reward sources, metrics, control
+API, signal handlers, and the checkpoint to resume from — then takes steps (trainer.step) until the configured
+number, or forever as a daemon. Between steps it acts on the control API (pause, checkpoint), checkpoints
+every N steps, and on SIGTERM/SIGINT it finishes or abandons the current step, writes a checkpoint and exits 0;
+``--resume`` continues from the latest checkpoint with the same step count and data order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from services.api.rewardline.v1 import trainer_pb2 as tpb
+from services.config_loading import dump_config
+from trainer import checkpoint, distributed
+from trainer.config import TrainConfig, config_hash
+from trainer.control import Control, ControlServer
+from trainer.data import Cursor, NoMorePrompts, PromptStream
+from trainer.observability import TrainerMetrics
+from trainer.policy import PolicyModule, exported_weights, load_policy, load_reference, load_tokenizer
+from trainer.rewards import make_source
+from trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
+from trainer.rollout.base import RolloutEngine
+from trainer.run_log import MetricsLog, write_plots
+from trainer.step import StepContext, run_step
+
+log = logging.getLogger(__name__)
+PAUSE_POLL_S = 0.2
+
+
+def make_engine(config: TrainConfig, module: PolicyModule, tokenizer) -> RolloutEngine:
+    if config.rollout.engine == "vllm":
+        from trainer.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(config.policy.path, tokenizer, config.rollout, config.policy.dtype, config.seed)
+    from trainer.rollout.hf_engine import HFEngine
+
+    return HFEngine(module.policy, tokenizer, config.rollout)
+
+
+def make_optimizer(config: TrainConfig, module: PolicyModule) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    o = config.optim
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    total = config.steps or 10**9
+    scheduler = get_scheduler(o.schedule if o.schedule != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=o.warmup_steps, num_training_steps=total)
+    return optimizer, scheduler
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.config = config
+        self.resume = resume
+        self.stop_signal: str | None = None
+        self.hash = config_hash(config)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop_signal = signal.Signals(signum).name
+        log.warning(f"{self.stop_signal} received: checkpointing and stopping at the next safe point")
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+
+    def setup(self) -> None:
+        c = self.config
+        self.world = distributed.init(c.distributed.backend)
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        random.seed(c.seed)
+        np.random.seed(c.seed)
+        torch.manual_seed(c.seed)
+        self.run_dir = c.run_dir
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(c))
+        self.tokenizer = load_tokenizer(c)
+        self.policy_module = load_policy(c)
+        self.reference = load_reference(c)
+        self.optimizer, self.scheduler = make_optimizer(c, self.policy_module)
+        self.step, cursor = 0, Cursor()
+        latest = checkpoint.latest(self.run_dir) if self.resume else None
+        if self.resume and latest is None:
+            log.warning("--resume: no checkpoint in the run directory; starting from the beginning", extra={"run_dir": str(self.run_dir)})
+        if latest is not None:
+            state = checkpoint.load(latest, self.policy_module, self.optimizer, self.scheduler)
+            self.step, cursor = state.step, state.cursor
+            if state.config_hash != self.hash:
+                log.warning("resuming with a configuration that differs from the checkpoint's",
+                            extra={"checkpoint_hash": state.config_hash, "config_hash": self.hash})
+            log.warning(f"resumed from {latest} at step {self.step}", extra={"step": self.step, "path": str(latest)})
+        self.module: torch.nn.Module = self.policy_module
+        if self.world.distributed:
+            self.module = torch.nn.parallel.DistributedDataParallel(self.policy_module)
+        self.data = PromptStream(c.data, cursor, should_stop=lambda: self.stop_signal is not None)
+        self.metrics = TrainerMetrics()
+        self.engine = make_engine(c, self.policy_module, self.tokenizer)
+        if latest is not None:
+            self.engine.load_weights(exported_weights(self.policy_module.policy))
+        self.hub = RewardHub([make_source(s) for s in c.rewards.sources], self.metrics)
+        self.hub.start()
+        self.control = Control(str(self.run_dir), self.hash, c.algorithm.name, self.world.size, c.steps, lambda: self.hub.waiting_for)
+        self.control_server: ControlServer | None = None
+        self.metrics_port: int | None = None
+        if self.world.is_main:
+            self.log = MetricsLog(self.run_dir, resume_step=self.step if latest is not None else None)
+            if c.observability.metrics_port is not None:
+                self.metrics_port = self.metrics.serve(c.observability.metrics_port, c.observability.metrics_host)
+            if c.control.port is not None:
+                self.control_server = ControlServer(self.control, c.control.host, c.control.port).start()
+                log.warning(f"control API on {c.control.host}:{self.control_server.port}", extra={"port": self.control_server.port})
+        self.metrics.step.set(self.step)
+        self.control.stepped(self.step, float("nan"), float("nan"))
+        self.checkpointed_step = self.step if latest is not None else -1
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        self.setup()
+        try:
+            return self.loop()
+        finally:
+            self.close()
+
+    def _flags(self) -> tuple[bool, bool, bool]:
+        """(stop, pause, checkpoint) as rank 0 sees them, agreed by every rank."""
+        mine = [float(self.stop_signal is not None), float(self.control.pause_requested), float(bool(self.control.checkpoints))]
+        stop, pause, ckpt = distributed.all_reduce_max(mine, self.world)
+        return bool(stop), bool(pause), bool(ckpt)
+
+    def loop(self) -> int:
+        c = self.config
+        progress = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not (c.observability.progress and self.world.is_main))
+        self.control.set_state(tpb.TRAINER_STATE_RUNNING)
+        try:
+            while c.steps is None or self.step < c.steps:
+                stop, pause, ckpt = self._flags()
+                if ckpt:
+                    self._checkpoint()
+                if stop:
+                    break
+                if pause:
+                    self._paused()
+                    continue
+                cursor_before = self.data.cursor
+                try:
+                    records = self.data.take(c.rollout.prompts_per_step)
+                except NoMorePrompts as e:
+                    log.warning(f"no more prompts: {e}")
+                    break
+                ctx = self._context()
+                try:
+                    figures = run_step(ctx, self.step + 1, records)
+                except WaitInterrupted:
+                    self.data.cursor = cursor_before  # the abandoned step's prompts are the first of the resumed run
+                    break
+                except RewardWaitTimeout as e:
+                    self.data.cursor = cursor_before
+                    log.error(f"giving up: {e}")
+                    self._checkpoint()
+                    return 1
+                self.step += 1
+                self._record(figures, records, progress)
+                if c.checkpoint.every and self.step % c.checkpoint.every == 0:
+                    self._checkpoint()
+            self.control.set_state(tpb.TRAINER_STATE_STOPPING)
+            if self.checkpointed_step != self.step:
+                self._checkpoint()
+            if self.world.is_main and self.log.history:
+                write_plots(self.log.history, self.run_dir)
+        finally:
+            progress.close()
+        return 0
+
+    def _context(self) -> StepContext:
+        return StepContext(
+            self.config, self.world, self.tokenizer, self.module, self.policy_module, self.reference, self.optimizer,
+            self.scheduler, self.engine, self.hub,
+            # Under DDP a step is never abandoned half-way (the ranks would disagree about it): stop at its end.
+            should_stop=(lambda: self.stop_signal is not None) if not self.world.distributed else (lambda: False),
+        )
+
+    def _paused(self) -> None:
+        self.control.set_state(tpb.TRAINER_STATE_PAUSED)
+        self.metrics.paused.set(1)
+        log.warning("paused", extra={"step": self.step})
+        while True:
+            time.sleep(PAUSE_POLL_S)
+            stop, pause, ckpt = self._flags()
+            if ckpt:
+                self._checkpoint()
+            if stop or not pause:
+                break
+        self.metrics.paused.set(0)
+        self.control.set_state(tpb.TRAINER_STATE_RUNNING)
+        log.warning("resumed", extra={"step": self.step})
+
+    def _record(self, figures: dict[str, float], records, progress: tqdm) -> None:
+        m = self.metrics
+        m.step.set(self.step)
+        for key, gauge in (("reward", m.reward), ("kl", m.kl), ("entropy", m.entropy), ("clip_fraction", m.clip_fraction),
+                           ("advantage_mean", m.advantage_mean), ("advantage_std", m.advantage_std), ("loss", m.loss),
+                           ("tokens_per_s", m.tokens_per_second)):
+            if math.isfinite(figures[key]):
+                gauge.set(figures[key])
+        for source in self.config.rewards.sources:
+            value = figures.get(f"reward/{source.name}", float("nan"))
+            if math.isfinite(value):
+                m.source_reward.labels(source.name).set(value)
+        m.step_seconds.observe(figures["step_s"])
+        m.samples.inc(figures["samples"])
+        m.generated_tokens.inc(figures["completion_tokens"])
+        self.control.stepped(self.step, figures["reward"], figures["kl"])
+        if not self.world.is_main:
+            return
+        record = {**{k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in figures.items()},
+                  "step": self.step, "epoch": self.data.cursor.epoch, "prompts": [r.origin for r in records], "time": time.time()}
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.log.append(record)
+        progress.update(1)
+        progress.set_postfix(reward=f"{figures['reward']:.3f}", kl=f"{figures['kl']:.4f}", refresh=False)
+        every = self.config.observability.plot_every
+        if every and self.step % every == 0:
+            write_plots(self.log.history, self.run_dir)
+
+    def _checkpoint(self) -> None:
+        requests = self.control.take_checkpoint_requests()
+        if self.world.is_main:
+            previous = self.control.state
+            self.control.set_state(tpb.TRAINER_STATE_STOPPING if self.stop_signal else previous)
+            path = checkpoint.save(self.run_dir, self.policy_module, self.tokenizer, self.optimizer, self.scheduler,
+                                   checkpoint.TrainingState(self.step, self.data.cursor, self.hash), self.config.checkpoint.keep)
+            self.control.checkpointed(self.step, str(path), requests)
+        self.checkpointed_step = self.step
+        if self.world.distributed:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        for name, action in (("control API", lambda: self.control_server and self.control_server.stop()),
+                             ("reward sources", lambda: self.hub.close()),
+                             ("rollout engine", lambda: self.engine.close())):
+            try:
+                action()
+            except AttributeError:
+                pass  # setup did not get that far
+            except Exception:
+                log.exception(f"closing the {name} failed")
+        distributed.shutdown()
+
+
+def train(config: TrainConfig, resume: bool = False) -> int:
+    return Trainer(config, resume).run()
