@@ -25,7 +25,9 @@ def local_models() -> Path:
 # --- Triton (services/triton, services/backends/triton.py; tests/test_triton_*.py) ------------------------------
 class TritonControl:
     """``rewardline triton start`` on a loopback port, as a user runs it; started and stopped by the tests
-    (one server for the whole session, stopped and restarted by the restart test)."""
+    (one server for the whole session, stopped and restarted by the restart test). Explicit model control with
+    only ``reward`` loaded at start: each loaded model costs a Python-backend stub (seconds to start), so the
+    uncertainty test loads its model itself and unloads it after."""
 
     def __init__(self, repo: Path, log_path: Path) -> None:
         from services.process import free_port
@@ -55,7 +57,8 @@ class TritonControl:
             return self
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services", "triton", "start", "--repo", str(self.repo), "--grpc-port", str(self.port)],
+                [sys.executable, "-m", "services", "triton", "start", "--repo", str(self.repo), "--grpc-port", str(self.port),
+                 "--model-control-mode", "explicit", "--load-models", "reward"],
                 env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log, start_new_session=True,
             )
         wait_ready(self.url, timeout, self.process, self.log_path)
@@ -93,3 +96,4 @@ def triton(triton_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     control = TritonControl(triton_repo, tmp_path_factory.mktemp("triton-log") / "tritonserver.log")
     yield control
     control.stop()
+

@@ -264,7 +264,14 @@ def test_uncertainty_kind_runs_on_triton_unchanged(stack, triton, local_models, 
         finally:
             await scorer.close()
 
-    served, info = asyncio.run(rewards(backend="triton", triton_url=triton.url, triton_model="uncertainty"))
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(triton.url) as control:
+        control.load_model("uncertainty")  # the session's Triton starts with `reward` only
+        try:
+            served, info = asyncio.run(rewards(backend="triton", triton_url=triton.url, triton_model="uncertainty"))
+        finally:
+            control.unload_model("uncertainty")
     expected, _ = asyncio.run(rewards(backend="hf"))
     assert info.backend == "triton" and info.num_members == 5
     assert_close([r.score for r in served], [r.score for r in expected])
@@ -296,14 +303,14 @@ def test_stopped_triton_turns_health_not_serving_and_a_restart_brings_it_back(st
         hub.wait([s.id for s in first], timeout=120)
 
         assert triton.stop() == 0  # the launcher forwarded SIGTERM; tritonserver drained and exited cleanly
+        second = arithmetic("b", 9)
+        hub.submit(second)
         wait_health(service.target, "NOT_SERVING", timeout=60)
         with pytest.raises(grpc.RpcError) as err:
             raw_score(service.target, [pb.Sample(id="down", prompt="What is 3 + 3?", response="6")])
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        second = arithmetic("b", 9)
-        hub.submit(second)
         with pytest.raises(RewardWaitTimeout):
-            hub.wait([s.id for s in second], timeout=3)
+            hub.wait([s.id for s in second], timeout=2)
         assert hub.waiting_for == ["rm"]
 
         triton.start()

@@ -108,6 +108,13 @@ def test_start_assembles_the_backend_directory_and_environment(tmp_path):
     cmd = server_command(TritonStartConfig(repo=tmp_path, grpc_port=9001, metrics_port=9002), install, backends)
     assert cmd[0] == str(install.binary)
     assert "--grpc-port=9001" in cmd and "--allow-http=false" in cmd and "--metrics-port=9002" in cmd
+    assert not any(c.startswith("--model-control-mode") for c in cmd)
+    explicit = server_command(TritonStartConfig(repo=tmp_path, model_control_mode="explicit", load_models=["a", "b"]), install, backends)
+    assert "--model-control-mode=explicit" in explicit and "--load-model=a" in explicit and "--load-model=b" in explicit
+    everything = server_command(TritonStartConfig(repo=tmp_path, model_control_mode="explicit"), install, backends)
+    assert "--load-model=*" in everything
+    with pytest.raises(ValueError, match="explicit"):
+        TritonStartConfig(repo=tmp_path, load_models=["a"])
 
 
 def test_start_refuses_an_environment_with_numpy_2():

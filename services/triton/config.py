@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.config import LogLevel
 
@@ -45,6 +45,16 @@ class TritonStartConfig(BaseModel):
         None, description="environment whose python3 runs the Python-backend stub: torch, transformers, numpy<2 (default: .venv-triton beside this environment)"
     )
     cache_dir: Path | None = Field(None, description="where the backend directory is assembled (default: ~/.cache/rewardline/triton)")
+    model_control_mode: Literal["none", "explicit"] = Field(
+        "none", description="none: serve every model of the repository; explicit: serve load_models, and load or unload others through Triton's API"
+    )
+    load_models: list[str] = Field(default_factory=list, description="explicit mode: models loaded at start, comma-separated (empty: all)")
     exit_timeout_s: int = Field(30, ge=0, description="on SIGTERM, how long in-flight requests may take to finish")
     log_verbose: int = Field(0, ge=0, description="tritonserver --log-verbose level")
     log_level: LogLevel = Field("warning", description="log level of this launcher (JSON lines on stderr)")
+
+    @model_validator(mode="after")
+    def _load_models_need_explicit_mode(self) -> "TritonStartConfig":
+        if self.load_models and self.model_control_mode != "explicit":
+            raise ValueError("load_models needs model_control_mode explicit (in mode none every model is served)")
+        return self

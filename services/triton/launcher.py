@@ -172,6 +172,9 @@ def server_command(config: TritonStartConfig, install: TritonInstall, backend_di
         f"--exit-timeout-secs={config.exit_timeout_s}",
         f"--log-verbose={config.log_verbose}",
     ]
+    if config.model_control_mode == "explicit":
+        cmd.append("--model-control-mode=explicit")
+        cmd += [f"--load-model={name}" for name in (config.load_models or ["*"])]
     if config.http_port is None:
         cmd.append("--allow-http=false")
     else:
