@@ -1,21 +1,30 @@
 """``rewardline demo``: the whole product on local models, on a machine with no network.
 
-Builds (or reuses) the local models, starts the reward service as its own process on loopback, scores
-held-out preference pairs through the client — each correct answer beside a wrong one — prints them, and
-stops the service cleanly.
+1. builds (or reuses) the local models: a tiny policy after a short supervised start, a reward model, and —
+   when their builders exist — an uncertainty ensemble and a generative judge;
+2. starts the reward, uncertainty and judge services as separate processes on loopback;
+3. measures the policy's greedy accuracy on held-out problems;
+4. trains it online with GRPO for a few minutes: vLLM rollouts (the CPU build) streamed to every service over
+   ScoreStream, plus the verifiable exact-answer reward, with a progress bar;
+5. measures held-out accuracy again, prints a summary table, leaves ``metrics.jsonl``, the plots and the
+   final checkpoint under ``--out``, and stops the services cleanly.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.client import RewardClient
 from services.config import LogLevel
+from services.kinds import KINDS
 from services.process import ServiceProcess
 
 log = logging.getLogger(__name__)
@@ -25,43 +34,155 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: Path = Field(Path(".cache/models"), description="where the local models are built (reused when current)")
-    out: Path = Field(Path("runs/demo"), description="where the demo writes its results and service logs")
-    pairs: int = Field(6, gt=0, description="held-out preference pairs to score")
+    out: Path = Field(Path("runs/demo"), description="the run directory: metrics.jsonl, plots, checkpoints, service logs")
+    steps: int = Field(400, gt=0, description="training steps")
+    engine: Literal["vllm", "hf"] = Field("vllm", description="rollout engine: vllm (the CPU build) or hf")
+    prompts_per_step: int = Field(8, gt=0, description="prompts per step")
+    n: int = Field(8, ge=2, description="samples per prompt (GRPO group size)")
+    lr: float = Field(5e-5, gt=0, description="learning rate")
+    kl_coef: float = Field(0.04, ge=0, description="β of the KL to the reference")
+    services: list[str] = Field(
+        ["reward", "uncertainty", "judge"], description="services to start when their kind and local model exist (comma-separated)"
+    )
+    eval_prompts: int = Field(500, gt=0, description="held-out prompts for greedy accuracy before and after")
+    seed: int = Field(0, description="training seed")
     log_level: LogLevel = Field("warning", description="log level")
 
 
-def _truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+# kind -> (reward-source settings, extra service flags). Weights: the exact-answer check counts most; the
+# learned models add a denser, noisier signal. The uncertainty source is penalised by its std (score − λ·std)
+# and drops samples it flags out of distribution; the judge reads the reference answer (verdict mode).
+SOURCES: dict[str, tuple[dict, list[str]]] = {
+    "reward": ({"weight": 0.2, "error_score": -5.0}, []),
+    "uncertainty": ({"weight": 0.2, "uncertainty_penalty": 1.0, "mask_out_of_distribution": True, "error_score": -5.0}, ["--max-length", "256"]),
+    "judge": ({"weight": 0.5, "error_score": 0.0}, ["--backend", "hf"]),
+}
+
+
+def _service_plan(config: DemoConfig, models: Path) -> list[str]:
+    """The services this checkout can run: the kind is registered and its local model was built."""
+    out = []
+    for kind in config.services:
+        if kind not in SOURCES:
+            raise ValueError(f"services: unknown kind {kind!r} (known: {', '.join(SOURCES)})")
+        if kind in KINDS and (models / kind / "config.json").exists():
+            out.append(kind)
+        else:
+            print(f"      ({kind} service skipped: {'not in this build' if kind not in KINDS else 'no local model'})")
+    return out
+
+
+def _held_out_accuracy(policy_dir_or_model, tokenizer, prompts, answers) -> float:
+    from trainer.local_models import sft
+
+    return sft.task_accuracy(policy_dir_or_model, tokenizer, prompts, answers).accuracy
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def run_demo(config: DemoConfig) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.config import TrainConfig
+    from trainer.local_models import data as task_data
     from trainer.local_models.build import ensure_models
+    from trainer.train import Trainer
 
     started = time.monotonic()
-    print(f"[1/3] local models in {config.models} (built once, about two minutes; reused afterwards)")
+    torch.set_num_threads(1)
+    # gRPC's C core logs each connection a stopping service closes (GOAWAY) at INFO; read at its first channel.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    print(f"[1/5] local models in {config.models} (built once, a few minutes; reused afterwards)")
     models = ensure_models(config.models)
-    config.out.mkdir(parents=True, exist_ok=True)
-    lines = (models / "data" / "prefs_test.jsonl").read_text().splitlines()[: config.pairs]
-    pairs = [json.loads(line) for line in lines]
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = _service_plan(config, models)
 
-    print("[2/3] starting the reward service (rewardline serve reward) on loopback")
-    with ServiceProcess("reward", ["--model", str(models / "reward")], log_path=config.out / "reward-service.log") as svc:
-        with RewardClient(svc.target) as client:
-            info = client.info()
-            print(f"      serving {info.model_name} revision {info.revision} on {svc.target} ({info.backend}, {info.device})")
-            print("[3/3] scoring held-out pairs through the client")
-            samples = []
-            for i, pair in enumerate(pairs):
-                samples.append({"id": f"{i}-chosen", "prompt": pair["prompt"], "response": pair["chosen"]})
-                samples.append({"id": f"{i}-rejected", "prompt": pair["prompt"], "response": pair["rejected"]})
-            rewards = {r.id: r.score for r in client.score(samples)}
-    print(f"\n{'prompt':<28} {'correct response':<22} {'reward':>7}   {'wrong response':<22} {'reward':>7}")
-    right = 0
-    for i, pair in enumerate(pairs):
-        chosen, rejected = rewards[f"{i}-chosen"], rewards[f"{i}-rejected"]
-        right += chosen > rejected
-        print(f"{_truncate(pair['prompt'], 28):<28} {_truncate(pair['chosen'], 22):<22} {chosen:>7.2f}   "
-              f"{_truncate(pair['rejected'], 22):<22} {rejected:>7.2f}")
-    print(f"\nthe reward model preferred the correct answer in {right} of {len(pairs)} pairs; "
-          f"service stopped cleanly; {time.monotonic() - started:.0f} s in all")
+    print(f"[2/5] starting {', '.join(kinds) or 'no'} service(s) on loopback (rewardline serve KIND)")
+    services = {kind: ServiceProcess(kind, ["--model", str(models / kind), *SOURCES[kind][1]], log_path=out / f"{kind}-service.log")
+                for kind in kinds}
+    with ThreadPoolExecutor(max(len(services), 1)) as pool:
+        list(pool.map(lambda s: s.start(timeout=300), services.values()))
+    try:
+        for kind, svc in services.items():
+            print(f"      {kind:<12} {svc.target}")
+        tokenizer = AutoTokenizer.from_pretrained(models / "policy")
+        prompts, answers = task_data.read_prompts(models / "data" / "prompts_test.jsonl")
+        prompts, answers = prompts[: config.eval_prompts], answers[: config.eval_prompts]
+        print(f"[3/5] held-out greedy accuracy of the policy before training ({len(prompts)} problems)")
+        before = _held_out_accuracy(AutoModelForCausalLM.from_pretrained(models / "policy"), tokenizer, prompts, answers)
+        print(f"      {before:.3f}")
+
+        sources = [{"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer", "weight": 1.0}]
+        sources += [{"name": kind, "type": "grpc", "target": svc.target, **SOURCES[kind][0]} for kind, svc in services.items()]
+        train_config = TrainConfig.model_validate({
+            "run_dir": out,
+            "steps": config.steps,
+            "seed": config.seed,
+            "log_level": config.log_level,
+            "policy": {"path": models / "policy"},
+            "data": {"train": [models / "data" / "prompts_train.jsonl"]},
+            "rollout": {"engine": config.engine, "n": config.n, "prompts_per_step": config.prompts_per_step, "max_new_tokens": 12},
+            "rewards": {"combine": "normalize_then_sum", "sources": sources},
+            "algorithm": {"name": "grpo", "kl_coef": config.kl_coef},
+            "optim": {"lr": config.lr},
+            "checkpoint": {"every": 0, "keep": 1},
+            "observability": {"plot_every": 25, "progress": True},
+        })
+        print(f"[4/5] GRPO: {config.steps} steps × {config.prompts_per_step} prompts × {config.n} samples, {config.engine} rollouts, "
+              f"rewards: {', '.join(s['name'] for s in sources)}")
+        trainer = Trainer(train_config)
+        trained = time.monotonic()
+        code = trainer.run()
+        trained = time.monotonic() - trained
+        if code != 0:
+            print(f"training stopped with exit code {code}")
+            return code
+        print("[5/5] held-out greedy accuracy after training")
+        after = _held_out_accuracy(trainer.policy_module.policy.eval(), tokenizer, prompts, answers)
+    finally:
+        for svc in services.values():
+            svc.stop()
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = _summary(history, kinds, before, after, trained, time.monotonic() - started, out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(_table(summary))
     return 0
+
+
+def _summary(history: list[dict], kinds: list[str], before: float, after: float, train_s: float, total_s: float, out: Path) -> dict:
+    first, last = history[:10], history[-10:]
+    rows = {"reward (combined)": "reward", "exact answer": "reward/exact", **{f"{k} service": f"reward/{k}" for k in kinds}}
+    return {
+        "steps": len(history),
+        "rewards": {label: {"first_10": _mean([h.get(key) for h in first]), "last_10": _mean([h.get(key) for h in last])}
+                    for label, key in rows.items()},
+        "kl_last_10": _mean([h.get("kl") for h in last]),
+        "held_out_accuracy": {"before": before, "after": after},
+        "seconds_per_step": _mean([h["step_s"] for h in history]),
+        "tokens_per_s": _mean([h["tokens_per_s"] for h in history]),
+        "reward_wait_share": sum(h["reward_wait_s"] for h in history) / max(sum(h["step_s"] for h in history), 1e-9),
+        "train_s": train_s,
+        "total_s": total_s,
+        "out": str(out),
+    }
+
+
+def _table(s: dict) -> str:
+    lines = ["", f"{'':<22} {'first 10 steps':>15} {'last 10 steps':>15} {'change':>9}"]
+    for label, row in s["rewards"].items():
+        lines.append(f"{label:<22} {row['first_10']:>15.3f} {row['last_10']:>15.3f} {row['last_10'] - row['first_10']:>+9.3f}")
+    acc = s["held_out_accuracy"]
+    lines += [
+        f"{'held-out accuracy':<22} {acc['before']:>15.3f} {acc['after']:>15.3f} {acc['after'] - acc['before']:>+9.3f}   (greedy, before/after training)",
+        "",
+        f"{s['steps']} steps in {s['train_s']:.0f} s ({s['seconds_per_step']:.2f} s/step, {s['tokens_per_s']:.0f} generated tokens/s, "
+        f"{100 * s['reward_wait_share']:.0f}% of step time waiting for rewards); KL to the reference {s['kl_last_10']:.4f}; "
+        f"{s['total_s']:.0f} s in all",
+        f"metrics.jsonl, reward.png, kl.png, summary.json and the final checkpoint are in {s['out']}; services stopped cleanly",
+    ]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,6 +34,12 @@ def _fast_single_process_settings(config: RolloutConfig) -> None:
     # Every reload warns that the rotary embedding got no weights: it has none to get (its tables are computed),
     # and the greedy-equality test shows the reload is complete.
     logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+    if logging.getLogger().level > logging.INFO:
+        # Quiet by default: vLLM's start-up advice for CPU builds (tcmalloc, thread binding, triton) is not
+        # actionable for a trainer; --log-level info shows it again.
+        for name in ("vllm", "torch._library.triton"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\..*")
 
 
 class VLLMEngine:
@@ -49,6 +56,7 @@ class VLLMEngine:
             distributed_executor_backend="uni",
             enforce_eager=True,
             gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            use_tqdm_on_load=False,
         )
         generation = self.llm.llm_engine.model_config.try_get_generation_config()
         self.eos_ids = eos_token_ids(generation.get("eos_token_id"), tokenizer)
