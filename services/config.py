@@ -19,7 +19,7 @@ class ServeConfig(BaseModel):
     kind: ServiceKind = Field("reward", description="which kind of reward model this service serves")
     model: Path = Field(..., description="model directory (Hugging Face format, safetensors weights)")
     model_name: str | None = Field(None, description="name reported by GetInfo and metrics (default: the directory name)")
-    backend: Literal["hf", "triton"] = Field("hf", description="where the forward pass runs")
+    backend: Literal["hf", "triton", "vllm"] = Field("hf", description="where the forward pass runs")
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus /metrics port (0: no exporter)")
@@ -47,6 +47,28 @@ class ServeConfig(BaseModel):
     triton_model: str | None = Field(None, description="backend triton: the model's name in Triton (default: the service's model name)")
     triton_timeout_s: float = Field(30.0, gt=0, description="backend triton: deadline of one forward call to Triton")
     triton_concurrency: int = Field(4, gt=0, description="backend triton: batches in flight to Triton at once (its dynamic batcher merges them)")
+    # judge
+    judge_mode: Literal["verdict", "rating", "rationale_verdict", "rationale_rating"] = Field(
+        "verdict", description="judge: verdict = P(positive) over positive+negative; rating = expected rating 1..K mapped to judge_rating_range; rationale_*: write a rationale first, then read the verdict or rating after judge_marker"
+    )
+    judge_template: str | None = Field(None, description="judge: built-in template (verify, rubric) or a Jinja2 file (default: verify for verdict modes, rubric for rating modes)")
+    judge_pairwise_template: str = Field("pairwise", description="judge: template of Compare (built-in pairwise or a Jinja2 file)")
+    judge_positive: list[str] = Field(["Yes"], description="judge: labels of the positive verdict (their probabilities add up)")
+    judge_negative: list[str] = Field(["No"], description="judge: labels of the negative verdict")
+    judge_rating_scale: int = Field(5, ge=2, le=9, description="judge: ratings run from 1 to this K (one token each)")
+    judge_rating_range: tuple[float, float] = Field((0.0, 1.0), description="judge: rating modes map the expected rating from [1, K] linearly onto this range (low,high)")
+    judge_rubric: str = Field("Is it correct, complete and clearly stated?", description="judge: the rubric the rubric template rates against (trusted text)")
+    judge_marker: str | None = Field(None, description="judge: rationale modes: the text after which the verdict or rating is read (default: 'Verdict:' or 'Rating:')")
+    judge_rationales: int = Field(1, ge=1, le=32, description="judge: rationale modes: rationales sampled per sample; the score is their mean")
+    judge_max_rationale_tokens: int = Field(128, gt=0, description="judge: rationale modes: most tokens of one rationale (one that reaches it without the marker is unparsed)")
+    judge_temperature: float = Field(0.0, ge=0, description="judge: rationale modes: sampling temperature (0: greedy; needs > 0 when judge_rationales > 1)")
+    judge_seed: int = Field(0, description="judge: seed of sampled rationales")
+    # vllm
+    vllm_prefix_caching: bool = Field(True, description="backend vllm: reuse the KV cache of shared prefixes (a GRPO group's prompt)")
+    vllm_kv_cache_gib: int = Field(1, gt=0, description="backend vllm on CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    vllm_max_num_seqs: int | None = Field(None, gt=0, description="backend vllm: most sequences in one engine step (default: vLLM's)")
+    vllm_max_num_batched_tokens: int | None = Field(None, gt=0, description="backend vllm: most tokens in one engine step (default: vLLM's)")
+    vllm_cpu_threads_bind: str | None = Field(None, description="backend vllm on CPU: cores for the engine's threads, e.g. 0-1 (VLLM_CPU_OMP_THREADS_BIND; default: vLLM's auto, which leaves one core free)")
 
     @field_validator("score_weights", mode="before")
     @classmethod
@@ -61,6 +83,15 @@ class ServeConfig(BaseModel):
     def _triton_needs_url(self) -> "ServeConfig":
         if self.backend == "triton" and not self.triton_url:
             raise ValueError("backend triton needs triton_url (--triton-url HOST:PORT)")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_sampling(self) -> "ServeConfig":
+        if self.judge_rationales > 1 and self.judge_temperature == 0:
+            raise ValueError("judge_rationales > 1 needs judge_temperature > 0 (greedy rationales would all be the same)")
+        low, high = self.judge_rating_range
+        if not low < high:
+            raise ValueError(f"judge_rating_range must be (low, high) with low < high, got {self.judge_rating_range}")
         return self
 
     @property

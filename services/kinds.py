@@ -14,6 +14,7 @@ from services.scorer import Scorer
 KINDS: dict[str, tuple[str, str]] = {
     "reward": ("services.reward.scorer:RewardScorer", "scalar and multi-attribute reward models (sequence-classification checkpoints)"),
     "uncertainty": ("services.uncertainty.scorer:UncertaintyScorer", "reward models that say how far to trust each reward: ensembles, Gaussian and quantile heads"),
+    "judge": ("services.judge.scorer:JudgeScorer", "generative judges (LLM-as-judge): verdict probability, rating, rationale-first and pairwise Compare"),
 }
 
 

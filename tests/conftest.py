@@ -97,3 +97,80 @@ def triton(triton_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     yield control
     control.stop()
 
+
+# --- Judge (services/judge, services/backends/vllm.py; tests/test_judge_*.py, tests/test_vllm_*.py) -------------
+class DirectJudge:
+    """The reference a judge's reward must equal: transformers on one unpadded prompt, the built-in templates
+    written out here by hand, and the probabilities computed here — no rewardline code involved."""
+
+    RUBRIC = "Is it correct, complete and clearly stated?"
+
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def first_token(self, text: str) -> int:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"][0]
+
+    @staticmethod
+    def fenced(tag: str, text: str) -> str:
+        return f"<{tag}>{text}</{tag}>\n"
+
+    def verify_message(self, question: str, response: str, reference: str = "", rationale: bool = False) -> str:
+        ask = 'Check it, then end with "Verdict: Yes" or "Verdict: No".' if rationale else "Answer Yes or No."
+        return ("Is the response correct?\n" + self.fenced("question", question)
+                + (self.fenced("reference", reference) if reference else "") + self.fenced("response", response) + ask)
+
+    def rubric_message(self, question: str, response: str, scale: int = 5) -> str:
+        return (f"Rate the response to the question from 1 to {scale}: {self.RUBRIC}\n" + self.fenced("question", question)
+                + self.fenced("response", response) + f"Answer with a number from 1 to {scale}.")
+
+    def pairwise_message(self, question: str, a: str, b: str) -> str:
+        return ("Which response answers the question better?\n" + self.fenced("question", question)
+                + self.fenced("response_a", a) + self.fenced("response_b", b) + "Answer A or B.")
+
+    def chat(self, message: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+
+    def next_logprobs(self, text: str):  # type: ignore[no-untyped-def]
+        ids = self.torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with self.torch.inference_mode():
+            return self.torch.log_softmax(self.model(input_ids=ids).logits[0, -1].double(), dim=-1)
+
+    def choose(self, text: str, labels: list[str]) -> list[float]:
+        """The distribution over ``labels`` (by their first tokens) at the position after ``text``."""
+        lp = self.next_logprobs(text)[[self.first_token(label) for label in labels]]
+        return self.torch.softmax(lp, dim=-1).tolist()
+
+    def verdict(self, question: str, response: str, reference: str = "") -> float:
+        return self.choose(self.chat(self.verify_message(question, response, reference)), ["Yes", "No"])[0]
+
+    def verdict_after_rationale(self, question: str, response: str, rationale: str) -> float:
+        """The verdict read after the judge's own rationale and "Verdict:" (its space forced, as the tokenizer
+        writes "Verdict: Yes" as ":", " ", "Y", "es")."""
+        text = self.chat(self.verify_message(question, response, rationale=True)) + rationale + "Verdict: "
+        return self.choose(text, ["Yes", "No"])[0]
+
+    def rating(self, question: str, response: str, scale: int = 5) -> tuple[float, int]:
+        """(expected rating, most likely rating)."""
+        p = self.choose(self.chat(self.rubric_message(question, response, scale)), [str(r) for r in range(1, scale + 1)])
+        return sum((r + 1) * q for r, q in enumerate(p)), 1 + max(range(scale), key=lambda r: p[r])
+
+    def prefer_a(self, question: str, a: str, b: str) -> float:
+        """P(the first-shown response is better)."""
+        return self.choose(self.chat(self.pairwise_message(question, a, b)), ["A", "B"])[0]
+
+
+@pytest.fixture(scope="session")
+def judge_dir(local_models: Path) -> Path:
+    """The local judge `rewardline models build` trains (a tiny causal LM answering the `verify` template)."""
+    return local_models / "judge"
+
+
+@pytest.fixture(scope="session")
+def direct_judge(judge_dir: Path) -> DirectJudge:
+    return DirectJudge(judge_dir)

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trainer.local_models import architectures, build, steps, task
 from trainer.local_models.config import ModelsBuildConfig, TokenizerConfig
 from trainer.local_models.data import DataConfig, read_prompts
+from trainer.local_models.judge import JudgeTrainConfig
 from trainer.local_models.sft import SFTConfig, task_accuracy
 from trainer.reward_modeling.data import read_pairs
 from trainer.reward_modeling.evaluate import evaluate_pairs, pairwise_accuracy
@@ -243,6 +244,7 @@ def tiny_config(**update: object) -> ModelsBuildConfig:
         ),
         policy=SFTConfig(steps=2, batch_size=8, eval_every=1000),
         reward=RewardTrainConfig(steps=2, batch_size=8),
+        judge=JudgeTrainConfig(steps=2, batch_size=4, eval_pairs=8),
     )
     return config.model_copy(update=update)
 
@@ -268,7 +270,7 @@ def test_build_is_deterministic_and_cached(tmp_path):
     changed = tiny_config(reward=RewardTrainConfig(steps=3, batch_size=8))
     build.ensure_models(tmp_path / "a", changed)
     reused = {name: s["reused"] for name, s in build.read_manifest(tmp_path / "a")["steps"].items()}
-    assert reused == {"tokenizer": True, "data": True, "policy": True, "reward": False, "uncertainty": False}
+    assert reused == {"tokenizer": True, "data": True, "policy": True, "reward": False, "uncertainty": False, "judge": True}
     assert build.is_current(tmp_path / "a", changed)
     assert build.build_key(changed) != build.build_key(tiny_config())
     assert build.build_key(tiny_config(seed=1)) != build.build_key(tiny_config())

@@ -27,4 +27,8 @@ def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrain
             model_dir, tokenizer, config.triton_url, config.triton_model or config.name,
             timeout_s=config.triton_timeout_s, concurrency=config.triton_concurrency,
         )
+    if config.backend == "vllm":
+        from services.backends.vllm import VLLMClassifier
+
+        return VLLMClassifier.from_config(config, model_dir)
     raise ValueError(f"unknown backend {config.backend!r}")

@@ -6,6 +6,7 @@ from pydantic import BaseModel
 
 from trainer.local_models.architectures import TINY, ModelSize
 from trainer.local_models.data import DataConfig
+from trainer.local_models.judge import JudgeTrainConfig
 from trainer.local_models.sft import SFTConfig
 from trainer.reward_modeling.rm_train import RMRecipe
 from trainer.reward_modeling.train import RewardTrainConfig
@@ -34,3 +35,6 @@ class ModelsBuildConfig(BaseModel):
     uncertainty: RMRecipe = RMRecipe(
         kind="ensemble", members=5, freeze_backbone=True, steps=600, batch_size=256, head_learning_rate=1e-2
     )
+    # judge: a causal LM from the policy's weights answering the judge service's `verify` template (judge.py);
+    # 60 s on one thread at most.
+    judge: JudgeTrainConfig = JudgeTrainConfig()

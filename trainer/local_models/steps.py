@@ -18,7 +18,7 @@ from types import ModuleType
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainer.local_models import architectures, data, generic_text, sft, task, tokenizer
+from trainer.local_models import architectures, data, generic_text, judge, sft, task, tokenizer
 from trainer.local_models.config import ModelsBuildConfig
 from trainer.reward_modeling import data as rm_data
 from trainer.reward_modeling import evaluate as rm_evaluate
@@ -31,6 +31,9 @@ from trainer.reward_modeling import metrics as rm_metrics
 from trainer.reward_modeling import predict as rm_predict
 from trainer.reward_modeling import rm_eval as rm_cmd_eval
 from trainer.reward_modeling import rm_train as rm_cmd_train
+from services.judge import labels as judge_labels
+from services.judge import prompting as judge_prompting
+from services.judge import templating as judge_templating
 from services.uncertainty import heads as uncertainty_heads
 from services.uncertainty import model_format as uncertainty_format
 
@@ -127,6 +130,30 @@ def make_uncertainty(root: Path, config: ModelsBuildConfig, seed: int) -> Metric
     }
 
 
+def make_judge(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
+    """A causal LM from the policy's weights taught to answer the judge service's `verify` template (judge.py)."""
+    tok = AutoTokenizer.from_pretrained(root / "policy")
+    model = AutoModelForCausalLM.from_pretrained(root / "policy")
+    judge_config = config.judge.model_copy(update={"seed": seed})
+    encoder = judge.ExampleEncoder(tok, root / "judge")
+    pairs = judge.make_examples(rm_data.read_pairs(root / "data" / "prefs_train.jsonl"), judge_config, random.Random(seed))
+    losses = judge.train_judge(model, tok, encoder, pairs, judge_config)
+    test = rm_data.read_pairs(root / "data" / "prefs_test.jsonl")[: judge_config.eval_pairs]
+    plain = judge.evaluate_judge(model, tok, encoder.verdict, test, with_reference=False)
+    referenced = judge.evaluate_judge(model, tok, encoder.verdict, test, with_reference=True)
+    architectures.save_model(model, tok, root / "judge")
+    return {
+        "parameters": architectures.parameter_count(model),
+        "steps": len(losses),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "prefs_test_auroc": plain.auroc,
+        "prefs_test_auroc_by_kind": plain.auroc_by_kind,
+        "prefs_test_accuracy_at_half": plain.accuracy_at_half,
+        "prefs_test_auroc_with_reference": referenced.auroc,
+        "prefs_test_auroc_with_reference_by_kind": referenced.auroc_by_kind,
+    }
+
+
 STEPS: tuple[BuildStep, ...] = (
     BuildStep(
         "tokenizer",
@@ -161,6 +188,13 @@ STEPS: tuple[BuildStep, ...] = (
         (rm_cmd_train, rm_cmd_eval, rm_heads, rm_features, rm_predict, rm_calibration, rm_metrics, rm_losses, rm_data,
          uncertainty_heads, uncertainty_format),
         needs=("data", "reward"),
+    ),
+    BuildStep(
+        "judge",
+        make_judge,
+        lambda c: [c.model_size, c.judge, judge.PromptSettings.current()],
+        (architectures, judge, rm_data, rm_train, task, judge_labels, judge_prompting, judge_templating),
+        needs=("data", "policy"),
     ),
 )
 

@@ -1,0 +1,191 @@
+"""The ``vllm`` backend: a vLLM engine in the service's process, for judges and for classifiers.
+
+- ``VLLMJudge`` (generative judges): candidate-token log-probabilities read with ``SamplingParams(max_tokens=1,
+  logprob_token_ids=[...])``, which returns the exact raw log-probabilities of exactly those tokens (not a top-k
+  that may miss one), and rationales with ``generate`` and a stop string. Prefix caching (on by default) makes
+  the samples of a GRPO group, which share the judge prompt's head, pay for it once.
+- ``VLLMClassifier`` (reward and uncertainty models): the pooling runner's ``classify`` with
+  ``PoolingParams(use_activation=False)``, i.e. the raw logits; vLLM packs sequences of mixed length without
+  padding, hence ``cost_model = "packed"``.
+
+The engine runs in-process (``LLM``), with the fast single-process settings found on CPU (shared/ENVIRONMENT.md:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``distributed_executor_backend="uni"``, ``enforce_eager`` on CPU). Its
+calls block, and its CPU worker binds the threads of whichever thread created it, so the engine is created
+on, and only ever called from, one dedicated thread; the event loop stays free to take requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from services.judge.backend import Generated
+
+if TYPE_CHECKING:
+    from services.config import ServeConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def configure_environment(config: "ServeConfig") -> None:
+    """Environment vLLM reads when the engine starts; must run before the engine is created.
+
+    A value already in the environment wins over the configuration's, except the KV-cache size and the thread
+    binding, which the configuration states explicitly."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", config.log_level.upper())
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.vllm_kv_cache_gib)
+    if config.vllm_cpu_threads_bind:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.vllm_cpu_threads_bind
+
+
+def engine_arguments(config: "ServeConfig", model_dir: Path, max_model_len: int | None, runner: str) -> dict[str, Any]:
+    from vllm.platforms import current_platform
+
+    on_cpu = current_platform.device_type == "cpu"
+    args: dict[str, Any] = {
+        "model": str(model_dir),
+        "runner": runner,
+        "dtype": "float32" if (config.dtype == "auto" and on_cpu) else config.dtype,
+        "enforce_eager": on_cpu,  # CUDA graphs only exist on a GPU
+        "distributed_executor_backend": "uni",
+        "enable_prefix_caching": config.vllm_prefix_caching,
+        "trust_remote_code": config.trust_remote_code,
+        "seed": config.judge_seed,
+    }
+    if max_model_len:
+        args["max_model_len"] = max_model_len
+    if config.vllm_max_num_seqs:
+        args["max_num_seqs"] = config.vllm_max_num_seqs
+    if config.vllm_max_num_batched_tokens:
+        args["max_num_batched_tokens"] = config.vllm_max_num_batched_tokens
+    return args
+
+
+class _Engine:
+    """One ``vllm.LLM`` living on one thread: created there and called only there."""
+
+    def __init__(self, config: "ServeConfig", model_dir: Path, max_model_len: int | None, runner: str) -> None:
+        configure_environment(config)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vllm-{runner}")
+        self.args = engine_arguments(config, model_dir, max_model_len, runner)
+        self.llm = self._executor.submit(self._create).result()
+        from vllm.platforms import current_platform
+
+        self.device = current_platform.device_type
+        self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+
+    def _create(self) -> Any:
+        from vllm import LLM
+
+        return LLM(**self.args)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _prompts(contexts: Sequence[Sequence[int]]) -> list[Any]:
+    from vllm.inputs import TokensPrompt
+
+    return [TokensPrompt(prompt_token_ids=list(ids)) for ids in contexts]
+
+
+class VLLMJudge:
+    """A causal LM on vLLM behind the ``JudgeBackend`` interface."""
+
+    name = "vllm"
+    cost_model = "packed"
+    concurrency = 1
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+        self.device = engine.device
+        self.dtype = engine.dtype
+
+    @classmethod
+    def from_config(cls, config: "ServeConfig", model_dir: Path, max_length: int) -> "VLLMJudge":
+        return cls(_Engine(config, model_dir, max_length, runner="generate"))
+
+    def logprobs_sync(self, contexts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids), detokenize=False)
+        outputs = self.engine.llm.generate(_prompts(contexts), params, use_tqdm=False)
+        table = np.empty((len(contexts), len(token_ids)), dtype=np.float64)
+        for row, output in enumerate(outputs):
+            position = output.outputs[0].logprobs[0]  # the one generated position: token id -> Logprob
+            table[row] = [position[t].logprob for t in token_ids]
+        return table
+
+    def generate_sync(
+        self, contexts: Sequence[Sequence[int]], n: int, max_tokens: int, temperature: float, stop: str, seed: int
+    ) -> list[list[Generated]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, stop=[stop], seed=seed if temperature > 0 else None)
+        outputs = self.engine.llm.generate(_prompts(contexts), params, use_tqdm=False)
+        return [
+            [Generated(c.text, c.finish_reason == "stop" and c.stop_reason == stop, len(c.token_ids)) for c in output.outputs]
+            for output in outputs
+        ]
+
+    async def next_token_logprobs(self, contexts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
+        return await self.engine.call(self.logprobs_sync, contexts, token_ids)
+
+    async def generate(
+        self, contexts: Sequence[Sequence[int]], *, n: int, max_tokens: int, temperature: float, stop: str, seed: int
+    ) -> list[list[Generated]]:
+        return await self.engine.call(self.generate_sync, contexts, n, max_tokens, temperature, stop, seed)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self.engine.close()
+
+
+class VLLMClassifier:
+    """A sequence-classification checkpoint on vLLM's pooling runner behind the ``ClassifierBackend`` interface."""
+
+    name = "vllm"
+    cost_model = "packed"
+    concurrency = 1
+
+    def __init__(self, engine: _Engine, num_outputs: int) -> None:
+        self.engine = engine
+        self.device = engine.device
+        self.dtype = engine.dtype
+        self.num_outputs = num_outputs
+
+    @classmethod
+    def from_config(cls, config: "ServeConfig", model_dir: Path) -> "VLLMClassifier":
+        from transformers import AutoConfig
+
+        num_outputs = int(AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code).num_labels)
+        return cls(_Engine(config, model_dir, config.max_length, runner="pooling"), num_outputs)
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Synchronous classify (the benchmark's in-process reference calls this directly)."""
+        from vllm import PoolingParams
+
+        outputs = self.engine.llm.classify(_prompts(batch), pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        return np.asarray([o.outputs.probs for o in outputs], dtype=np.float32).reshape(len(batch), self.num_outputs)
+
+    async def classify(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        return await self.engine.call(self.forward, batch)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self.engine.close()

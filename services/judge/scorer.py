@@ -1,0 +1,193 @@
+"""The judge kind: a causal LM read under a template, as a reward source behind the shared contract.
+
+Score, by mode (``judge_mode``):
+- ``verdict``: score = P(positive) normalised over positive + negative, in [0, 1];
+- ``rating``: score = the expected rating under the probabilities of the rating tokens 1..K, mapped linearly
+  from [1, K] onto ``judge_rating_range`` (default [0, 1]); ``most_likely_rating`` beside it;
+- ``rationale_verdict`` / ``rationale_rating``: ``judge_rationales`` rationales are generated; after each, the
+  verdict or rating is read as above at the position after the marker; the score is the mean over the
+  rationales that reached the marker. A rationale that did not (end of turn or the token limit first) is
+  *unparsed*: the reward is flagged ``judgement.unparsed`` and counted in ``rewardline_judge_unparsed``; when no
+  rationale reached the marker the score is 0 (the proto says so).
+Compare reads P("A") over A + B for the pair in both orders (directly, without rationales) and averages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from services.api import pb
+from services.config import ServeConfig
+from services.errors import ServiceError, invalid_argument
+from services.judge.backend import JudgeBackend, make_judge_backend
+from services.judge.modes import (
+    class_log_masses,
+    is_rating_mode,
+    is_rationale_mode,
+    mean_distribution,
+    normalised,
+    pairwise,
+    rating,
+    rating_score,
+    verdict_probability,
+)
+from services.judge.prompting import JudgePrompts
+from services.metrics import ServiceMetrics
+from services.model_dir import weights_revision
+from services.rendering import RenderedInput
+from services.reward.scorer import default_max_length, load_tokenizer
+
+
+class JudgeScorer:
+    """Generative judges on hf or vLLM."""
+
+    kind = pb.MODEL_KIND_JUDGE
+
+    def __init__(self, config: ServeConfig, backend: JudgeBackend, prompts: JudgePrompts, revision: str, max_length: int) -> None:
+        self.config = config
+        self.backend = backend
+        self.prompts = prompts
+        self.revision = revision
+        self.max_length = max_length
+        self.cost_model = backend.cost_model
+        self.concurrency = backend.concurrency
+        self.mode = config.judge_mode
+        self.rationale = is_rationale_mode(self.mode)
+        self.rating = is_rating_mode(self.mode)
+        self._generated_tokens = 0  # counted in score_batch, handed to the metric in observe
+        self._info = pb.GetInfoResponse(
+            model_name=config.name,
+            revision=revision,
+            kind=self.kind,
+            attributes=["score"],
+            max_length=max_length,
+            backend=backend.name,
+            device=backend.device,
+            dtype=backend.dtype,
+            truncation=prompts.truncation_description,
+            chat_template=prompts.pointwise.use_chat_template,
+            judge_template=prompts.pointwise.template.name,
+            judge_mode=self.mode,
+        )
+
+    @classmethod
+    def load(cls, config: ServeConfig) -> "JudgeScorer":
+        model_dir = Path(config.model)
+        revision = weights_revision(model_dir)
+        tokenizer = load_tokenizer(model_dir, config.trust_remote_code)
+        max_length = config.max_length or default_max_length(model_dir, tokenizer)
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        use_chat = {"auto": has_template, "on": True, "off": False}[config.chat_template]
+        if use_chat and not has_template:
+            raise ValueError("chat_template is on but the tokenizer has no chat template")
+        # Templates and labels are checked before the engine starts: a bad template fails in a second.
+        prompts = JudgePrompts.from_config(config, tokenizer, max_length, use_chat)
+        backend = make_judge_backend(config, model_dir, tokenizer, max_length)
+        return cls(config, backend, prompts, revision, max_length)
+
+    def info(self) -> pb.GetInfoResponse:
+        out = pb.GetInfoResponse()
+        out.CopyFrom(self._info)
+        return out
+
+    def render(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
+        return self.prompts.render_samples(samples)
+
+    def cache_scope(self) -> str:
+        c = self.config
+        return "|".join([
+            self.prompts.scope(), str(c.judge_rating_scale), ",".join(map(str, c.judge_rating_range)),
+            str(c.judge_rationales), str(c.judge_max_rationale_tokens), str(c.judge_temperature), str(c.judge_seed),
+        ])
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    async def score_batch(self, inputs: list[RenderedInput]) -> list[pb.Reward]:
+        if self.rationale:
+            return await self._score_with_rationales(inputs)
+        rows = await self.backend.next_token_logprobs([x.token_ids for x in inputs], self.prompts.slot.token_ids)
+        return [self._reward(x, [self._distribution(row)]) for x, row in zip(inputs, rows)]
+
+    async def _score_with_rationales(self, inputs: list[RenderedInput]) -> list[pb.Reward]:
+        c = self.config
+        assert self.prompts.marker is not None
+        generated = await self.backend.generate(
+            [x.token_ids for x in inputs], n=c.judge_rationales, max_tokens=c.judge_max_rationale_tokens,
+            temperature=c.judge_temperature, stop=self.prompts.marker, seed=c.judge_seed,
+        )
+        contexts, owners = [], []
+        for i, (x, rationales) in enumerate(zip(inputs, generated)):
+            for g in rationales:
+                self._generated_tokens += g.num_tokens
+                if g.stopped:
+                    contexts.append(self.prompts.rationale_context(x.token_ids, g.text))
+                    owners.append(i)
+        rows = await self.backend.next_token_logprobs(contexts, self.prompts.slot.token_ids) if contexts else []
+        readings: list[list[np.ndarray]] = [[] for _ in inputs]
+        for owner, row in zip(owners, rows):
+            readings[owner].append(self._distribution(row))
+        rewards = []
+        for x, rationales, distributions in zip(inputs, generated, readings):
+            reward = self._reward(x, distributions)
+            reward.judgement.rationale = rationales[0].text if rationales else ""
+            reward.judgement.num_rationales = len(rationales)
+            reward.judgement.unparsed = any(not g.stopped for g in rationales)
+            rewards.append(reward)
+        return rewards
+
+    def _distribution(self, row: Sequence[float]) -> np.ndarray:
+        """The judge's distribution over its possible answers at one answer position."""
+        slot = self.prompts.slot
+        return normalised(class_log_masses(row, slot.classes, slot.token_ids))
+
+    def _reward(self, x: RenderedInput, distributions: list[np.ndarray]) -> pb.Reward:
+        """The reward from the answer distributions read for one sample (several with sampled rationales)."""
+        reward = pb.Reward(model_revision=self.revision, truncated=x.truncated, num_tokens=x.num_tokens)
+        judgement = reward.judgement
+        judgement.mode = self.mode
+        p = mean_distribution(distributions)
+        if p is None:  # no rationale reached the marker: score 0, flagged unparsed by the caller
+            reward.score = 0.0
+        elif self.rating:
+            r = rating(p)
+            judgement.expected_rating = r.expected
+            judgement.most_likely_rating = r.most_likely
+            low, high = self.config.judge_rating_range
+            reward.score = rating_score(r.expected, self.config.judge_rating_scale, low, high)
+        else:
+            judgement.verdict_probability = verdict_probability(p)
+            reward.score = judgement.verdict_probability
+        return reward
+
+    def observe(self, reward: pb.Reward, metrics: ServiceMetrics) -> None:
+        if reward.judgement.unparsed:
+            metrics.judge_unparsed.inc()
+        if self._generated_tokens:
+            metrics.judge_generated_tokens.inc(self._generated_tokens)
+            self._generated_tokens = 0
+
+    # -- Compare -----------------------------------------------------------------------------------------------
+    async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse:
+        for name in ("response_a", "response_b"):
+            if not getattr(request, name).strip():
+                raise invalid_argument(f"Compare: empty {name}")
+        a_first, b_first = self.prompts.render_pair(request)
+        slot = self.prompts.pair_slot
+        rows = await self.backend.next_token_logprobs([a_first.token_ids, b_first.token_ids], slot.token_ids)
+        p_a_first = verdict_probability(normalised(class_log_masses(rows[0], slot.classes, slot.token_ids)))
+        # Shown second, the request's A is the judge's "B".
+        p_a_second = 1.0 - verdict_probability(normalised(class_log_masses(rows[1], slot.classes, slot.token_ids)))
+        averaged, bias = pairwise(p_a_first, p_a_second)
+        return pb.CompareResponse(
+            id=request.id, prob_a_preferred=averaged, prob_a_preferred_a_first=p_a_first,
+            prob_a_preferred_a_second=p_a_second, position_bias=bias, model_revision=self.revision,
+        )
+
+    async def ready(self) -> bool:
+        return await self.backend.ready()
+
+    async def close(self) -> None:
+        await self.backend.close()
+

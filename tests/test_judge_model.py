@@ -1,0 +1,25 @@
+"""The local judge `rewardline models build` trains: its P("Yes") separates correct from incorrect answers on
+held-out problems (recomputed here independently of the training code), as the build reported."""
+
+from __future__ import annotations
+
+import json
+
+from trainer.local_models.build import read_manifest
+
+
+def auroc(positive: list[float], negative: list[float]) -> float:
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def test_p_yes_separates_correct_from_incorrect_answers(local_models, direct_judge):
+    with (local_models / "data" / "prefs_test.jsonl").open() as f:
+        pairs = [json.loads(line) for line in f][:150]
+    right = [direct_judge.verdict(p["prompt"], p["chosen"]) for p in pairs]
+    wrong = [direct_judge.verdict(p["prompt"], p["rejected"]) for p in pairs]
+    malformed = [w for w, p in zip(wrong, pairs) if p["category"] == "malformed"]
+    assert auroc(right, wrong) > 0.55
+    assert auroc(right, malformed) > 0.95  # what it learnt best: an answer that is no answer
+    reported = read_manifest(local_models)["steps"]["judge"]["metrics"]
+    assert reported["prefs_test_auroc"] > 0.55 and reported["prefs_test_auroc_by_kind"]["malformed"] > 0.95

@@ -1,0 +1,60 @@
+"""`rewardline serve reward --backend vllm`: the reward kind on vLLM's pooling runner (the real CPU engine),
+started for real and used through gRPC. Rewards must equal transformers' own forward pass on the same tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.api import pb
+from services.client import RewardClient
+from services.process import ServiceProcess
+from support import InProcessRewardModel, assert_close, mixed_length_pairs, samples
+
+MAX_LENGTH = 128
+
+
+@pytest.fixture(scope="module")
+def reward_dir(local_models):
+    return local_models / "reward"
+
+
+@pytest.fixture(scope="module")
+def reference(reward_dir):
+    return InProcessRewardModel(reward_dir)
+
+
+@pytest.fixture(scope="module")
+def client(reward_dir):
+    args = ["--model", str(reward_dir), "--backend", "vllm", "--max-length", str(MAX_LENGTH), "--max-batch-size", "16"]
+    with ServiceProcess("reward", args) as svc:
+        with RewardClient(svc.target, timeout=120) as c:
+            yield c
+
+
+def fitting_pairs(reference: InProcessRewardModel, n: int, seed: int) -> list[tuple[str, str]]:
+    return [p for p in mixed_length_pairs(4 * n, seed) if len(reference.token_ids(*p)) <= MAX_LENGTH][:n]
+
+
+def test_vllm_rewards_equal_the_transformers_forward(client, reference):
+    """Mixed lengths in one request: vLLM packs them without padding, and no score may depend on that."""
+    pairs = fitting_pairs(reference, 20, seed=3)
+    rewards = client.score(samples(pairs))
+    assert_close([r.score for r in rewards], [reference.score(*p) for p in pairs], tol=1e-4)
+    assert [r.num_tokens for r in rewards] == [len(reference.token_ids(*p)) for p in pairs]
+    streamed = {r.id: r.score for r in client.score_stream(samples(pairs, prefix="st"))}
+    assert_close([streamed[f"st{i}"] for i in range(len(pairs))], [r.score for r in rewards], tol=1e-5)
+
+
+def test_get_info_says_vllm(client):
+    info = client.info()
+    assert info.kind == pb.MODEL_KIND_REWARD
+    assert (info.backend, info.device, info.dtype) == ("vllm", "cpu", "float32")
+    assert info.max_length == MAX_LENGTH
+
+
+def test_a_long_prompt_is_cut_and_the_service_goes_on(client, reference):
+    (cut,) = client.score([{"id": "long", "prompt": "What is 3 + 4? " + "seven plus three is ten " * 60, "response": "7"}])
+    assert cut.truncated and cut.num_tokens == MAX_LENGTH
+    pair = fitting_pairs(reference, 1, seed=4)[0]
+    (again,) = client.score(samples([pair]))
+    assert abs(again.score - reference.score(*pair)) <= 1e-4
