@@ -86,3 +86,17 @@ def test_config_hash_ignores_what_resuming_may_change(tmp_path):
     b = load_config(TrainConfig, parser().parse_args(["--config", str(path), "--steps", "50", "--checkpoint.every", "3"]))
     c = load_config(TrainConfig, parser().parse_args(["--config", str(path), "--optim.lr", "1e-3"]))
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_preflight_names_what_is_missing(tmp_path):
+    from trainer.train import preflight
+
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML.format(run_dir=tmp_path / "run").replace("verifiable:exact_answer", "verifiable:nope"))
+    config = load_config(TrainConfig, parser().parse_args(["--config", str(path)]))
+    with pytest.raises(ConfigError) as err:
+        preflight(config)
+    message = str(err.value)
+    assert "policy.path: /models/policy is not a Hugging Face model directory" in message
+    assert "data.train.0: no such file: /data/a.jsonl" in message
+    assert "rewards.sources.1 (exact)" in message and "no attribute 'nope'" in message

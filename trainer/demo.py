@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,8 +93,6 @@ def run_demo(config: DemoConfig) -> int:
 
     started = time.monotonic()
     torch.set_num_threads(1)
-    # gRPC's C core logs each connection a stopping service closes (GOAWAY) at INFO; read at its first channel.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     print(f"[1/5] local models in {config.models} (built once, a few minutes; reused afterwards)")
     models = ensure_models(config.models)
     out = config.out

@@ -15,6 +15,7 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from services.api.rewardline.v1 import trainer_pb2 as tpb
-from services.config_loading import dump_config
+from services.config_loading import ConfigError, dump_config
 from trainer import checkpoint, distributed
 from trainer.config import TrainConfig, config_hash
 from trainer.control import Control, ControlServer
@@ -30,6 +31,7 @@ from trainer.data import Cursor, NoMorePrompts, PromptStream
 from trainer.observability import TrainerMetrics
 from trainer.policy import PolicyModule, exported_weights, load_policy, load_reference, load_tokenizer
 from trainer.rewards import make_source
+from trainer.rewards.python_source import import_function
 from trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
 from trainer.rollout.base import RolloutEngine
 from trainer.run_log import MetricsLog, write_plots
@@ -37,6 +39,26 @@ from trainer.step import StepContext, run_step
 
 log = logging.getLogger(__name__)
 PAUSE_POLL_S = 0.2
+
+
+def preflight(config: TrainConfig) -> None:
+    """What the config names must exist: fail at start with the field's name, not mid-way with a traceback."""
+    problems = []
+    if not (config.policy.path / "config.json").is_file():
+        problems.append(f"policy.path: {config.policy.path} is not a Hugging Face model directory (no config.json)")
+    for i, path in enumerate(config.data.train):
+        if not Path(path).is_file():
+            problems.append(f"data.train.{i}: no such file: {path}")
+    if config.data.watch_dir is not None and config.data.watch_dir.exists() and not config.data.watch_dir.is_dir():
+        problems.append(f"data.watch_dir: {config.data.watch_dir} is not a directory")
+    for i, source in enumerate(config.rewards.sources):
+        if source.type == "python":
+            try:
+                import_function(source.function)
+            except ValueError as e:
+                problems.append(f"rewards.sources.{i} ({source.name}): {e}")
+    if problems:
+        raise ConfigError("cannot start:\n  " + "\n  ".join(problems))
 
 
 def make_engine(config: TrainConfig, module: PolicyModule, tokenizer) -> RolloutEngine:
@@ -77,6 +99,7 @@ class Trainer:
 
     def setup(self) -> None:
         c = self.config
+        preflight(c)
         self.world = distributed.init(c.distributed.backend)
         if c.threads:
             torch.set_num_threads(c.threads)

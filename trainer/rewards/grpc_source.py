@@ -53,6 +53,7 @@ class GrpcRewardSource:
         self.client: AsyncRewardClient | None = None
         self.closing = False
         self.task: asyncio.Task | None = None
+        self.call: grpc.aio.StreamStreamCall | None = None
         self.streams_opened = 0
 
     async def start(self, sink: RewardSink) -> None:
@@ -119,7 +120,7 @@ class GrpcRewardSource:
         self.outbox = asyncio.Queue()
         for sample_id in self.pending:
             self._enqueue(sample_id)
-        call = self.client.open_stream()
+        call = self.call = self.client.open_stream()
         self.streams_opened += 1
         writer = asyncio.get_running_loop().create_task(self._write(call))
         try:
@@ -167,6 +168,8 @@ class GrpcRewardSource:
 
     async def close(self) -> None:
         self.closing = True
+        if self.call is not None:
+            self.call.cancel()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
