@@ -1,5 +1,6 @@
 """Data-parallel training: torchrun with 2 CPU processes on gloo makes the same update as 1 process on the
-same global batch (the 2-process run also splits its shards into micro-batches, so no_sync is exercised)."""
+same global batch — with DDP and with FSDP (FSDP2) — the 2-process run also splitting its shards into
+micro-batches, so gradient accumulation without synchronisation is exercised."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -17,7 +19,7 @@ from trainer.config import TrainConfig
 from trainer.train import train
 
 
-def config_dict(local_models, run_dir, algorithm: str, micro: int | None) -> dict:
+def config_dict(local_models, run_dir, algorithm: str, micro: int | None, strategy: str = "ddp") -> dict:
     return {
         "run_dir": str(run_dir),
         "steps": 1,
@@ -35,14 +37,22 @@ def config_dict(local_models, run_dir, algorithm: str, micro: int | None) -> dic
         # close to linear in small gradients, so comparing weights compares the gradients.
         "optim": {"lr": 1e-3, "eps": 1e-3, "micro_batch_size": micro},
         "observability": {"progress": False},
+        "distributed": {"strategy": strategy},
     }
 
 
-def test_two_processes_make_the_single_process_update(local_models, tmp_path):
-    single, double = tmp_path / "single", tmp_path / "double"
-    assert train(TrainConfig.model_validate(config_dict(local_models, single, "ppo", None))) == 0
+@pytest.fixture(scope="module")
+def single(local_models, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("single")
+    assert train(TrainConfig.model_validate(config_dict(local_models, run_dir, "ppo", None))) == 0
+    return run_dir
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_make_the_single_process_update(local_models, single, tmp_path, strategy):
+    double = tmp_path / "double"
     config_path = tmp_path / "ddp.yaml"
-    config_path.write_text(yaml.safe_dump(config_dict(local_models, double, "ppo", 2)))
+    config_path.write_text(yaml.safe_dump(config_dict(local_models, double, "ppo", 2, strategy)))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), "-m", "services", "train", "--config", str(config_path)]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
@@ -57,6 +67,8 @@ def test_two_processes_make_the_single_process_update(local_models, tmp_path):
         assert abs(two[0][key] - one[0][key]) <= 1e-5, key
 
     checkpoint = "checkpoints/step-00000001"
+    layout = json.loads((double / checkpoint / "state.json").read_text())
+    assert (layout["world_size"], layout["strategy"]) == (2, strategy)
     a = load_file(single / checkpoint / "policy" / "model.safetensors")
     b = load_file(double / checkpoint / "policy" / "model.safetensors")
     initial = load_file(local_models / "policy" / "model.safetensors")

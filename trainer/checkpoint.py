@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from trainer.data import Cursor
+from trainer.distributed import is_sharded, load_full_state
 from trainer.policy import PolicyModule
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class TrainingState:
     step: int
     cursor: Cursor
     config_hash: str
+    world_size: int = 1
+    strategy: str = "single"  # single, ddp or fsdp: how the run that wrote it was laid out
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -60,24 +64,33 @@ def save(
     run_dir: Path,
     module: PolicyModule,
     tokenizer: PreTrainedTokenizerBase,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict,
     scheduler: Any,
     state: TrainingState,
     keep: int,
+    module_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
+    """``optimizer_state`` keyed by parameter name (torch.distributed.checkpoint's full form, which loads into
+    any world size or strategy); ``module_state`` the PolicyModule's full state when it is sharded (FSDP)."""
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{state.step:08d}"
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    module.policy.save_pretrained(tmp / "policy", safe_serialization=True)
+    if module_state is None:
+        module.policy.save_pretrained(tmp / "policy", safe_serialization=True)
+        value_state = module.value.state_dict() if module.value is not None else None
+    else:
+        policy_state = {k.removeprefix("policy."): v for k, v in module_state.items() if k.startswith("policy.")}
+        module.policy.save_pretrained(tmp / "policy", state_dict=policy_state, safe_serialization=True)
+        value_state = {k.removeprefix("value."): v for k, v in module_state.items() if k.startswith("value.")} or None
     tokenizer.save_pretrained(tmp / "policy")
-    if module.value is not None:
-        save_file({k: v.contiguous() for k, v in module.value.state_dict().items()}, tmp / "value.safetensors")
+    if value_state is not None:
+        save_file({k: v.contiguous() for k, v in value_state.items()}, tmp / "value.safetensors")
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "step": state.step,
@@ -87,7 +100,8 @@ def save(
         tmp / "trainer_state.pt",
     )
     (tmp / "state.json").write_text(json.dumps({
-        "step": state.step, "cursor": state.cursor.model_dump(), "config_hash": state.config_hash, "time": time.time(),
+        "step": state.step, "cursor": state.cursor.model_dump(), "config_hash": state.config_hash,
+        "world_size": state.world_size, "strategy": state.strategy, "time": time.time(),
     }, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -98,7 +112,25 @@ def save(
 
 
 def load(path: Path, module: PolicyModule, optimizer: torch.optim.Optimizer, scheduler: Any) -> TrainingState:
-    """Restores weights, optimizer, scheduler and RNG states in place; returns step, cursor and config hash."""
+    """Restores weights, optimizer, scheduler and RNG states in place; returns step, cursor and config hash.
+    Under FSDP every rank calls it (it scatters the full state onto the shards)."""
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    if is_sharded(module):
+        dtype = next(module.policy.parameters()).dtype
+        saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=dtype).state_dict()
+        full = {f"policy.{k}": v for k, v in saved.items()}
+        if module.value is not None:
+            full.update({f"value.{k}": v for k, v in load_file(path / "value.safetensors").items()})
+        load_full_state(module, optimizer, full, state["optimizer"])
+    else:
+        _load_unsharded(path, module)
+        set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return TrainingState(state["step"], Cursor(**state["cursor"]), state["config_hash"])
+
+
+def _load_unsharded(path: Path, module: PolicyModule) -> None:
     if hasattr(module.policy, "get_base_model"):
         from peft import set_peft_model_state_dict
 
@@ -108,8 +140,3 @@ def load(path: Path, module: PolicyModule, optimizer: torch.optim.Optimizer, sch
         module.policy.load_state_dict(saved.state_dict())
     if module.value is not None:
         module.value.load_state_dict(load_file(path / "value.safetensors"))
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return TrainingState(state["step"], Cursor(**state["cursor"]), state["config_hash"])

@@ -194,6 +194,9 @@ class ControlConfig(_Section):
 
 class DistributedConfig(_Section):
     backend: Literal["gloo", "nccl"] = Field("gloo", description="torch.distributed backend when run under torchrun")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (every rank holds the model) or fsdp (FSDP2: parameters, gradients and optimizer state sharded)"
+    )
 
 
 class TrainConfig(_Section):
@@ -219,6 +222,8 @@ class TrainConfig(_Section):
             raise ValueError(f"rollout.n: {self.algorithm.name} compares samples of one prompt, so it needs n >= 2")
         if self.policy.reference == "adapters_off" and not self.policy.lora.enabled:
             raise ValueError("policy.reference: adapters_off needs policy.lora.enabled")
+        if self.distributed.strategy == "fsdp" and self.policy.lora.enabled:
+            raise ValueError("distributed.strategy: fsdp is not supported with LoRA adapters; use ddp")
         if self.algorithm.name == "ppo" and self.policy.lora.enabled and self.algorithm.value_model == "model":
             raise ValueError("algorithm.value_model: a separate value model is not supported with LoRA; use head")
         return self

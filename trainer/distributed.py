@@ -8,10 +8,18 @@ global batch) and the reported metrics. Every rank's loss is the sum of its piec
 count, times world_size, so that DDP's gradient average equals the gradient of the single-process loss on
 the same global batch. Rank 0 alone writes checkpoints, metrics.jsonl and plots and serves the control API;
 its control decisions reach the others at each step boundary.
+
+FSDP (``distributed.strategy: fsdp``, FSDP2's ``fully_shard`` per decoder layer and on the whole module)
+shards parameters, gradients and optimizer state. Every forward then all-gathers, so every rank must run the
+same number of forwards: the prompts of a step must divide evenly over the ranks (checked at start), and the
+transformers rollout engine samples from its own full copy of the policy (refreshed after each update)
+rather than from the sharded module, whose generation length differs between ranks. Full weights are
+gathered (a collective) for the rollout engine and for checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -81,3 +89,58 @@ def global_moments(world: World):
         return mean, max(squares / count - mean**2, 0.0) ** 0.5
 
     return moments
+
+
+def shard(module: torch.nn.Module, layers: list[torch.nn.Module]) -> None:
+    """FSDP2: each decoder layer its own unit (gathered just for its forward), the rest in the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(module)
+
+
+def gradient_sync(module: torch.nn.Module, enabled: bool):
+    """DDP's ``no_sync`` / FSDP's ``set_requires_gradient_sync``: skip the reduction on all but the last
+    micro-batch (the gradients accumulate locally, and the last backward reduces their sum)."""
+    if enabled:
+        return contextlib.nullcontext()
+    if hasattr(module, "no_sync"):
+        return module.no_sync()
+    if hasattr(module, "set_requires_gradient_sync"):
+        @contextlib.contextmanager
+        def unsynced():
+            module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                module.set_requires_gradient_sync(True)
+        return unsynced()
+    return contextlib.nullcontext()
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    return any(hasattr(p, "full_tensor") for p in module.parameters())
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter whole on every rank (a collective under FSDP; the plain state dict otherwise)."""
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+
+
+def full_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(module, model_state, options=options)
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=optimizer_state, options=options)

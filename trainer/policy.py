@@ -126,3 +126,14 @@ def exported_weights(policy: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             continue
         clean = name.replace(".base_layer.", ".")
         yield clean, tensor + deltas[clean] if clean in deltas else tensor
+
+
+def policy_weights(module: PolicyModule) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's full weights for the rollout engine. Under FSDP this gathers them (a collective: every
+    rank calls it, and it runs at once rather than lazily)."""
+    from trainer.distributed import full_state_dict, is_sharded
+
+    if is_sharded(module):
+        full = full_state_dict(module)
+        return iter([(k.removeprefix("policy."), v) for k, v in full.items() if k.startswith("policy.")])
+    return exported_weights(module.policy)

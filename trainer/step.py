@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,8 +27,8 @@ from trainer.algorithms.losses import aggregate, clipped_surrogate, entropy_from
 from trainer.batch import Batch, build_batch
 from trainer.config import TrainConfig
 from trainer.data import PromptRecord
-from trainer.distributed import World, all_reduce_sum, global_moments
-from trainer.policy import PolicyModule, exported_weights
+from trainer.distributed import World, all_reduce_sum, global_moments, gradient_sync
+from trainer.policy import PolicyModule, policy_weights
 from trainer.rewards.base import ScoringSample
 from trainer.rewards.combine import combine
 from trainer.rewards.hub import RewardHub
@@ -173,8 +172,7 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         ctx.optimizer.zero_grad(set_to_none=True)
         for i, part in enumerate(parts):
             b, m = batch.rows(part), mask[part]
-            sync = contextlib.nullcontext() if i == len(parts) - 1 or not world.distributed else ctx.module.no_sync()
-            with sync:
+            with gradient_sync(ctx.module, enabled=i == len(parts) - 1 or not world.distributed):
                 logits, values = ctx.module(b.input_ids, b.attention_mask, b.position_ids, b.completion_width)
                 logits = logits / temperature
                 logp = token_logprobs(logits, b.completion_ids)
@@ -195,15 +193,15 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
                           float((v_loss * m).sum()), float((v_clipped * m).sum()), float(loss) / world.size]
         params = [p for p in ctx.module.parameters() if p.requires_grad]
         if cfg.optim.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+            grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
         else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            grad_norm = full_value(torch.linalg.vector_norm(torch.stack([full_value(p.grad.norm(), tensor=True) for p in params if p.grad is not None])))
         ctx.optimizer.step()
     ctx.scheduler.step()
     updated = time.perf_counter()
 
     # 6. The new weights into the rollout engine (in place; a no-op for the transformers engine).
-    ctx.engine.load_weights(exported_weights(ctx.policy_module.policy))
+    ctx.engine.load_weights(policy_weights(ctx.policy_module))
     finished = time.perf_counter()
 
     # Figures of the whole global batch.
@@ -251,6 +249,12 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         out[f"reward/{name}"] = total / count if count else float("nan")
         out[f"errors/{name}"] = errors
     return out
+
+
+def full_value(x: torch.Tensor, tensor: bool = False):
+    """A (possibly FSDP-sharded DTensor) scalar as a plain tensor or float."""
+    x = x.full_tensor() if hasattr(x, "full_tensor") else x
+    return x if tensor else float(x)
 
 
 def per_sample_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import get_scheduler
+from transformers import AutoModelForCausalLM, get_scheduler
 
 from services.api.rewardline.v1 import trainer_pb2 as tpb
 from services.config_loading import ConfigError, dump_config
@@ -29,7 +29,7 @@ from trainer.config import TrainConfig, config_hash
 from trainer.control import Control, ControlServer
 from trainer.data import Cursor, NoMorePrompts, PromptStream
 from trainer.observability import TrainerMetrics
-from trainer.policy import PolicyModule, exported_weights, load_policy, load_reference, load_tokenizer
+from trainer.policy import DTYPES, PolicyModule, base_model, load_policy, load_reference, load_tokenizer, policy_weights
 from trainer.rewards import make_source
 from trainer.rewards.python_source import import_function
 from trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
@@ -68,6 +68,9 @@ def make_engine(config: TrainConfig, module: PolicyModule, tokenizer) -> Rollout
         return VLLMEngine(config.policy.path, tokenizer, config.rollout, config.policy.dtype, config.seed)
     from trainer.rollout.hf_engine import HFEngine
 
+    if distributed.is_sharded(module):
+        copy = AutoModelForCausalLM.from_pretrained(config.policy.path, dtype=DTYPES[config.policy.dtype])
+        return HFEngine(copy.eval(), tokenizer, config.rollout, owns_model=True)
     return HFEngine(module.policy, tokenizer, config.rollout)
 
 
@@ -113,6 +116,13 @@ class Trainer:
         self.tokenizer = load_tokenizer(c)
         self.policy_module = load_policy(c)
         self.reference = load_reference(c)
+        fsdp = self.world.distributed and c.distributed.strategy == "fsdp"
+        self.strategy = c.distributed.strategy if self.world.distributed else "single"
+        if fsdp:
+            if c.rollout.prompts_per_step % self.world.size:
+                raise ConfigError(f"rollout.prompts_per_step: FSDP needs it divisible by the {self.world.size} processes "
+                                  "(every rank must run the same number of forwards)")
+            distributed.shard(self.policy_module, list(base_model(self.policy_module.policy).get_decoder().layers))
         self.optimizer, self.scheduler = make_optimizer(c, self.policy_module)
         self.step, cursor = 0, Cursor()
         latest = checkpoint.latest(self.run_dir) if self.resume else None
@@ -126,13 +136,13 @@ class Trainer:
                             extra={"checkpoint_hash": state.config_hash, "config_hash": self.hash})
             log.warning(f"resumed from {latest} at step {self.step}", extra={"step": self.step, "path": str(latest)})
         self.module: torch.nn.Module = self.policy_module
-        if self.world.distributed:
+        if self.world.distributed and not fsdp:
             self.module = torch.nn.parallel.DistributedDataParallel(self.policy_module)
         self.data = PromptStream(c.data, cursor, should_stop=lambda: self.stop_signal is not None)
         self.metrics = TrainerMetrics()
         self.engine = make_engine(c, self.policy_module, self.tokenizer)
-        if latest is not None:
-            self.engine.load_weights(exported_weights(self.policy_module.policy))
+        if latest is not None or fsdp:
+            self.engine.load_weights(policy_weights(self.policy_module))
         self.hub = RewardHub([make_source(s) for s in c.rewards.sources], self.metrics)
         self.hub.start()
         self.control = Control(str(self.run_dir), self.hash, c.algorithm.name, self.world.size, c.steps, lambda: self.hub.waiting_for)
@@ -262,11 +272,17 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         requests = self.control.take_checkpoint_requests()
+        # gathered on every rank (collectives under FSDP), written by rank 0
+        sharded = distributed.is_sharded(self.policy_module)
+        module_state = distributed.full_state_dict(self.policy_module) if sharded else None
+        optimizer_state = distributed.full_optimizer_state(self.policy_module, self.optimizer)
         if self.world.is_main:
             previous = self.control.state
             self.control.set_state(tpb.TRAINER_STATE_STOPPING if self.stop_signal else previous)
-            path = checkpoint.save(self.run_dir, self.policy_module, self.tokenizer, self.optimizer, self.scheduler,
-                                   checkpoint.TrainingState(self.step, self.data.cursor, self.hash), self.config.checkpoint.keep)
+            path = checkpoint.save(self.run_dir, self.policy_module, self.tokenizer, optimizer_state, self.scheduler,
+                                   checkpoint.TrainingState(self.step, self.data.cursor, self.hash, self.world.size, self.strategy),
+                                   self.config.checkpoint.keep,
+                                   module_state=module_state)
             self.control.checkpointed(self.step, str(path), requests)
         self.checkpointed_step = self.step
         if self.world.distributed:

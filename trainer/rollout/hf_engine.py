@@ -1,7 +1,8 @@
 """Rollouts with transformers' ``generate`` on the training policy itself.
 
 The engine holds the live policy module, so there is nothing to copy after an update: the next call samples
-from the new weights. One prompt group is generated per call (its n copies of one prompt need no padding)
+from the new weights (under FSDP, whose sharded module cannot generate rank by rank, it holds its own full copy
+and `load_weights` refreshes it). One prompt group is generated per call (its n copies of one prompt need no padding)
 under that group's own seed, which makes a group's samples independent of the batch around it; each group is
 handed to the reward sources as soon as it is done, so scoring overlaps the next group's generation.
 """
@@ -18,8 +19,9 @@ from trainer.rollout.base import Completion, OnComplete, RolloutRequest, complet
 
 
 class HFEngine:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, owns_model: bool = False) -> None:
         self.model = model
+        self.owns_model = owns_model
         self.tokenizer = tokenizer
         self.config = config
         generation = getattr(model, "generation_config", None)
@@ -77,7 +79,11 @@ class HFEngine:
         return out
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Nothing to do: this engine samples from the training module itself."""
+        """Nothing to do when this engine samples from the training module itself; else copy them in."""
+        if self.owns_model:
+            incompatible = self.model.load_state_dict(dict(weights), strict=False)
+            if incompatible.unexpected_keys:
+                raise ValueError(f"weights the rollout model does not have: {incompatible.unexpected_keys[:5]}")
 
     def close(self) -> None:
         pass
