@@ -4,7 +4,8 @@
 
 Both serve the benchmark reward model of bench/common.py (Llama, hidden 256, 4 layers, ~3.4M parameters, samples of
 64-256 tokens of mixed length) on vLLM's CPU engine with the same settings (float32, eager, single-process
-executor, the same prefix caching and thread binding). N concurrent asyncio clients each send one sample at a time
+executor, prefix caching off unless asked for, the same thread binding). N concurrent asyncio clients each send one
+sample at a time
 for a fixed time: gRPC Score to rewardline, HTTP POST /classify (token ids, ``use_activation: false``: raw logits)
 to vLLM's OpenAI-compatible server. Printed: samples/s, p50/p99 latency, and the ratio rewardline / vllm serve.
 
@@ -58,8 +59,9 @@ from services.process import ServiceProcess, free_port  # noqa: E402
 MAX_MODEL_LEN = 512
 
 
-def engine_env(bind: str | None) -> dict[str, str]:
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def engine_env(bind: str | None, multiprocessing: bool = False) -> dict[str, str]:
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocessing else "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     return env
@@ -122,7 +124,9 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"vllm serve not ready after {timeout:.0f}s")
 
 
-def vllm_serve_run(model: BenchModel, clients: int, seconds: float, bind: str | None, prefix_caching: bool, log: Path) -> dict:
+def vllm_serve_run(
+    model: BenchModel, clients: int, seconds: float, bind: str | None, prefix_caching: bool, log: Path, multiprocessing: bool
+) -> dict:
     port = free_port()
     command = [
         sys.executable, __file__, "--launch-vllm", "serve", str(model.path), "--runner", "pooling", "--dtype", "float32",
@@ -131,7 +135,8 @@ def vllm_serve_run(model: BenchModel, clients: int, seconds: float, bind: str | 
         "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching", "--disable-log-stats",
     ]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, env={**os.environ, **engine_env(bind)}, stdout=out, stderr=out, start_new_session=True)
+        env = {**os.environ, **engine_env(bind, multiprocessing)}
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", process, 300)
         import aiohttp
@@ -159,27 +164,41 @@ def vllm_serve_run(model: BenchModel, clients: int, seconds: float, bind: str | 
             process.wait()
 
 
+def _cells(result: dict) -> dict:
+    return {"samples/s": result["samples_s"], "p50 ms": result["p50_ms"], "p99 ms": result["p99_ms"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", default="32")
     parser.add_argument("--bind", default=os.environ.get("BENCH_VLLM_BIND", "0-1"),
                         help="VLLM_CPU_OMP_THREADS_BIND for both servers ('auto': vLLM's default, one core left free)")
-    parser.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off on both servers")
+    parser.add_argument("--prefix-caching", action="store_true",
+                        help="turn vLLM's prefix cache on in both servers (off by default: the pool of 512 samples repeats, "
+                             "so with it on most samples become cache hits, which an RL trainer's fresh samples never are)")
+    parser.add_argument("--vllm-serve-engine", choices=("separate", "in-process", "both"), default="both",
+                        help="vllm serve's engine core in its own process (its default) or in the API server's "
+                             "(VLLM_ENABLE_V1_MULTIPROCESSING=0, as rewardline runs it); the ratio is against the faster")
     args = parser.parse_args()
     bind = None if args.bind == "auto" else args.bind
-    caching = not args.no_prefix_caching
+    caching = args.prefix_caching
     model = BenchModel.load_or_build(REPO / ".cache" / "bench")
     log = REPO / ".cache" / "bench" / "vllm-serve.log"
     print(f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens (mean {model.mean_len:.0f}); "
           f"vLLM CPU, float32, eager, threads bind {args.bind}, prefix caching {'on' if caching else 'off'}, {args.seconds:.0f}s per run")
     rows = []
+    engines = {"separate": [True], "in-process": [False], "both": [True, False]}[args.vllm_serve_engine]
     for clients in (int(c) for c in args.clients.split(",")):
         ours = rewardline_run(model, clients, args.seconds, bind, caching)
-        theirs = vllm_serve_run(model, clients, args.seconds, bind, caching, log)
-        for name, r in (("rewardline serve reward --backend vllm (gRPC)", ours), ("vllm serve --runner pooling (HTTP /classify)", theirs)):
-            rows.append({"server": name, "clients": clients, "samples/s": r["samples_s"], "p50 ms": r["p50_ms"], "p99 ms": r["p99_ms"]})
-        rows.append({"server": "ratio rewardline / vllm serve", "clients": clients, "samples/s": ours["samples_s"] / theirs["samples_s"]})
+        rows.append({"server": "rewardline serve reward --backend vllm (gRPC)", "clients": clients, **_cells(ours)})
+        best = 0.0
+        for multiprocessing in engines:
+            theirs = vllm_serve_run(model, clients, args.seconds, bind, caching, log, multiprocessing)
+            engine = "engine core in its own process" if multiprocessing else "engine in-process"
+            rows.append({"server": f"vllm serve --runner pooling, {engine} (HTTP /classify)", "clients": clients, **_cells(theirs)})
+            best = max(best, theirs["samples_s"])
+        rows.append({"server": "ratio rewardline / fastest vllm serve", "clients": clients, "samples/s": ours["samples_s"] / best})
     print_table(rows)
 
 

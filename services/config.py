@@ -68,6 +68,7 @@ class ServeConfig(BaseModel):
     vllm_kv_cache_gib: int = Field(1, gt=0, description="backend vllm on CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
     vllm_max_num_seqs: int | None = Field(None, gt=0, description="backend vllm: most sequences in one engine step (default: vLLM's)")
     vllm_max_num_batched_tokens: int | None = Field(None, gt=0, description="backend vllm: most tokens in one engine step (default: vLLM's)")
+    vllm_block_size: int | None = Field(None, gt=0, description="backend vllm: tokens per KV-cache block, the unit prefix caching shares (default: vLLM's; 128 on CPU, longer than many judge prompts' shared head)")
     vllm_cpu_threads_bind: str | None = Field(None, description="backend vllm on CPU: cores for the engine's threads, e.g. 0-1 (VLLM_CPU_OMP_THREADS_BIND; default: vLLM's auto, which leaves one core free)")
 
     @field_validator("score_weights", mode="before")

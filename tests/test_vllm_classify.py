@@ -58,3 +58,20 @@ def test_a_long_prompt_is_cut_and_the_service_goes_on(client, reference):
     pair = fitting_pairs(reference, 1, seed=4)[0]
     (again,) = client.score(samples([pair]))
     assert abs(again.score - reference.score(*pair)) <= 1e-4
+
+
+def test_the_uncertainty_kind_runs_on_vllm_too(local_models):
+    """`serve uncertainty --backend vllm`: a shared-backbone ensemble is one classifier with a head per member,
+    so its member scores are the checkpoint's raw logits, which vLLM must reproduce."""
+    model_dir = local_models / "uncertainty"
+    reference = InProcessRewardModel(model_dir)
+    pairs = fitting_pairs(reference, 6, seed=5)
+    args = ["--model", str(model_dir), "--backend", "vllm", "--max-length", str(MAX_LENGTH)]
+    with ServiceProcess("uncertainty", args) as svc, RewardClient(svc.target, timeout=120) as client:
+        rewards = client.score(samples(pairs))
+        assert client.info().backend == "vllm"
+    for reward, pair in zip(rewards, pairs):
+        members = reference.logits(*pair)
+        assert len(reward.uncertainty.member_scores) == len(members) == 5
+        assert_close(list(reward.uncertainty.member_scores), members, tol=1e-4)
+        assert abs(reward.score - sum(members) / len(members)) <= 1e-4
