@@ -51,7 +51,7 @@ class ServeConfig(BaseModel):
     judge_mode: Literal["verdict", "rating", "rationale_verdict", "rationale_rating"] = Field(
         "verdict", description="judge: verdict = P(positive) over positive+negative; rating = expected rating 1..K mapped to judge_rating_range; rationale_*: write a rationale first, then read the verdict or rating after judge_marker"
     )
-    judge_template: str | None = Field(None, description="judge: built-in template (verify, rubric) or a Jinja2 file (default: verify for verdict modes, rubric for rating modes)")
+    judge_template: str | None = Field(None, description="judge: template of Score: built-in verify or rubric, or a Jinja2 file (default: verify for verdict modes, rubric for rating modes)")
     judge_pairwise_template: str = Field("pairwise", description="judge: template of Compare (built-in pairwise or a Jinja2 file)")
     judge_positive: list[str] = Field(["Yes"], description="judge: labels of the positive verdict (their probabilities add up)")
     judge_negative: list[str] = Field(["No"], description="judge: labels of the negative verdict")

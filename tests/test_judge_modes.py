@@ -64,34 +64,53 @@ def test_rationale_comes_back_and_the_verdict_is_read_after_it(rationale_judge, 
         assert j.verdict_probability == reward.score
 
 
+def in_process_scores(judge_dir, samples, **fields):  # type: ignore[no-untyped-def]
+    """The judge's scorer in this process on the hf engine: score_batch, then observe, as the servicer calls them."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from services.config import ServeConfig
+    from services.judge.scorer import JudgeScorer
+    from services.metrics import ServiceMetrics
+
+    scorer = JudgeScorer.load(ServeConfig(kind="judge", model=judge_dir, backend="hf", **fields))
+    registry = CollectorRegistry()
+    service_metrics = ServiceMetrics(registry)
+
+    async def run():  # type: ignore[no-untyped-def]
+        try:
+            return await scorer.score_batch(scorer.render(samples))
+        finally:
+            await scorer.close()
+
+    rewards = asyncio.run(run())
+    for reward in rewards:
+        scorer.observe(reward, service_metrics)
+    return rewards, registry
+
+
+def test_sampled_rationales_are_averaged_and_seeded(judge_dir):
+    from services.api import pb
+
+    samples = [pb.Sample(id=str(i), prompt=f"What is {i} + 7?", response=f"The answer is {i + 7}.") for i in range(3)]
+    fields = dict(judge_mode="rationale_verdict", judge_rationales=3, judge_temperature=1.0, judge_max_rationale_tokens=16)
+    first, _ = in_process_scores(judge_dir, samples, **fields)
+    again, _ = in_process_scores(judge_dir, samples, **fields)
+    for reward in first:
+        assert reward.judgement.num_rationales == 3 and 0.0 <= reward.score <= 1.0
+    assert [r.score for r in first] == [r.score for r in again]  # the seed makes sampled rationales repeatable
+
+
 def test_a_rationale_without_a_verdict_is_flagged_and_counted(judge_dir):
     """A rationale cut off by the token limit before the marker has no readable verdict: a flagged reward of 0 and
     a count in rewardline_judge_unparsed, not an error. Run on the judge's scorer in-process with the real model on
     the hf engine (a limit of 2 tokens makes every rationale too short to end; a service would serve only that),
     through the same score_batch and observe the servicer calls."""
-    import asyncio
-
-    from prometheus_client import CollectorRegistry
-
     from services.api import pb
-    from services.config import ServeConfig
-    from services.judge.scorer import JudgeScorer
-    from services.metrics import ServiceMetrics
 
-    config = ServeConfig(kind="judge", model=judge_dir, backend="hf", judge_mode="rationale_verdict", judge_max_rationale_tokens=2)
-    scorer = JudgeScorer.load(config)
-    registry = CollectorRegistry()
-    service_metrics = ServiceMetrics(registry)
-    rendered = scorer.render([pb.Sample(id="a", prompt="What is 23 + 48?", response="The answer is 71.")])
-
-    async def run() -> list[pb.Reward]:
-        try:
-            return await scorer.score_batch(rendered)
-        finally:
-            await scorer.close()
-
-    (reward,) = asyncio.run(run())
-    scorer.observe(reward, service_metrics)
+    sample = pb.Sample(id="a", prompt="What is 23 + 48?", response="The answer is 71.")
+    (reward,), registry = in_process_scores(judge_dir, [sample], judge_mode="rationale_verdict", judge_max_rationale_tokens=2)
     assert reward.judgement.unparsed and reward.score == 0.0 and reward.judgement.num_rationales == 1
     assert reward.judgement.rationale  # what the judge wrote before it was cut off
     assert registry.get_sample_value("rewardline_judge_unparsed_total") == 1

@@ -55,16 +55,20 @@ def start(judge_dir, backend: str, extra: list[str] = ()) -> ServiceProcess:
 def vllm_judge(judge_dir):
     svc = start(judge_dir, "vllm")
     yield svc
-    svc.stop()
-    svc.kill()
+    try:
+        assert svc.stop() == 0  # SIGTERM drains and the engine shuts down cleanly
+    finally:
+        svc.kill()
 
 
 @pytest.fixture(scope="module")
 def hf_judge(judge_dir):
     svc = start(judge_dir, "hf")
     yield svc
-    svc.stop()
-    svc.kill()
+    try:
+        assert svc.stop() == 0
+    finally:
+        svc.kill()
 
 
 @pytest.fixture(params=["vllm", "hf"])
