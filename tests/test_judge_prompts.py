@@ -200,3 +200,14 @@ def test_a_long_question_is_cut_from_the_left_and_a_long_response_refused(tokeni
     strict = JudgePrompts.from_config(ServeConfig(kind="judge", model="unused", truncation="error"), tokenizer, 128, True)
     (error,) = strict.render_samples([pb.Sample(id="c", prompt=long_question, response="The answer is 71.")])
     assert isinstance(error, Exception) and "exceeds" in str(error)
+
+
+def test_a_conversation_is_judged_as_its_last_answer_to_the_turns_before(tokenizer):
+    from services.judge.prompting import sample_texts
+
+    single = pb.Sample(id="m", messages=[pb.Message(role="user", content="Q?"), pb.Message(role="assistant", content="R.")], reference="7")
+    assert sample_texts(single) == {"question": "Q?", "response": "R.", "reference": "7"}
+    turns = [pb.Message(role="system", content="Be brief."), pb.Message(role="user", content="Q?"), pb.Message(role="assistant", content="R.")]
+    assert sample_texts(pb.Sample(id="t", messages=turns))["question"] == "system: Be brief.\nuser: Q?"
+    (rendered,) = prompts_for(tokenizer).render_samples([single])
+    assert "<question>Q?</question>\n<reference>7</reference>\n<response>R.</response>" in tokenizer.decode(rendered.token_ids)

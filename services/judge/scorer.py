@@ -79,6 +79,8 @@ class JudgeScorer:
         revision = weights_revision(model_dir)
         tokenizer = load_tokenizer(model_dir, config.trust_remote_code)
         max_length = config.max_length or default_max_length(model_dir, tokenizer)
+        if config.max_batch_tokens < max_length:
+            raise ValueError(f"max_batch_tokens={config.max_batch_tokens} is below max_length={max_length}: the longest judge prompt could never run")
         has_template = bool(getattr(tokenizer, "chat_template", None))
         use_chat = {"auto": has_template, "on": True, "off": False}[config.chat_template]
         if use_chat and not has_template:
