@@ -1,4 +1,4 @@
-"""Judge throughput in verdict mode: transformers in-process vs vLLM with prefix caching on and off.
+"""Judge throughput in verdict mode: transformers in-process and vLLM, each with prefix sharing on and off.
 
     .venv/bin/python bench/judge_throughput.py [--seconds 20] [--clients 4] [--group-size 8] [--model bench|local]
 
@@ -6,7 +6,9 @@ The workload is GRPO's: groups of ``--group-size`` responses to one prompt, each
 one of ``--clients`` concurrent clients. Every group has a new prompt and every response is new (a counter is
 written into both), so nothing repeats across groups and the service's score cache and vLLM's prefix cache can
 only share what a real trainer's traffic shares: the template's head and the prompt within a group. Printed per
-configuration: samples/s, p50/p99 latency of a group, mean prompt length, and the speed-up over hf.
+configuration: samples/s, p50/p99 latency of a group, mean prompt length, and the speed-up over hf without sharing.
+"Prefix caching" is vLLM's prefix cache on vLLM (32-token blocks on CPU) and, on hf, the service's computing of
+the head a batch's samples share once (``--judge-hf-share-prefixes``).
 
 Models: ``bench`` (default), an untrained Llama causal LM of the benchmark reward model's size (hidden 256, 4
 layers, 8 heads of 32, ~1000-token vocabulary; built once into .cache/bench/judge-3m), so that the forward pass
@@ -104,6 +106,8 @@ def run(model: Path, backend: str, prefix_caching: bool, args: argparse.Namespac
     flags = ["--model", str(model), "--backend", backend, "--cache-size", "0", "--max-batch-size", "64",
              "--num-threads", str(args.threads)]
     env = {"OMP_NUM_THREADS": str(args.threads)}
+    if backend == "hf":
+        flags += ["--judge-hf-share-prefixes" if prefix_caching else "--no-judge-hf-share-prefixes"]
     if backend == "vllm":
         flags += ["--vllm-prefix-caching" if prefix_caching else "--no-vllm-prefix-caching"]
         if args.bind != "auto":
@@ -132,11 +136,11 @@ def main() -> None:
     print(f"judge {model.name}, verdict mode, {args.clients} clients x groups of {args.group_size}, {args.seconds:.0f}s per run, "
           f"hf threads {args.threads}, vLLM threads bind {args.bind}")
     rows = []
-    for backend, caching in (("hf", False), ("vllm", True), ("vllm", False)):
+    for backend, caching in (("hf", False), ("hf", True), ("vllm", False), ("vllm", True)):
         result = run(model, backend, caching, args)
-        rows.append({"backend": backend, "prefix caching": "on" if caching else ("off" if backend == "vllm" else "-"), **result})
+        rows.append({"backend": backend, "prefix caching": "on" if caching else "off", **result})
     for row in rows:
-        row["vs hf"] = row["samples/s"] / rows[0]["samples/s"]
+        row["vs hf off"] = row["samples/s"] / rows[0]["samples/s"]
     print_table(rows)
 
 

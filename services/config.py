@@ -63,6 +63,7 @@ class ServeConfig(BaseModel):
     judge_max_rationale_tokens: int = Field(128, gt=0, description="judge: rationale modes: most tokens of one rationale (one that reaches it without the marker is unparsed)")
     judge_temperature: float = Field(0.0, ge=0, description="judge: rationale modes: sampling temperature (0: greedy; needs > 0 when judge_rationales > 1)")
     judge_seed: int = Field(0, description="judge: seed of sampled rationales")
+    judge_hf_share_prefixes: bool = Field(True, description="judge on backend hf: compute the head that samples of one batch share (a GRPO group's prompt) once, as vLLM's prefix cache does")
     # vllm
     vllm_prefix_caching: bool = Field(True, description="backend vllm: reuse the KV cache of shared prefixes (a GRPO group's prompt)")
     vllm_kv_cache_gib: int = Field(1, gt=0, description="backend vllm on CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")

@@ -174,3 +174,40 @@ def judge_dir(local_models: Path) -> Path:
 @pytest.fixture(scope="session")
 def direct_judge(judge_dir: Path) -> DirectJudge:
     return DirectJudge(judge_dir)
+
+
+def _start_together(*services, timeout: float = 300.0):  # type: ignore[no-untyped-def]
+    """Starts ServiceProcesses at once (their imports and engine starts overlap); all of them or none."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(services)) as pool:
+        errors = [f.exception() for f in [pool.submit(s.start, timeout) for s in services]]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        for s in services:
+            s.kill()
+        raise failed[0]
+    return services
+
+
+@pytest.fixture(scope="session")
+def start_together():
+    """``start_together(svc, ...)``: start several ServiceProcesses concurrently."""
+    return _start_together
+
+
+def _stop_together(*services) -> list:  # type: ignore[no-untyped-def]
+    """SIGTERM to every ServiceProcess at once, then their exit codes (each killed if it does not exit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(services)) as pool:
+        codes = [f.result() for f in [pool.submit(s.stop) for s in services]]
+    for s in services:
+        s.kill()
+    return codes
+
+
+@pytest.fixture(scope="session")
+def stop_together():
+    """``stop_together(svc, ...)``: stop several ServiceProcesses concurrently; returns their exit codes."""
+    return _stop_together

@@ -15,7 +15,7 @@ def auroc(positive: list[float], negative: list[float]) -> float:
 
 def test_p_yes_separates_correct_from_incorrect_answers(local_models, direct_judge):
     with (local_models / "data" / "prefs_test.jsonl").open() as f:
-        pairs = [json.loads(line) for line in f][:80]
+        pairs = [json.loads(line) for line in f][:60]
     right = [direct_judge.verdict(p["prompt"], p["chosen"]) for p in pairs]
     wrong = [direct_judge.verdict(p["prompt"], p["rejected"]) for p in pairs]
     malformed = [w for w, p in zip(wrong, pairs) if p["category"] == "malformed"]

@@ -21,20 +21,27 @@ def held_out(local_models, n: int) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def rating_judge(judge_dir):
-    args = ["--model", str(judge_dir), "--backend", "hf", "--judge-mode", "rating", "--judge-rating-range=-1,1"]
-    with ServiceProcess("judge", args) as svc:
-        with RewardClient(svc.target, timeout=120) as client:
-            yield svc, client
+def mode_judges(judge_dir, start_together, stop_together):
+    rating = ServiceProcess("judge", ["--model", str(judge_dir), "--backend", "hf", "--judge-mode", "rating",
+                                      "--judge-rating-range=-1,1"])
+    rationale = ServiceProcess("judge", ["--model", str(judge_dir), "--backend", "vllm", "--judge-mode", "rationale_verdict",
+                                         "--judge-max-rationale-tokens", str(RATIONALE_TOKENS)])
+    services = start_together(rating, rationale)
+    try:
+        with RewardClient(rating.target, timeout=120) as r, RewardClient(rationale.target, timeout=120) as c:
+            yield {"rating": (rating, r), "rationale": (rationale, c)}
+    finally:
+        stop_together(*services)
 
 
 @pytest.fixture(scope="module")
-def rationale_judge(judge_dir):
-    args = ["--model", str(judge_dir), "--backend", "vllm", "--judge-mode", "rationale_verdict",
-            "--judge-max-rationale-tokens", str(RATIONALE_TOKENS)]
-    with ServiceProcess("judge", args) as svc:
-        with RewardClient(svc.target, timeout=120) as client:
-            yield svc, client
+def rating_judge(mode_judges):
+    return mode_judges["rating"]
+
+
+@pytest.fixture(scope="module")
+def rationale_judge(mode_judges):
+    return mode_judges["rationale"]
 
 
 def test_rating_is_the_expected_rating_computed_directly(rating_judge, direct_judge, local_models):

@@ -211,3 +211,16 @@ def test_a_conversation_is_judged_as_its_last_answer_to_the_turns_before(tokeniz
     assert sample_texts(pb.Sample(id="t", messages=turns))["question"] == "system: Be brief.\nuser: Q?"
     (rendered,) = prompts_for(tokenizer).render_samples([single])
     assert "<question>Q?</question>\n<reference>7</reference>\n<response>R.</response>" in tokenizer.decode(rendered.token_ids)
+
+
+def test_rows_that_share_a_long_head_are_grouped_to_compute_it_once():
+    from services.backends.hf_causal import prefix_groups
+
+    template = list(range(100, 120))
+    prompt_a, prompt_b = template + list(range(200, 260)), template + list(range(300, 360))
+    contexts = [prompt_a + [1, 2], prompt_b + [7], prompt_a + [3], [5, 6, 7], prompt_b + [8, 9], prompt_a + [4, 4, 4]]
+    groups = sorted((sorted(rows), shared) for rows, shared in prefix_groups(contexts))
+    # each prompt's samples together over the whole prompt, not merged over the template's 20 common tokens
+    assert groups == [([0, 2, 5], 80), ([1, 4], 80)]
+    assert prefix_groups([[1, 2, 3], [1, 2, 4]]) == []  # too little in common to be worth a pass of its own
+    assert prefix_groups([prompt_a, prompt_a]) == [([0, 1], 79)]  # every row keeps its last token

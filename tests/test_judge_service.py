@@ -46,29 +46,26 @@ def held_out(local_models, n: int) -> list[dict]:
     return [p for p in pairs if p["category"] != "malformed"][:n]
 
 
-def start(judge_dir, backend: str, extra: list[str] = ()) -> ServiceProcess:
-    args = ["--model", str(judge_dir), "--backend", backend, "--max-batch-size", "32", "--max-samples-per-request", "64", *extra]
-    return ServiceProcess("judge", args).start(timeout=300)
+def judge_service(judge_dir, backend: str) -> ServiceProcess:
+    args = ["--model", str(judge_dir), "--backend", backend, "--max-batch-size", "32", "--max-samples-per-request", "64"]
+    return ServiceProcess("judge", args)
 
 
 @pytest.fixture(scope="module")
-def vllm_judge(judge_dir):
-    svc = start(judge_dir, "vllm")
-    yield svc
-    try:
-        assert svc.stop() == 0  # SIGTERM drains and the engine shuts down cleanly
-    finally:
-        svc.kill()
+def judges(judge_dir, start_together, stop_together):
+    services = start_together(judge_service(judge_dir, "vllm"), judge_service(judge_dir, "hf"))
+    yield dict(zip(("vllm", "hf"), services))
+    assert stop_together(*services) == [0, 0]  # SIGTERM drains, the engines shut down cleanly
 
 
 @pytest.fixture(scope="module")
-def hf_judge(judge_dir):
-    svc = start(judge_dir, "hf")
-    yield svc
-    try:
-        assert svc.stop() == 0
-    finally:
-        svc.kill()
+def vllm_judge(judges):
+    return judges["vllm"]
+
+
+@pytest.fixture(scope="module")
+def hf_judge(judges):
+    return judges["hf"]
 
 
 @pytest.fixture(params=["vllm", "hf"])

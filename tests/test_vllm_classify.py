@@ -24,11 +24,21 @@ def reference(reward_dir):
 
 
 @pytest.fixture(scope="module")
-def client(reward_dir):
-    args = ["--model", str(reward_dir), "--backend", "vllm", "--max-length", str(MAX_LENGTH), "--max-batch-size", "16"]
-    with ServiceProcess("reward", args) as svc:
-        with RewardClient(svc.target, timeout=120) as c:
-            yield c
+def services(local_models, reward_dir, start_together, stop_together):
+    """The reward kind and the uncertainty kind, both on vLLM, started together."""
+    reward = ServiceProcess("reward", ["--model", str(reward_dir), "--backend", "vllm", "--max-length", str(MAX_LENGTH),
+                                       "--max-batch-size", "16"])
+    uncertainty = ServiceProcess("uncertainty", ["--model", str(local_models / "uncertainty"), "--backend", "vllm",
+                                                 "--max-length", str(MAX_LENGTH)])
+    start_together(reward, uncertainty)
+    yield {"reward": reward, "uncertainty": uncertainty}
+    assert stop_together(reward, uncertainty) == [0, 0]
+
+
+@pytest.fixture(scope="module")
+def client(services):
+    with RewardClient(services["reward"].target, timeout=120) as c:
+        yield c
 
 
 def fitting_pairs(reference: InProcessRewardModel, n: int, seed: int) -> list[tuple[str, str]]:
@@ -60,14 +70,12 @@ def test_a_long_prompt_is_cut_and_the_service_goes_on(client, reference):
     assert abs(again.score - reference.score(*pair)) <= 1e-4
 
 
-def test_the_uncertainty_kind_runs_on_vllm_too(local_models):
+def test_the_uncertainty_kind_runs_on_vllm_too(local_models, services):
     """`serve uncertainty --backend vllm`: a shared-backbone ensemble is one classifier with a head per member,
     so its member scores are the checkpoint's raw logits, which vLLM must reproduce."""
-    model_dir = local_models / "uncertainty"
-    reference = InProcessRewardModel(model_dir)
+    reference = InProcessRewardModel(local_models / "uncertainty")
     pairs = fitting_pairs(reference, 6, seed=5)
-    args = ["--model", str(model_dir), "--backend", "vllm", "--max-length", str(MAX_LENGTH)]
-    with ServiceProcess("uncertainty", args) as svc, RewardClient(svc.target, timeout=120) as client:
+    with RewardClient(services["uncertainty"].target, timeout=120) as client:
         rewards = client.score(samples(pairs))
         assert client.info().backend == "vllm"
     for reward, pair in zip(rewards, pairs):

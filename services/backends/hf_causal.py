@@ -3,8 +3,13 @@
 Batches are left-padded with explicit position ids, so every row's last token sits in the last column: the
 model then computes logits for that column only (``logits_to_keep=1``), which matters for real judges whose
 vocabularies hold 150k tokens, and each row sees exactly the positions it would alone. The same layout feeds
-``generate`` for rationales. Samples of one GRPO group share their prompt and arrive together, so the batcher
-puts them in one batch; vLLM's prefix cache goes further and computes the shared prompt once.
+``generate`` for rationales.
+
+Shared prefixes. The samples of one GRPO group share their prompt, so their judge prompts share a long head
+(template + prompt), and they arrive together, so the batcher puts them in one batch. With ``share_prefixes``
+the batch is split into groups by common prefix (``prefix_groups``) and each group's head is computed once, its
+KV cache repeated for the members, which then run only their own tails: what vLLM's prefix cache does, within a
+batch. Rows that share little run as one ordinary batch. The results equal the unshared ones to float error.
 
 All work runs on one dedicated thread (torch releases the GIL in its kernels), so the event loop keeps serving.
 """
@@ -40,7 +45,9 @@ class HFCausalLM:
         device: str = "auto",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        share_prefixes: bool = True,
     ) -> None:
+        self.share_prefixes = share_prefixes
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = tokenizer
@@ -65,11 +72,34 @@ class HFCausalLM:
 
     def logprobs_sync(self, contexts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
         """Synchronous form of ``next_token_logprobs`` (the benchmark calls it directly)."""
-        input_ids, mask, positions = self._left_padded(contexts)
+        out = np.empty((len(contexts), len(token_ids)), dtype=np.float64)
+        groups = prefix_groups(contexts) if self.share_prefixes else []
+        grouped = {i for rows, _ in groups for i in rows}
+        alone = [i for i in range(len(contexts)) if i not in grouped]
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
-            logprobs = torch.log_softmax(logits[:, -1, :].double(), dim=-1)
-        return logprobs[:, list(token_ids)].cpu().numpy()
+            for rows, shared in groups:
+                out[rows] = self._shared_prefix_logprobs([contexts[i] for i in rows], shared, token_ids)
+            if alone:
+                out[alone] = self._logprobs([contexts[i] for i in alone], token_ids)
+        return out
+
+    def _logprobs(self, contexts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
+        input_ids, mask, positions = self._left_padded(contexts)
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        return torch.log_softmax(logits[:, -1, :].double(), dim=-1)[:, list(token_ids)].cpu().numpy()
+
+    def _shared_prefix_logprobs(self, contexts: Sequence[Sequence[int]], shared: int, token_ids: Sequence[int]) -> np.ndarray:
+        """The first ``shared`` tokens (common to all ``contexts``) once, then every row's tail on its KV cache."""
+        head = torch.as_tensor([list(contexts[0][:shared])], dtype=torch.long, device=self.device)
+        cache = self.model(input_ids=head, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(contexts))
+        tails, tail_mask, _ = self._left_padded([c[shared:] for c in contexts])
+        mask = torch.cat([torch.ones((len(contexts), shared), dtype=tail_mask.dtype, device=self.device), tail_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        logits = self.model(
+            input_ids=tails, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+        ).logits
+        return torch.log_softmax(logits[:, -1, :].double(), dim=-1)[:, list(token_ids)].cpu().numpy()
 
     def generate_sync(
         self, contexts: Sequence[Sequence[int]], n: int, max_tokens: int, temperature: float, stop: str, seed: int
@@ -125,6 +155,47 @@ class HFCausalLM:
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+MIN_SHARED_TOKENS = 16
+
+
+def prefix_groups(contexts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS) -> list[tuple[list[int], int]]:
+    """Groups of row indices whose contexts share a head worth computing once: (rows, shared length).
+
+    Rows sorted by their tokens lie next to those they share most with. A group grows while taking the next row
+    costs fewer tokens than leaving it out: with g rows sharing l tokens, a row that shares l' with them joins when
+    g * l' >= (g - 1) * l (so eight samples of one prompt do not merge with another prompt's over the template's
+    few common tokens). The shared length leaves every row at least its last token of its own."""
+    order = sorted(range(len(contexts)), key=lambda i: tuple(contexts[i]))
+    groups: list[tuple[list[int], int]] = []
+    rows: list[int] = []
+    shared = 0
+    for i in order:
+        if rows:
+            common = _common_length(contexts[rows[0]], contexts[i], shared if len(rows) > 1 else None)
+            if len(rows) * common >= (len(rows) - 1) * shared and common >= min_shared:
+                rows.append(i)
+                shared = common
+                continue
+            groups.append((rows, shared))
+        rows, shared = [i], len(contexts[i])
+    if rows:
+        groups.append((rows, shared))
+    out = []
+    for rows, shared in groups:
+        shared = min(shared, min(len(contexts[i]) for i in rows) - 1)
+        if len(rows) > 1 and shared >= min_shared:
+            out.append((rows, shared))
+    return out
+
+
+def _common_length(a: Sequence[int], b: Sequence[int], limit: int | None) -> int:
+    n = min(len(a), len(b)) if limit is None else min(len(a), len(b), limit)
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:

@@ -58,7 +58,7 @@ def make_judge_backend(config: "ServeConfig", model_dir: Path, tokenizer: "PreTr
     if config.backend == "hf":
         from services.backends.hf_causal import HFCausalLM
 
-        return HFCausalLM(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code)
+        return HFCausalLM(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code, config.judge_hf_share_prefixes)
     if config.backend == "vllm":
         from services.backends.vllm import VLLMJudge
 
