@@ -224,3 +224,15 @@ def test_rows_that_share_a_long_head_are_grouped_to_compute_it_once():
     assert groups == [([0, 2, 5], 80), ([1, 4], 80)]
     assert prefix_groups([[1, 2, 3], [1, 2, 4]]) == []  # too little in common to be worth a pass of its own
     assert prefix_groups([prompt_a, prompt_a]) == [([0, 1], 79)]  # every row keeps its last token
+
+
+def test_a_rationale_rating_is_read_after_its_marker(tokenizer):
+    prompts = prompts_for(tokenizer, judge_mode="rationale_rating")
+    # this tokenizer keeps a space with the digit after it (" 4" is one token), so nothing is forced after "Rating:"
+    spaced = [tokenizer(f" {r}", add_special_tokens=False)["input_ids"] for r in range(1, 6)]
+    assert all(len(ids) == 1 for ids in spaced)
+    assert prompts.marker == "Rating:" and prompts.slot.forced == () and prompts.slot.token_ids == [ids[0] for ids in spaced]
+    context = prompts.rationale_context([1, 2, 3], "It is right. ")
+    assert tokenizer.decode(context[3:]) == "It is right. Rating:"
+    text = prompts.pointwise.text({"question": "Q?", "response": "R.", "reference": ""})
+    assert 'end with "Rating: N" where N is from 1 to 5' in text
