@@ -9,7 +9,8 @@ Shared prefixes. The samples of one GRPO group share their prompt, so their judg
 (template + prompt), and they arrive together, so the batcher puts them in one batch. With ``share_prefixes``
 the batch is split into groups by common prefix (``prefix_groups``) and each group's head is computed once, its
 KV cache repeated for the members, which then run only their own tails: what vLLM's prefix cache does, within a
-batch. Rows that share little run as one ordinary batch. The results equal the unshared ones to float error.
+batch, in two passes (all heads, then all tails) however many groups. Rows that share little run as one ordinary
+batch. The results equal the unshared ones to float error.
 
 All work runs on one dedicated thread (torch releases the GIL in its kernels), so the event loop keeps serving.
 """
@@ -74,11 +75,11 @@ class HFCausalLM:
         """Synchronous form of ``next_token_logprobs`` (the benchmark calls it directly)."""
         out = np.empty((len(contexts), len(token_ids)), dtype=np.float64)
         groups = prefix_groups(contexts) if self.share_prefixes else []
-        grouped = {i for rows, _ in groups for i in rows}
-        alone = [i for i in range(len(contexts)) if i not in grouped]
+        grouped = [i for rows, _ in groups for i in rows]
+        alone = sorted(set(range(len(contexts))) - set(grouped))
         with torch.inference_mode():
-            for rows, shared in groups:
-                out[rows] = self._shared_prefix_logprobs([contexts[i] for i in rows], shared, token_ids)
+            if groups:
+                out[grouped] = self._shared_prefix_logprobs(contexts, groups, token_ids)
             if alone:
                 out[alone] = self._logprobs([contexts[i] for i in alone], token_ids)
         return out
@@ -88,14 +89,18 @@ class HFCausalLM:
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
         return torch.log_softmax(logits[:, -1, :].double(), dim=-1)[:, list(token_ids)].cpu().numpy()
 
-    def _shared_prefix_logprobs(self, contexts: Sequence[Sequence[int]], shared: int, token_ids: Sequence[int]) -> np.ndarray:
-        """The first ``shared`` tokens (common to all ``contexts``) once, then every row's tail on its KV cache."""
-        head = torch.as_tensor([list(contexts[0][:shared])], dtype=torch.long, device=self.device)
-        cache = self.model(input_ids=head, use_cache=True).past_key_values
-        cache.batch_repeat_interleave(len(contexts))
-        tails, tail_mask, _ = self._left_padded([c[shared:] for c in contexts])
-        mask = torch.cat([torch.ones((len(contexts), shared), dtype=tail_mask.dtype, device=self.device), tail_mask], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    def _shared_prefix_logprobs(
+        self, contexts: Sequence[Sequence[int]], groups: list[tuple[list[int], int]], token_ids: Sequence[int]
+    ) -> np.ndarray:
+        """Rows in group order: every group's shared head in one batch, its KV cache repeated for the group's
+        rows, then every row's own tail in a second batch on those caches (two passes however many groups)."""
+        heads, head_mask, head_positions = self._left_padded([contexts[rows[0]][:shared] for rows, shared in groups])
+        cache = self.model(input_ids=heads, attention_mask=head_mask, position_ids=head_positions, use_cache=True).past_key_values
+        owner = torch.as_tensor([g for g, (rows, _) in enumerate(groups) for _ in rows], device=self.device)
+        cache.batch_select_indices(owner)
+        tails, tail_mask, _ = self._left_padded([contexts[i][shared:] for rows, shared in groups for i in rows])
+        mask = torch.cat([head_mask[owner], tail_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, heads.shape[1]:]
         logits = self.model(
             input_ids=tails, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
         ).logits
