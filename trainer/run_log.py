@@ -46,29 +46,33 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def _panel(ax, history: list[dict[str, Any]], key: str, label: str) -> None:
+    steps, values = _series(history, key)
+    if steps:
+        line = ax.plot(steps, values, alpha=0.3, linewidth=1)[0]
+        window = max(1, len(values) // 20)
+        ax.plot(steps, _smooth(values, window), color=line.get_color(), linewidth=2, label=f"{label} (mean of {window})")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_ylabel(label, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def write_plots(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
-    """reward.png (combined reward and each source's) and kl.png, rewritten in place."""
+    """reward.png (the combined reward, then each source on its own scale) and kl.png, rewritten in place."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
     sources = sorted({k for r in history for k in r if k.startswith("reward/")})
-    for name, keys, title in (("reward.png", ["reward", *sources], "reward"), ("kl.png", ["kl"], "KL to the reference (k3, per token)")):
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        for key in keys:
-            steps, values = _series(history, key)
-            if not steps:
-                continue
-            line = ax.plot(steps, values, alpha=0.3, linewidth=1)[0]
-            window = max(1, len(values) // 20)
-            ax.plot(steps, _smooth(values, window), color=line.get_color(), linewidth=2, label=key)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        if ax.lines:
-            ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
+    panels = {"reward.png": [("reward", "combined reward"), *[(k, k.removeprefix("reward/")) for k in sources]],
+              "kl.png": [("kl", "KL to the reference (k3, per token)")]}
+    written = []
+    for name, keys in panels.items():
+        fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.2 + 1.8 * len(keys)), dpi=100, sharex=True, squeeze=False)
+        for ax, (key, label) in zip(axes[:, 0], keys):
+            _panel(ax, history, key, label)
+        axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
         tmp = run_dir / f".{name}.tmp.png"
         fig.savefig(tmp)

@@ -116,6 +116,9 @@ class Trainer:
         self.tokenizer = load_tokenizer(c)
         self.policy_module = load_policy(c)
         self.reference = load_reference(c)
+        if c.rollout.prompts_per_step < self.world.size:
+            raise ConfigError(f"rollout.prompts_per_step: {c.rollout.prompts_per_step} prompts cannot give each of the "
+                              f"{self.world.size} processes a group")
         fsdp = self.world.distributed and c.distributed.strategy == "fsdp"
         self.strategy = c.distributed.strategy if self.world.distributed else "single"
         if fsdp:
