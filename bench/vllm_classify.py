@@ -54,16 +54,20 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--launch-vll
 from bench.common import BenchModel, percentile, print_table  # noqa: E402
 from services.api import pb  # noqa: E402
 from services.client import AsyncRewardClient  # noqa: E402
+from services.backends.vllm import cpu_list  # noqa: E402
 from services.process import ServiceProcess, free_port  # noqa: E402
 
 MAX_MODEL_LEN = 512
 
 
 def engine_env(bind: str | None, multiprocessing: bool = False) -> dict[str, str]:
+    """The same for both servers. OMP_NUM_THREADS is the bound cores' count: an engine that runs in its server's
+    process computes with that many threads (vLLM sizes the team only for a worker it spawns)."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocessing else "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1"}
     if bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+        env["OMP_NUM_THREADS"] = str(len(cpu_list(bind)))
     return env
 
 
@@ -96,7 +100,7 @@ def rewardline_run(model: BenchModel, clients: int, seconds: float, bind: str | 
             "--vllm-prefix-caching" if prefix_caching else "--no-vllm-prefix-caching"]
     if bind:
         args += ["--vllm-cpu-threads-bind", bind]
-    with ServiceProcess("reward", args, env=engine_env(bind), threads=1) as svc:
+    with ServiceProcess("reward", args, env=engine_env(bind), threads=None) as svc:
         async def run() -> dict:
             async with AsyncRewardClient(svc.target, timeout=120) as client:
                 async def send(sample: pb.Sample) -> None:

@@ -58,7 +58,11 @@ class HFCausalLM:
         self.model.eval()
         self.pad_id = pad_id_for(tokenizer, self.model.config.pad_token_id)
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or _as_list(tokenizer.eos_token_id))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-judge")
+        # A new thread's OpenMP team follows OMP_NUM_THREADS, not the main thread's torch.set_num_threads:
+        # apply the process's setting in the forward thread too.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hf-judge", initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+        )
 
     # -- batches -------------------------------------------------------------------------------------------
     def _left_padded(self, contexts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

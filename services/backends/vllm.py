@@ -79,12 +79,50 @@ def engine_arguments(config: "ServeConfig", model_dir: Path, max_model_len: int 
     return args
 
 
+def engine_threads(config: "ServeConfig") -> int:
+    """Threads of the in-process engine: ``num_threads``, else as many as cores in ``vllm_cpu_threads_bind``, else
+    the process's torch threads.
+
+    vLLM sizes its CPU worker's OpenMP team only when it spawns the worker (multiprocessing executor); in-process
+    the engine computes with whatever team its calling thread has, and a new thread's team follows
+    OMP_NUM_THREADS, not the main thread's ``torch.set_num_threads``: the first version here ran on one thread of
+    two (half the throughput of `vllm serve`) under OMP_NUM_THREADS=1."""
+    import torch
+
+    if config.num_threads:
+        return config.num_threads
+    if config.vllm_cpu_threads_bind and config.vllm_cpu_threads_bind not in ("auto", "nobind"):
+        return len(cpu_list(config.vllm_cpu_threads_bind))
+    return torch.get_num_threads()
+
+
+def cpu_list(spec: str) -> list[int]:
+    """"0-3,6" -> [0, 1, 2, 3, 6] (the first NUMA node's list when several are given with "|")."""
+    cpus: list[int] = []
+    for part in spec.split("|")[0].split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            cpus += range(int(low), int(high) + 1)
+        elif part.strip():
+            cpus.append(int(part))
+    return cpus
+
+
+def _use_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
 class _Engine:
     """One ``vllm.LLM`` living on one thread: created there and called only there."""
 
     def __init__(self, config: "ServeConfig", model_dir: Path, max_model_len: int | None, runner: str) -> None:
         configure_environment(config)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vllm-{runner}")
+        self.threads = engine_threads(config)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"vllm-{runner}", initializer=_use_threads, initargs=(self.threads,)
+        )
         self.args = engine_arguments(config, model_dir, max_model_len, runner)
         self.llm = self._executor.submit(self._create).result()
         from vllm.platforms import current_platform
