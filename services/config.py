@@ -40,6 +40,9 @@ class ServeConfig(BaseModel):
     max_message_mb: float = Field(16.0, gt=0, description="largest gRPC message accepted")
     cache_size: int = Field(8192, ge=0, description="recent rewards kept for repeated inputs (0: no cache)")
     grace_period_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish")
+    max_connection_age_s: float | None = Field(
+        None, gt=0, description="close each client connection after this long (clients reconnect and re-resolve DNS, so new replicas get traffic); calls in flight get grace_period_s"
+    )
     num_threads: int | None = Field(None, gt=0, description="torch threads for the forward pass (default: torch's)")
     log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
     # triton

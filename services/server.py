@@ -38,7 +38,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 READINESS_POLL_S = 1.0
 
 
-def warmup_request(max_length: int) -> pb.ScoreRequest:
+def warmup_request() -> pb.ScoreRequest:
     return pb.ScoreRequest(samples=[
         pb.Sample(id="warmup-0", prompt="Warm-up: what is 1 + 1?", response="2"),
         pb.Sample(id="warmup-1", prompt="Warm-up.", response="A longer warm-up response, so that two lengths run."),
@@ -55,11 +55,17 @@ class RewardServer:
         self.servicer = RewardServicer(config, self.metrics)
         self.health = health.aio.HealthServicer()
         max_bytes = int(config.max_message_mb * 1024 * 1024)
-        self.server = grpc.aio.server(options=[
+        options = [
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
-        ])
+        ]
+        if config.max_connection_age_s:
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(config.grace_period_s * 1000)),
+            ]
+        self.server = grpc.aio.server(options=options)
         pb_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -104,7 +110,7 @@ class RewardServer:
         """One batch through render, batcher and backend, so the first real request pays no lazy start-up."""
         scorer = self.servicer.scorer
         assert scorer is not None and self.servicer.batcher is not None
-        samples = list(warmup_request(scorer.max_length).samples)
+        samples = list(warmup_request().samples)
         rendered = [r for r in scorer.render(samples) if not isinstance(r, Exception)]
         if not rendered:
             raise RuntimeError("the warm-up samples could not be rendered for this model")
@@ -155,7 +161,10 @@ class RewardServer:
         stopping = loop.create_task(self._stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
-            starting.result()  # a model that failed to load ends the process with its error
+            if starting.exception() is not None:  # a model that failed to load ends the process with its error
+                stopping.cancel()
+                await self.server.stop(0)
+                starting.result()
             watcher = loop.create_task(self._watch_backend())
             await stopping
             await watcher

@@ -270,7 +270,10 @@ def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
     svc.process = subprocess.Popen(svc.command(), env=svc.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         seen = []
-        with grpc.insecure_channel(svc.target) as channel:
+        # reconnect quickly: the port opens while the process is still starting, and gRPC's default first
+        # backoff (1 s) could step over the whole loading window
+        fast = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 50)]
+        with grpc.insecure_channel(svc.target, options=fast) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and (not seen or seen[-1] != "SERVING"):
@@ -314,9 +317,10 @@ def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
 
 
 def test_round_robin_client_retries_unavailable_on_another_replica(reward_dir):
-    """Two replicas behind one client; one drains. gRPC's retry policy moves the calls to the other."""
+    """Two replicas behind one client; one drains. gRPC's retry policy moves the calls to the other, and a
+    connection the server ages out (max_connection_age_s) is replaced without failing a call."""
     a = ServiceProcess("reward", ["--model", str(reward_dir), "--grace-period-s", "30"]).start()
-    b = ServiceProcess("reward", ["--model", str(reward_dir)]).start()
+    b = ServiceProcess("reward", ["--model", str(reward_dir), "--max-connection-age-s", "1"]).start()
     try:
         target = f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"
         with RewardClient(target, timeout=30) as c:
@@ -324,6 +328,8 @@ def test_round_robin_client_retries_unavailable_on_another_replica(reward_dir):
             assert a.stop() == 0
             for i in range(6):
                 assert c.score([{"id": "y", "prompt": "p", "response": f"after {i}"}])[0].id == "y"
+            time.sleep(1.5)  # b closes connections older than 1 s; the client reconnects on its own
+            assert c.score([{"id": "z", "prompt": "p", "response": "after the connection aged out"}])[0].id == "z"
     finally:
         a.kill()
         b.stop()

@@ -59,7 +59,11 @@ class HFClassifier:
         # Batched last-token pooling needs the pad id on the config (Llama-style heads read it there).
         self.model.config.pad_token_id = self.pad_id
         self.num_outputs = int(self.model.config.num_labels)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-forward")
+        # A new thread's OpenMP team follows OMP_NUM_THREADS, not the main thread's torch.set_num_threads:
+        # carry the process's setting over to the thread that computes.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hf-forward", initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+        )
 
     def forward(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Synchronous forward pass (the benchmark's in-process reference calls this directly)."""
