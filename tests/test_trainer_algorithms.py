@@ -81,3 +81,18 @@ def test_lora_weights_are_exported_merged_without_touching_the_module(local_mode
     for key, value in merged.items():
         assert torch.allclose(exported[key], value, atol=1e-6), key
     assert all(torch.equal(v, before[k]) for k, v in policy.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["grpo", "ppo_value_head"])
+def test_steps_run_on_a_gpu_and_checkpoint_loads_on_cpu(local_models, tmp_path, case):
+    """The policy, reference and value model on the GPU (policy.device auto picks it); the checkpoint it writes
+    resumes on a CPU-only config."""
+    sections = {"algorithm": {"name": "ppo"}} if case == "ppo_value_head" else {}
+    config = TrainConfig.model_validate(config_dict(local_models, tmp_path / "run", policy={"device": "auto"}, **sections))
+    assert train(config) == 0
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2] and all(math.isfinite(l["loss"]) for l in lines)
+    resumed = TrainConfig.model_validate(config_dict(local_models, tmp_path / "run", policy={"device": "cpu"}, **sections) | {"steps": 3})
+    assert train(resumed, resume=True) == 0
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

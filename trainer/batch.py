@@ -29,6 +29,10 @@ class Batch:
     def completion_width(self) -> int:
         return self.completion_ids.shape[1]
 
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
+                                              self.completion_ids, self.completion_mask)))
+
     def rows(self, index: slice) -> "Batch":
         return Batch(self.input_ids[index], self.attention_mask[index], self.position_ids[index],
                      self.completion_ids[index], self.completion_mask[index])

@@ -51,13 +51,18 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save(
@@ -114,7 +119,7 @@ def save(
 def load(path: Path, module: PolicyModule, optimizer: torch.optim.Optimizer, scheduler: Any) -> TrainingState:
     """Restores weights, optimizer, scheduler and RNG states in place; returns step, cursor and config hash.
     Under FSDP every rank calls it (it scatters the full state onto the shards)."""
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    state = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")
     if is_sharded(module):
         dtype = next(module.policy.parameters()).dtype
         saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=dtype).state_dict()

@@ -34,6 +34,11 @@ class LoraConfig(_Section):
 class PolicyConfig(_Section):
     path: Path = Field(..., description="the policy: a Hugging Face causal LM directory (safetensors)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights and compute dtype")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="where the policy, reference and value model train: cpu, cuda, cuda:N; auto: this process's GPU "
+        "(LOCAL_RANK under torchrun) when CUDA is available, else cpu",
+    )
     reference: Literal["auto", "copy", "adapters_off", "none"] = Field(
         "auto",
         description="the frozen reference of the KL term: a copy of the initial policy, the base with LoRA "
@@ -193,7 +198,9 @@ class ControlConfig(_Section):
 
 
 class DistributedConfig(_Section):
-    backend: Literal["gloo", "nccl"] = Field("gloo", description="torch.distributed backend when run under torchrun")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend under torchrun; auto: nccl when the policy is on a GPU, else gloo"
+    )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (every rank holds the model) or fsdp (FSDP2: parameters, gradients and optimizer state sharded)"
     )

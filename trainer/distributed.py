@@ -43,11 +43,28 @@ class World:
         return self.size > 1
 
 
-def init(backend: str) -> World:
+def resolve_device(device: str) -> torch.device:
+    """The device this process trains on; ``auto`` and a bare ``cuda`` mean this process's own GPU
+    (LOCAL_RANK under torchrun), so every rank of a node takes a different one."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"policy.device is {device!r} but no CUDA device is available")
+        chosen = torch.device(device if ":" in device else f"cuda:{local}")
+        torch.cuda.set_device(chosen)
+        return chosen
+    return torch.device("cpu")
+
+
+def init(backend: str, device: torch.device | None = None) -> World:
     """Joins the process group torchrun describes in the environment; a single process otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    if backend == "auto":
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return World(dist.get_rank(), dist.get_world_size())
@@ -61,20 +78,20 @@ def shutdown() -> None:
             dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], world: World) -> list[float]:
-    if not world.distributed:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+def _all_reduce(values: list[float], op: "dist.ReduceOp") -> list[float]:
+    # NCCL reduces only GPU tensors; gloo only CPU ones
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
+
+
+def all_reduce_sum(values: list[float], world: World) -> list[float]:
+    return _all_reduce(values, dist.ReduceOp.SUM) if world.distributed else list(values)
 
 
 def all_reduce_max(values: list[float], world: World) -> list[float]:
-    if not world.distributed:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
+    return _all_reduce(values, dist.ReduceOp.MAX) if world.distributed else list(values)
 
 
 def global_moments(world: World):

@@ -50,6 +50,7 @@ class StepContext:
     engine: RolloutEngine
     hub: RewardHub
     should_stop: Callable[[], bool]
+    device: torch.device
 
 
 def rollout_requests(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> list[RolloutRequest]:
@@ -134,15 +135,15 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
     scored = time.perf_counter()
 
     # 3. Tensors; the sampling policy's log-probabilities and values; the reference's log-probabilities.
-    batch = build_batch(completions, rewards.valid.tolist(), ctx.tokenizer.pad_token_id)
+    batch = build_batch(completions, rewards.valid.tolist(), ctx.tokenizer.pad_token_id).to(ctx.device)
     mask = batch.completion_mask
     needs_old = algo.epochs > 1 or algo.name == "ppo"
     old_logp, old_values = sampling_policy_outputs(ctx, batch, temperature) if needs_old else (None, None)
     ref_logp = reference_logprobs(ctx, batch, temperature) if cfg.reference_kind != "none" else None
 
     # 4. Advantages, one per completion token.
-    training_rewards = torch.tensor(rewards.training, dtype=torch.float32)
-    valid = torch.tensor(rewards.valid)
+    training_rewards = torch.tensor(rewards.training, dtype=torch.float32, device=ctx.device)
+    valid = torch.tensor(rewards.valid, device=ctx.device)
     returns = None
     if algo.name == "grpo":
         per_sample = group_normalized(training_rewards.view(-1, n), valid.view(-1, n), scale=algo.scale_rewards).reshape(-1)
@@ -261,4 +262,4 @@ def per_sample_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> np.nd
     """One advantage per sample that counted (the mean over its tokens; for GRPO/RLOO every token's)."""
     lengths = mask.sum(dim=1)
     keep = lengths > 0
-    return ((advantages * mask).sum(dim=1)[keep] / lengths[keep]).numpy()
+    return ((advantages * mask).sum(dim=1)[keep] / lengths[keep]).cpu().numpy()

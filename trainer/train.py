@@ -103,7 +103,8 @@ class Trainer:
     def setup(self) -> None:
         c = self.config
         preflight(c)
-        self.world = distributed.init(c.distributed.backend)
+        self.device = distributed.resolve_device(c.policy.device)
+        self.world = distributed.init(c.distributed.backend, self.device)
         if c.threads:
             torch.set_num_threads(c.threads)
         random.seed(c.seed)
@@ -114,8 +115,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(c))
         self.tokenizer = load_tokenizer(c)
-        self.policy_module = load_policy(c)
+        self.policy_module = load_policy(c).to(self.device)
         self.reference = load_reference(c)
+        if self.reference is not None:
+            self.reference.to(self.device)
         if c.rollout.prompts_per_step < self.world.size:
             raise ConfigError(f"rollout.prompts_per_step: {c.rollout.prompts_per_step} prompts cannot give each of the "
                               f"{self.world.size} processes a group")
@@ -140,7 +143,9 @@ class Trainer:
             log.warning(f"resumed from {latest} at step {self.step}", extra={"step": self.step, "path": str(latest)})
         self.module: torch.nn.Module = self.policy_module
         if self.world.distributed and not fsdp:
-            self.module = torch.nn.parallel.DistributedDataParallel(self.policy_module)
+            self.module = torch.nn.parallel.DistributedDataParallel(
+                self.policy_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.data = PromptStream(c.data, cursor, should_stop=lambda: self.stop_signal is not None)
         self.metrics = TrainerMetrics()
         self.engine = make_engine(c, self.policy_module, self.tokenizer)
@@ -228,6 +233,7 @@ class Trainer:
             self.scheduler, self.engine, self.hub,
             # Under DDP a step is never abandoned half-way (the ranks would disagree about it): stop at its end.
             should_stop=(lambda: self.stop_signal is not None) if not self.world.distributed else (lambda: False),
+            device=self.device,
         )
 
     def _paused(self) -> None:

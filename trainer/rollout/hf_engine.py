@@ -35,7 +35,7 @@ class HFEngine:
         self.model.eval()
         try:
             for request in requests:
-                input_ids = torch.tensor([list(request.prompt_ids)] * n)
+                input_ids = torch.tensor([list(request.prompt_ids)] * n, device=self.model.device)
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(request.seed)
                     generated = self.model.generate(
@@ -61,8 +61,8 @@ class HFEngine:
     def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """Left-padded batch; the generated ids up to and including the end-of-sequence token."""
         width = max(len(p) for p in prompt_ids)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompt_ids])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.model.device)
         was_training = self.model.training
         self.model.eval()
         try:
