@@ -435,7 +435,8 @@ def check_trainer(docs, workload, spec, container, config, ports, torchrun) -> N
         assert rank_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
         assert named(docs, "PersistentVolumeClaim", next(v for v in spec["volumes"] if v["name"] == "checkpoints")["persistentVolumeClaim"]["claimName"])[
             "spec"]["accessModes"] == ["ReadWriteMany"], "every rank reads the checkpoint on --resume"
-        assert config.distributed.backend == "gloo", "the policy update runs on CPU tensors (TrainConfig has no device)"
+        assert config.policy.device != "cpu" and config.distributed.backend in ("auto", "nccl"), \
+            "every rank trains on its own GPU and reduces with nccl"
     else:
         assert workload["kind"] == "StatefulSet" and workload["spec"]["replicas"] == 1 and "--resume" in container["args"]
 
