@@ -6,6 +6,7 @@ considered up when its standard health service answers SERVING.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Self, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,7 +44,86 @@ def wait_serving(target: str, timeout: float, process: subprocess.Popen | None =
     raise TimeoutError(f"the service at {target} was not SERVING after {timeout:.0f}s")
 
 
-class ServiceProcess:
+def _die_with_parent() -> None:
+    """Child-side: the child gets SIGTERM if the process that started it dies (Linux), so none is orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class ChildProcess:
+    """A server run as a child process: spawned in its own session, waited for until ready, stopped with
+    SIGTERM (so it drains) and killed only if it does not stop. Subclasses say what to run and when it is ready."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def spawn(self, foreground: bool = False) -> subprocess.Popen:
+        """Starts the child; in the foreground it shares our terminal, otherwise it logs to ``log_path``."""
+        output = None
+        if not foreground:
+            if self.log_path is not None:
+                self._log_file = open(self.log_path, "ab")
+            output = self._log_file or subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            self.command(), env=self.environment(), stdout=output, stderr=output,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        return self.process
+
+    def start(self, timeout: float = 180.0) -> "Self":
+        self.spawn()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait for the drain; returns the exit code."""
+        try:
+            if self.process is None or self.process.poll() is not None:
+                return self.process.returncode if self.process else 0
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        finally:
+            if self._log_file:
+                self._log_file.close()
+                self._log_file = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "Self":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill()
+
+
+class ServiceProcess(ChildProcess):
     """``rewardline serve KIND ...`` as a child process on a loopback port."""
 
     def __init__(
@@ -56,6 +136,7 @@ class ServiceProcess:
         log_path: Path | None = None,
         threads: int | None = 1,
     ) -> None:
+        super().__init__(log_path)
         self.kind = kind
         self.port = port or free_port()
         self.metrics_port = metrics_port if metrics_port is not None else free_port()
@@ -63,9 +144,6 @@ class ServiceProcess:
         self.env = {**os.environ, **(env or {})}
         if threads is not None:
             self.env.setdefault("OMP_NUM_THREADS", str(threads))
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-        self._log_file = None
 
     @property
     def target(self) -> str:
@@ -77,44 +155,8 @@ class ServiceProcess:
             "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
         ]
 
-    def start(self, timeout: float = 180.0) -> "ServiceProcess":
-        if self.log_path is not None:
-            self._log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            self.command(), env=self.env, stdout=self._log_file or subprocess.DEVNULL,
-            stderr=self._log_file or subprocess.DEVNULL, start_new_session=True,
-        )
-        try:
-            wait_serving(self.target, timeout, self.process)
-        except BaseException:
-            self.kill()
-            raise
-        return self
+    def environment(self) -> dict[str, str]:
+        return self.env
 
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, then wait for the drain; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        finally:
-            if self._log_file:
-                self._log_file.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> "ServiceProcess":
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
+    def wait_ready(self, timeout: float) -> None:
+        wait_serving(self.target, timeout, self.process)

@@ -19,7 +19,6 @@ mode, which forwards SIGTERM/SIGINT to tritonserver so that it drains, and exits
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata
 import importlib.util
 import logging
@@ -34,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.process import ChildProcess
 from services.triton.config import TritonStartConfig
 
 log = logging.getLogger(__name__)
@@ -206,25 +206,15 @@ def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None
     raise TimeoutError(f"tritonserver at {url} was not ready after {timeout:.0f}s{hint}")
 
 
-def _die_with_parent() -> None:
-    """Child-side: tritonserver gets SIGTERM if the process that started it dies (Linux), so none is orphaned."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-class TritonServer:
-    """A tritonserver child process on one model repository."""
+class TritonServer(ChildProcess):
+    """A tritonserver child process on one model repository (ready: Triton's readiness endpoint)."""
 
     def __init__(self, config: TritonStartConfig, log_path: Path | None = None) -> None:
+        super().__init__(log_path)
         self.config = config
         self.install = find_install()
         self.stub_python = inspect_python_env(Path(config.python_env or default_python_env()))
         self.backend_dir = assemble_backend_dir(self.install, self.stub_python.version, Path(config.cache_dir or default_cache_dir()))
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-        self._log_file = None
 
     @property
     def url(self) -> str:
@@ -236,60 +226,8 @@ class TritonServer:
     def environment(self) -> dict[str, str]:
         return server_environment(self.install, self.stub_python)
 
-    def spawn(self, foreground: bool = False) -> subprocess.Popen:
-        """Starts tritonserver; in the foreground it shares our terminal, otherwise it logs to ``log_path``."""
-        output = None
-        if not foreground:
-            if self.log_path is not None:
-                self._log_file = open(self.log_path, "ab")
-            output = self._log_file or subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            self.command(), env=self.environment(), stdout=output, stderr=output,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        return self.process
-
-    def start(self, timeout: float = 180.0) -> "TritonServer":
-        self.spawn()
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
     def wait_ready(self, timeout: float) -> None:
         wait_ready(self.url, timeout, self.process, self.log_path)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (Triton finishes in-flight requests first), then wait; returns the exit code."""
-        try:
-            if self.process is None or self.process.poll() is not None:
-                return self.process.returncode if self.process else 0
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise
-        finally:
-            if self._log_file:
-                self._log_file.close()
-                self._log_file = None
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> "TritonServer":
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
 
 
 def run(config: TritonStartConfig) -> int:
