@@ -12,9 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Self, Sequence
+from typing import Iterable, Self, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,7 +47,11 @@ def wait_serving(target: str, timeout: float, process: subprocess.Popen | None =
 
 
 def _die_with_parent() -> None:
-    """Child-side: the child gets SIGTERM if the process that started it dies (Linux), so none is orphaned."""
+    """Child-side: the child gets SIGTERM if the thread that started it ends (Linux), so none is orphaned.
+
+    The kernel ties PR_SET_PDEATHSIG to the spawning *thread*, not its process: a child spawned from a worker
+    thread would be stopped as soon as that thread exits. ``ChildProcess.spawn`` therefore asks for it only on
+    the main thread, and ``start_all`` spawns on the caller's thread and only waits on workers."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
@@ -77,9 +83,10 @@ class ChildProcess:
             if self.log_path is not None:
                 self._log_file = open(self.log_path, "ab")
             output = self._log_file or subprocess.DEVNULL
+        on_main_thread = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(
             self.command(), env=self.environment(), stdout=output, stderr=output,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=_die_with_parent if on_main_thread else None,
         )
         return self.process
 
@@ -160,3 +167,24 @@ class ServiceProcess(ChildProcess):
 
     def wait_ready(self, timeout: float) -> None:
         wait_serving(self.target, timeout, self.process)
+
+
+C = TypeVar("C", bound=ChildProcess)
+
+
+def start_all(children: Iterable[C], timeout: float = 180.0) -> list[C]:
+    """Starts several children at once, all or none: spawned one after another on this thread (a spawn takes
+    milliseconds, and each child then dies with this thread's process, see ``_die_with_parent``), then waited
+    for side by side, so their model loading overlaps."""
+    children = list(children)
+    try:
+        for child in children:
+            child.spawn()
+        with ThreadPoolExecutor(max(len(children), 1)) as pool:
+            for waited in [pool.submit(child.wait_ready, timeout) for child in children]:
+                waited.result()
+    except BaseException:
+        for child in children:
+            child.kill()
+        raise
+    return children

@@ -24,7 +24,7 @@ from services.errors import ServiceError, unavailable
 from services.metrics import ServiceMetrics
 from services.rendering import RenderedInput
 from services.scorer import Scorer
-from services.validation import check_request, check_sample, sample_label
+from services.validation import check_request, check_sample
 
 log = logging.getLogger(__name__)
 

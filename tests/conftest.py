@@ -34,6 +34,19 @@ def local_models() -> Path:
     return ensure_models(REPO / ".cache" / "models")
 
 
+@pytest.fixture(scope="session")
+def reward_dir(local_models: Path) -> Path:
+    return local_models / "reward"
+
+
+@pytest.fixture(scope="session")
+def reference(reward_dir: Path):
+    """The local reward model in-process (support.InProcessRewardModel): what served rewards must equal."""
+    from support import InProcessRewardModel
+
+    return InProcessRewardModel(reward_dir)
+
+
 # --- Triton (services/triton, services/backends/triton.py; tests/test_triton_*.py) ------------------------------
 class TritonControl:
     """``rewardline triton start`` on a loopback port, as a user runs it; started and stopped by the tests
@@ -190,16 +203,9 @@ def direct_judge(judge_dir: Path) -> DirectJudge:
 
 def _start_together(*services, timeout: float = 300.0):  # type: ignore[no-untyped-def]
     """Starts ServiceProcesses at once (their imports and engine starts overlap); all of them or none."""
-    from concurrent.futures import ThreadPoolExecutor
+    from services.process import start_all
 
-    with ThreadPoolExecutor(len(services)) as pool:
-        errors = [f.exception() for f in [pool.submit(s.start, timeout) for s in services]]
-    failed = [e for e in errors if e is not None]
-    if failed:
-        for s in services:
-            s.kill()
-        raise failed[0]
-    return services
+    return start_all(services, timeout)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,11 @@ def mixed_length_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
+def short_pairs(reference: InProcessRewardModel, n: int, max_length: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Mixed-length pairs that fit ``max_length`` untruncated."""
+    return [p for p in mixed_length_pairs(4 * n, seed) if len(reference.token_ids(*p)) <= max_length][:n]
+
+
 def assert_close(a: Sequence[float], b: Sequence[float], tol: float = 1e-4) -> None:
     assert len(a) == len(b)
     worst = max((abs(x - y) for x, y in zip(a, b)), default=0.0)

@@ -16,7 +16,7 @@ from services.config import ServeConfig
 from services.judge import modes
 from services.judge.labels import LabelError, answer_slot
 from services.judge.prompting import JudgePrompts
-from services.judge.templating import ZERO_WIDTH_SPACE, TemplateError, load_template, neutralise, special_literals
+from services.judge.templating import ZERO_WIDTH_SPACE, TemplateError, neutralise, special_literals
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import kubernetes_validate
 import pytest

@@ -20,19 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.api import pb, pb_grpc
 from services.client import AsyncRewardClient, RewardClient
 from services.process import ServiceProcess, wait_serving
-from support import InProcessRewardModel, assert_close, metric, metrics, mixed_length_pairs, samples
+from support import assert_close, metric, metrics, samples, short_pairs
 
 MAX_LENGTH = 128
-
-
-@pytest.fixture(scope="module")
-def reward_dir(local_models):
-    return local_models / "reward"
-
-
-@pytest.fixture(scope="module")
-def reference(reward_dir):
-    return InProcessRewardModel(reward_dir)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +43,8 @@ def stub(target: str) -> pb_grpc.RewardServiceStub:
     return pb_grpc.RewardServiceStub(grpc.insecure_channel(target))
 
 
-def short_pairs(reference: InProcessRewardModel, n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Mixed-length pairs that fit MAX_LENGTH untruncated."""
-    pairs = [p for p in mixed_length_pairs(4 * n, seed) if len(reference.token_ids(*p)) <= MAX_LENGTH]
-    return pairs[:n]
-
-
 def test_score_equals_in_process_forward(client, reference):
-    pairs = short_pairs(reference, 12)
+    pairs = short_pairs(reference, 12, MAX_LENGTH)
     rewards = client.score(samples(pairs))
     assert [r.id for r in rewards] == [f"s{i}" for i in range(len(pairs))]
     assert_close([r.score for r in rewards], [reference.score(*p) for p in pairs])
@@ -70,14 +54,14 @@ def test_score_equals_in_process_forward(client, reference):
 
 
 def test_score_stream_answers_every_sample_by_id(client, reference):
-    pairs = short_pairs(reference, 20, seed=1)
+    pairs = short_pairs(reference, 20, MAX_LENGTH, seed=1)
     streamed = {r.id: r for r in client.score_stream(samples(pairs, prefix="st"))}
     assert sorted(streamed) == sorted(f"st{i}" for i in range(len(pairs)))
     assert_close([streamed[f"st{i}"].score for i in range(len(pairs))], [reference.score(*p) for p in pairs])
 
 
 def test_score_does_not_depend_on_the_batch(client, reference):
-    pairs = short_pairs(reference, 24, seed=2)
+    pairs = short_pairs(reference, 24, MAX_LENGTH, seed=2)
     with RewardClient(client.target) as alone_client:
         alone = [alone_client.score(samples([p], prefix=f"a{i}-"))[0].score for i, p in enumerate(pairs)]
     # the same samples inside one mixed-length request, and spread over concurrent requests
@@ -151,7 +135,7 @@ def test_oversized_message_is_resource_exhausted(service, client):
 
 
 def test_bad_samples_in_a_stream_come_back_as_errors_and_the_stream_goes_on(client, reference):
-    good = short_pairs(reference, 3, seed=3)
+    good = short_pairs(reference, 3, MAX_LENGTH, seed=3)
     items = [
         {"id": "g0", "prompt": good[0][0], "response": good[0][1]},
         {"id": "bad-empty", "prompt": "p", "response": ""},
@@ -188,7 +172,7 @@ def test_metrics_count_requests_by_method_and_code(service, client):
 
 
 def test_asyncio_client_scores_and_streams(service, reference):
-    pairs = short_pairs(reference, 6, seed=4)
+    pairs = short_pairs(reference, 6, MAX_LENGTH, seed=4)
 
     async def run():
         async with AsyncRewardClient(service.target) as c:

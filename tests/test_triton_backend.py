@@ -23,19 +23,9 @@ from services.backends.triton import TritonClassifier, TritonSampleError
 from services.client import AsyncRewardClient, RewardClient
 from services.errors import ServiceError
 from services.process import ServiceProcess, wait_serving
-from support import InProcessRewardModel, assert_close, mixed_length_pairs, samples
+from support import assert_close, samples, short_pairs
 
 MAX_LENGTH = 128
-
-
-@pytest.fixture(scope="module")
-def reward_dir(local_models):
-    return local_models / "reward"
-
-
-@pytest.fixture(scope="module")
-def reference(reward_dir):
-    return InProcessRewardModel(reward_dir)
 
 
 def health(target: str) -> str:
@@ -60,11 +50,6 @@ def raw_score(target: str, items: list[pb.Sample]) -> pb.ScoreResponse:
     """Score without the client's retries, so that the status the server answers is what comes back."""
     with grpc.insecure_channel(target) as channel:
         return pb_grpc.RewardServiceStub(channel).Score(pb.ScoreRequest(samples=items), timeout=60)
-
-
-def short_pairs(reference: InProcessRewardModel, n: int, seed: int = 0) -> list[tuple[str, str]]:
-    pairs = [p for p in mixed_length_pairs(4 * n, seed) if len(reference.token_ids(*p)) <= MAX_LENGTH]
-    return pairs[:n]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +109,7 @@ def test_rewards_equal_the_hf_backends(target, triton, reward_dir, reference):
     from services.config import ServeConfig
     from services.reward.scorer import load_tokenizer, make_renderer
 
-    pairs = short_pairs(reference, 24)
+    pairs = short_pairs(reference, 24, MAX_LENGTH)
     with RewardClient(target, timeout=60) as client:
         rewards = client.score(samples(pairs))
         info = client.info()
@@ -146,7 +131,7 @@ def test_rewards_equal_the_hf_backends(target, triton, reward_dir, reference):
 def test_concurrent_requests_and_streams_get_their_own_rewards(target, reference):
     """Many clients at once: the service batches (up to 16, split into Triton's max of 8) with 3 calls in
     flight, Triton batches again; every sample still gets its own reward."""
-    pairs = short_pairs(reference, 40, seed=1)
+    pairs = short_pairs(reference, 40, MAX_LENGTH, seed=1)
     expected = [reference.score(*p) for p in pairs]
 
     async def main() -> tuple[list[float], dict[str, float]]:
@@ -253,7 +238,7 @@ def test_uncertainty_kind_runs_on_triton_unchanged(stack, triton, local_models, 
     from services.uncertainty.scorer import UncertaintyScorer
 
     model_dir = local_models / "uncertainty"
-    pairs = short_pairs(reference, 10, seed=4)
+    pairs = short_pairs(reference, 10, MAX_LENGTH, seed=4)
 
     async def rewards(**backend: object) -> tuple[list[pb.Reward], pb.GetInfoResponse]:
         config = ServeConfig(kind="uncertainty", model=model_dir, max_length=MAX_LENGTH, device="cpu", **backend)

@@ -9,17 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from support import InProcessRewardModel
 from trainer.config import TritonSourceConfig
 from trainer.observability import TrainerMetrics
 from trainer.rewards import make_source
 from trainer.rewards.base import ScoringSample
 from trainer.rewards.hub import RewardHub
-
-
-@pytest.fixture(scope="module")
-def reference(local_models):
-    return InProcessRewardModel(local_models / "reward")
 
 
 @pytest.fixture(scope="module")

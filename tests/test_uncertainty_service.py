@@ -24,7 +24,7 @@ import pytest
 from services.api import pb, pb_grpc
 from services.client import RewardClient
 from services.config import ServeConfig
-from services.process import ServiceProcess
+from services.process import ServiceProcess, start_all
 from services.uncertainty.model_format import SPEC_FILE, read_spec
 from services.uncertainty.scorer import UncertaintyScorer
 from support import InProcessRewardModel, assert_close, metric, metrics
@@ -97,11 +97,11 @@ def services(kinds):
         finally:
             p.kill()
 
-    with ThreadPoolExecutor(len(procs)) as pool:
-        try:
-            list(pool.map(lambda p: p.start(), procs.values()))
-            yield procs
-        finally:
+    start_all(procs.values())
+    try:
+        yield procs
+    finally:
+        with ThreadPoolExecutor(len(procs)) as pool:
             list(pool.map(stop, procs.values()))
 
 

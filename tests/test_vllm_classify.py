@@ -8,19 +8,9 @@ import pytest
 from services.api import pb
 from services.client import RewardClient
 from services.process import ServiceProcess
-from support import InProcessRewardModel, assert_close, mixed_length_pairs, samples
+from support import InProcessRewardModel, assert_close, samples, short_pairs
 
 MAX_LENGTH = 128
-
-
-@pytest.fixture(scope="module")
-def reward_dir(local_models):
-    return local_models / "reward"
-
-
-@pytest.fixture(scope="module")
-def reference(reward_dir):
-    return InProcessRewardModel(reward_dir)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +31,9 @@ def client(services):
         yield c
 
 
-def fitting_pairs(reference: InProcessRewardModel, n: int, seed: int) -> list[tuple[str, str]]:
-    return [p for p in mixed_length_pairs(4 * n, seed) if len(reference.token_ids(*p)) <= MAX_LENGTH][:n]
-
-
 def test_vllm_rewards_equal_the_transformers_forward(client, reference):
     """Mixed lengths in one request: vLLM packs them without padding, and no score may depend on that."""
-    pairs = fitting_pairs(reference, 20, seed=3)
+    pairs = short_pairs(reference, 20, MAX_LENGTH, seed=3)
     rewards = client.score(samples(pairs))
     assert_close([r.score for r in rewards], [reference.score(*p) for p in pairs], tol=1e-4)
     assert [r.num_tokens for r in rewards] == [len(reference.token_ids(*p)) for p in pairs]
@@ -65,7 +51,7 @@ def test_get_info_says_vllm(client):
 def test_a_long_prompt_is_cut_and_the_service_goes_on(client, reference):
     (cut,) = client.score([{"id": "long", "prompt": "What is 3 + 4? " + "seven plus three is ten " * 60, "response": "7"}])
     assert cut.truncated and cut.num_tokens == MAX_LENGTH
-    pair = fitting_pairs(reference, 1, seed=4)[0]
+    pair = short_pairs(reference, 1, MAX_LENGTH, seed=4)[0]
     (again,) = client.score(samples([pair]))
     assert abs(again.score - reference.score(*pair)) <= 1e-4
 
@@ -74,7 +60,7 @@ def test_the_uncertainty_kind_runs_on_vllm_too(local_models, services):
     """`serve uncertainty --backend vllm`: a shared-backbone ensemble is one classifier with a head per member,
     so its member scores are the checkpoint's raw logits, which vLLM must reproduce."""
     reference = InProcessRewardModel(local_models / "uncertainty")
-    pairs = fitting_pairs(reference, 6, seed=5)
+    pairs = short_pairs(reference, 6, MAX_LENGTH, seed=5)
     with RewardClient(services["uncertainty"].target, timeout=120) as client:
         rewards = client.score(samples(pairs))
         assert client.info().backend == "vllm"

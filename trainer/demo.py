@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.config import LogLevel
 from services.kinds import KINDS
-from services.process import ServiceProcess
+from services.process import ServiceProcess, start_all
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +134,7 @@ def run_demo(config: DemoConfig) -> int:
     print(f"[2/5] starting {', '.join(kinds) or 'no'} service(s) on loopback (rewardline serve KIND)")
     services = {kind: ServiceProcess(kind, ["--model", str(models / kind), *SOURCES[kind][1]], log_path=out / f"{kind}-service.log")
                 for kind in kinds}
-    with ThreadPoolExecutor(max(len(services), 1)) as pool:
-        list(pool.map(lambda s: s.start(timeout=300), services.values()))
+    start_all(services.values(), timeout=300)
     try:
         for kind, svc in services.items():
             print(f"      {kind:<12} {svc.target}")
