@@ -8,6 +8,9 @@ fixed time; served samples/s and p50/p99 latency are printed beside:
     (read from its batch-size histogram), composed the way its batcher composes them;
   * naive: the same server with --max-batch-size 1, one forward pass per request, as a server without
     cross-request batching does;
+  * no padding limit: the same server with --max-batch-padding off (on CPU the default holds padding to 10%);
+  * in-process b1/s: one sample per forward, in-process, over the whole pool: on a CPU, where one sample
+    already keeps the core busy, about the most any batching can reach;
   * overhead at 1 client: served p50 minus the in-process batch-1 forward p50.
 The model is a Llama reward model of hidden 256, 4 layers, 8 heads of 32, ~1000-token vocabulary (~3.4M
 parameters) on samples of 64-256 tokens of mixed length, so the forward pass dominates.
@@ -76,14 +79,16 @@ def served(model: BenchModel, clients: int, seconds: float, threads: int, extra:
 
 def in_process(model: BenchModel, batch_size: int, window: int, seconds: float) -> dict:
     """The backend's own forward on batches composed like the server's: length-aware out of a window of
-    ``window`` waiting samples (the concurrency), at most ``batch_size`` each."""
+    ``window`` waiting samples (the concurrency), at most ``batch_size`` each, under the service's padding limit
+    on CPU; and one sample per forward over the whole pool."""
     backend = model.backend()
+    max_padding = backend.max_padding
     ids = model.token_ids
     backend.forward(ids[:batch_size])
     done, i, t0 = 0, 0, time.monotonic()
     while time.monotonic() - t0 < seconds:
         waiting = [ids[(i + k) % len(ids)] for k in range(window)]
-        chosen = select_batch([len(x) for x in waiting], 1 << 30, batch_size, "padded")
+        chosen = select_batch([len(x) for x in waiting], 1 << 30, batch_size, "padded", max_padding)
         backend.forward([waiting[k] for k in chosen])
         done += len(chosen)
         i += len(chosen)
@@ -93,7 +98,7 @@ def in_process(model: BenchModel, batch_size: int, window: int, seconds: float) 
         s = time.perf_counter()
         backend.forward([x])
         single.append(time.perf_counter() - s)
-    return {"samples_s": done / elapsed, "batch1_p50_ms": 1000 * statistics.median(single)}
+    return {"samples_s": done / elapsed, "batch1_p50_ms": 1000 * statistics.median(single), "batch1_s": len(single) / sum(single)}
 
 
 def main() -> None:
@@ -125,6 +130,9 @@ def main() -> None:
             row["naive/s"] = naive["samples_s"]
             row["naive p99 ms"] = naive["p99_ms"]
             row["served/naive"] = s["samples_s"] / naive["samples_s"]
+            unlimited = served(model, clients, args.seconds, args.threads, ["--max-batch-padding", "off"])
+            row["no padding limit/s"] = unlimited["samples_s"]
+            row["in-process b1/s"] = ref["batch1_s"]
         rows.append(row)
     print_table(rows)
 

@@ -34,6 +34,9 @@ class ServeConfig(BaseModel):
     trust_remote_code: bool = Field(False, description="allow model code shipped with the checkpoint")
     max_batch_tokens: int = Field(16384, gt=0, description="token budget of one forward batch (padded tokens for hf)")
     max_batch_size: int = Field(64, gt=0, description="most samples in one forward batch")
+    max_batch_padding: float | Literal["auto", "off"] = Field(
+        "auto", description="padded backends (hf, triton): the most padding a batch may carry, as a fraction of its real tokens; what does not fit waits for the next batch (auto: the backend's choice, 0.1 for transformers classifiers on CPU, no limit elsewhere)"
+    )
     max_wait_ms: float = Field(0.0, ge=0, description="hold a small batch this long for more samples (0: start as soon as the backend is free)")
     max_queue_samples: int = Field(2048, gt=0, description="samples that may wait; beyond, RESOURCE_EXHAUSTED")
     max_samples_per_request: int = Field(256, gt=0, description="most samples in one ScoreRequest")
@@ -82,6 +85,13 @@ class ServeConfig(BaseModel):
             if "=" in value:
                 return dict(pair.split("=", 1) for pair in value.split(",") if pair.strip())
             return [v for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("max_batch_padding")
+    @classmethod
+    def _padding_not_negative(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and value < 0:
+            raise ValueError("max_batch_padding must be >= 0, auto or off")
         return value
 
     @model_validator(mode="after")

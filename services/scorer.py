@@ -22,6 +22,7 @@ class Scorer(Protocol):
     revision: str
     max_length: int
     cost_model: str
+    max_padding: float | None  # what max_batch_padding "auto" means for this scorer's backend
     concurrency: int
 
     def info(self) -> pb.GetInfoResponse:

@@ -17,7 +17,7 @@ import grpc
 
 from services import __version__
 from services.api import pb, pb_grpc
-from services.batching import Batcher
+from services.batching import Batcher, padding_limit
 from services.cache import LRUCache, cache_key
 from services.config import ServeConfig
 from services.errors import ServiceError, unavailable
@@ -93,6 +93,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             max_queue=self.config.max_queue_samples,
             concurrency=scorer.concurrency,
             cost_model=scorer.cost_model,  # type: ignore[arg-type]
+            max_padding=padding_limit(self.config.max_batch_padding, scorer.max_padding),
             metrics=self.metrics,
         )
         self.batcher.start()

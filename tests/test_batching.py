@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from services.batching import Batcher, batch_cost, select_batch
+from services.batching import Batcher, batch_cost, padding_limit, select_batch
 from services.errors import ServiceError
 
 
@@ -38,6 +38,24 @@ def test_a_sample_over_budget_still_runs_alone():
 def test_packed_budget_counts_real_tokens():
     chosen = select_batch([40, 40, 40, 40], max_tokens=120, max_size=10, cost_model="packed")
     assert len(chosen) == 3
+
+
+def test_padding_limit_keeps_far_lengths_for_a_later_batch():
+    costs = [100, 104, 180, 96, 250, 110]
+    chosen = select_batch(costs, max_tokens=10_000, max_size=10, cost_model="padded", max_padding=0.1)
+    picked = [costs[i] for i in chosen]
+    assert chosen[0] == 0 and sorted(picked) == [96, 100, 104, 110]
+    assert batch_cost(picked, "padded") <= 1.1 * sum(picked)
+    # without the limit everything that fits the budget goes; packed batches have no padding to limit
+    assert len(select_batch(costs, max_tokens=10_000, max_size=10, cost_model="padded")) == len(costs)
+    assert len(select_batch(costs, max_tokens=10_000, max_size=10, cost_model="packed", max_padding=0.1)) == len(costs)
+    # the oldest sample goes even when nothing else is close to it
+    assert select_batch([250, 100, 104], max_tokens=10_000, max_size=10, cost_model="padded", max_padding=0.1) == [0]
+
+
+def test_padding_limit_auto_is_the_backends_choice():
+    assert padding_limit("auto", 0.1) == 0.1 and padding_limit("auto", None) is None
+    assert padding_limit("off", 0.1) is None and padding_limit(0.3, None) == 0.3
 
 
 def run(coro):

@@ -44,11 +44,17 @@ def test_score_weights_by_name_or_in_order():
     (["serve", "reward", "--model", "m", "--device", "gpu"], "device"),
     (["serve", "reward", "--port", "1"], "model"),
     (["serve", "reward", "--model", "m", "--max-batch-size", "zero"], "max_batch_size"),
+    (["serve", "reward", "--model", "m", "--max-batch-padding", "-0.5"], "max_batch_padding"),
 ])
 def test_invalid_values_are_refused_naming_the_field(argv, field, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{field}:" in err
+
+
+def test_max_batch_padding_is_a_fraction_auto_or_off():
+    values = [load_config(ServeConfig, {"model": "m", "max_batch_padding": v}).max_batch_padding for v in ("0.2", "auto", "off")]
+    assert values == [0.2, "auto", "off"]
 
 
 def test_unknown_yaml_keys_are_refused(tmp_path):

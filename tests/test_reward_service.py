@@ -60,17 +60,34 @@ def test_score_stream_answers_every_sample_by_id(client, reference):
     assert_close([streamed[f"st{i}"].score for i in range(len(pairs))], [reference.score(*p) for p in pairs])
 
 
-def test_score_does_not_depend_on_the_batch(client, reference):
+@pytest.fixture(scope="module")
+def mixing_service(reward_dir):
+    """No cache (every score below is computed, not remembered) and no padding limit (CPU's default would keep
+    lengths apart): batches mix lengths and pad as much as they can."""
+    args = ["--model", str(reward_dir), "--max-length", str(MAX_LENGTH), "--max-samples-per-request", "64",
+            "--max-batch-size", "16", "--cache-size", "0", "--max-batch-padding", "off"]
+    with ServiceProcess("reward", args) as svc:
+        yield svc
+
+
+def test_score_does_not_depend_on_the_batch(mixing_service, reference):
     pairs = short_pairs(reference, 24, MAX_LENGTH, seed=2)
-    with RewardClient(client.target) as alone_client:
-        alone = [alone_client.score(samples([p], prefix=f"a{i}-"))[0].score for i, p in enumerate(pairs)]
-    # the same samples inside one mixed-length request, and spread over concurrent requests
-    together = [r.score for r in client.score(samples(pairs, prefix="t"))]
-    with ThreadPoolExecutor(8) as pool:
-        concurrent = list(pool.map(lambda ip: client.score(samples([ip[1]], prefix=f"c{ip[0]}-"))[0].score, enumerate(pairs)))
-    assert_close(together, alone)
-    assert_close(concurrent, alone)
-    assert_close(alone, [reference.score(*p) for p in pairs])
+    before = metrics(mixing_service.metrics_port)
+    with RewardClient(mixing_service.target) as client:
+        alone = [client.score(samples([p], prefix=f"a{i}-"))[0] for i, p in enumerate(pairs)]
+        # the same samples inside one mixed-length request, and spread over concurrent requests
+        together = client.score(samples(pairs, prefix="t"))
+        with ThreadPoolExecutor(8) as pool:
+            concurrent = list(pool.map(lambda ip: client.score(samples([ip[1]], prefix=f"c{ip[0]}-"))[0], enumerate(pairs)))
+    after = metrics(mixing_service.metrics_port)
+    assert not any(r.cached for r in alone + together + concurrent)
+    batches = metric(after, "rewardline_batch_size_count") - metric(before, "rewardline_batch_size_count")
+    assert batches < 2 * len(pairs) + len(pairs)  # some samples shared a batch
+    padded = metric(after, "rewardline_batch_tokens_sum") - metric(before, "rewardline_batch_tokens_sum")
+    assert padded > 3 * sum(r.num_tokens for r in alone)  # ... and was padded there
+    assert_close([r.score for r in together], [r.score for r in alone])
+    assert_close([r.score for r in concurrent], [r.score for r in alone])
+    assert_close([r.score for r in alone], [reference.score(*p) for p in pairs])
 
 
 def test_get_info_describes_the_model(client, reward_dir):

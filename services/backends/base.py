@@ -24,6 +24,9 @@ class ClassifierBackend(Protocol):
     cost_model: Literal["padded", "packed"]
     # How many batches may run at once (a remote server batches concurrent calls itself).
     concurrency: int
+    # What ``max_batch_padding: auto`` means here: the most padding worth computing, as a fraction of a
+    # batch's real tokens (None: no limit).
+    max_padding: float | None
 
     async def classify(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Raw logits, float32, shape (len(batch), num_outputs), row i for batch[i]."""

@@ -49,6 +49,7 @@ class TritonClassifier:
 
     name = "triton"
     cost_model = "padded"
+    max_padding = None  # Triton's device is not ours to know; --max-batch-padding sets a limit
     # The weights' dtype is the Triton model configuration's business (deploy/triton/config.pbtxt.in).
     dtype = "remote"
 

@@ -153,6 +153,7 @@ class VLLMJudge:
 
     name = "vllm"
     cost_model = "packed"
+    max_padding = None  # packed: no padding
     concurrency = 1
 
     def __init__(self, engine: _Engine) -> None:
@@ -207,6 +208,7 @@ class VLLMClassifier:
 
     name = "vllm"
     cost_model = "packed"
+    max_padding = None  # packed: no padding
     concurrency = 1
 
     def __init__(self, engine: _Engine, num_outputs: int) -> None:

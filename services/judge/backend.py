@@ -37,6 +37,7 @@ class JudgeBackend(Protocol):
     dtype: str
     cost_model: Literal["padded", "packed"]
     concurrency: int
+    max_padding: float | None  # as ClassifierBackend.max_padding
 
     async def next_token_logprobs(self, contexts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
         """float64 (len(contexts), len(token_ids)): log P(token | context) under the model, full-vocabulary softmax."""

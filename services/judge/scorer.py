@@ -53,6 +53,7 @@ class JudgeScorer:
         self.revision = revision
         self.max_length = max_length
         self.cost_model = backend.cost_model
+        self.max_padding = backend.max_padding
         self.concurrency = backend.concurrency
         self.mode = config.judge_mode
         self.rationale = is_rationale_mode(self.mode)

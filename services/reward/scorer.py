@@ -67,6 +67,7 @@ class RewardScorer:
         self.revision = revision
         self.max_length = renderer.max_length
         self.cost_model = backend.cost_model
+        self.max_padding = backend.max_padding
         self.concurrency = backend.concurrency
         self.attributes = attribute_names(id2label, backend.num_outputs)
         self.weights = combination_weights(self.attributes, config.score_weights)

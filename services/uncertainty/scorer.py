@@ -80,6 +80,7 @@ class UncertaintyScorer:
         self.revision = revision
         self.max_length = renderer.max_length
         self.cost_model = backends[0].cost_model
+        self.max_padding = backends[0].max_padding
         self.concurrency = backends[0].concurrency
         self.threshold = spec.calibration.threshold
         self.weights = combination_weights(spec.attributes, config.score_weights)
