@@ -111,14 +111,17 @@ def test_vllm_and_transformers_give_the_same_rewards(vllm_judge, hf_judge, local
     assert worst <= ENGINES_TOLERANCE
 
 
-def test_a_group_scores_the_same_together_and_one_by_one(judge, local_models):
-    """Samples that share a prompt (a prefix-cache hit on vLLM, one padded batch on hf) score as they do alone."""
+def test_a_group_scores_as_each_sample_does_alone(judge, direct_judge, local_models):
+    """Samples that share a prompt (a prefix-cache hit on vLLM, one batch with a shared head on hf) score as each
+    does alone, unpadded (DirectJudge). The prompt is one no other test sends, so every score is computed here."""
     _, client = judge
     pair = held_out(local_models, 1)[0]
-    group = [(pair["prompt"], r) for r in (pair["chosen"], pair["rejected"], "The answer is 1.", "I do not know.")] * 2
+    prompt = pair["prompt"] + " Give the sum."
+    group = [(prompt, r) for r in (pair["chosen"], pair["rejected"], "The answer is 1.", "I do not know.")] * 2
     together = score(client, group, "t")
-    alone = [score(client, [item], f"a{i}-")[0] for i, item in enumerate(group[:4])]
-    assert max(abs(a.score - b.score) for a, b in zip(together[:4], alone)) <= 1e-5
+    assert not any(r.cached for r in together)
+    alone = [direct_judge.verdict(q, r) for q, r in group[:4]]
+    assert max(abs(a.score - b) for a, b in zip(together[:4], alone)) <= DIRECT_TOLERANCE
     assert [r.score for r in together[4:]] == [r.score for r in together[:4]]
 
 
