@@ -58,6 +58,7 @@ def trl_worker(args: argparse.Namespace) -> None:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     sys.path.insert(0, str(REPO))
@@ -100,6 +101,7 @@ def trl_worker(args: argparse.Namespace) -> None:
         model=AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32), reward_funcs=exact_answer, args=config,
         train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(policy), callbacks=[times],
     )
+    trainer.remove_callback(PrinterCallback)  # logging_steps=1 feeds StepTimes; the per-step dicts need not be printed
     trainer.train()
     durations = [b - a for a, b in zip(times.ends, times.ends[1:])][args.warmup :]
     lengths = times.lengths[args.warmup :]
