@@ -71,13 +71,11 @@ def select_batch(
     real = costs[0]
     lo, hi = pos - 1, pos + 1
     anchor = costs[0]
-    limit_padding = max_padding is not None and cost_model == "padded"
+    allowance = 1.0 + max_padding if max_padding is not None and cost_model == "padded" else None
 
     def fits(idx: int) -> bool:
         padded = batch_cost([costs[i] for i in chosen] + [costs[idx]], cost_model)
-        if padded > max_tokens:
-            return False
-        return not limit_padding or padded <= (1.0 + max_padding) * (real + costs[idx])  # type: ignore[operator]
+        return padded <= max_tokens and (allowance is None or padded <= allowance * (real + costs[idx]))
 
     while len(chosen) < max_size and (lo >= 0 or hi < len(order)):
         candidates = []
