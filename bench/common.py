@@ -10,8 +10,8 @@ from typing import Sequence
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from services.api import pb
-from services.rendering import InputRenderer
+from rewardline.services.api import pb
+from rewardline.services.rendering import InputRenderer
 
 SAMPLE_TOKENS = (64, 256)
 POOL_SIZE = 512
@@ -28,7 +28,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def mixed_samples(tokenizer: PreTrainedTokenizerBase, n: int, lengths: tuple[int, int], seed: int = 0) -> list[pb.Sample]:
     """Prompt/response pairs whose rendered length is spread uniformly over ``lengths`` tokens."""
-    from trainer.local_models.generic_text import paragraph
+    from rewardline.trainer.local_models.generic_text import paragraph
 
     rng = random.Random(seed)
     renderer = InputRenderer(tokenizer, max_length=10_000)
@@ -77,8 +77,8 @@ class BenchModel:
         """The untrained 3.4M-parameter benchmark reward model, built once from the local tokenizer."""
         from transformers import AutoModelForSequenceClassification
 
-        from trainer.local_models.architectures import benchmark_reward_model, parameter_count, save_model
-        from trainer.local_models.build import ensure_models
+        from rewardline.trainer.local_models.architectures import benchmark_reward_model, parameter_count, save_model
+        from rewardline.trainer.local_models.build import ensure_models
 
         path = cache / "reward-3m"
         if not (path / "model.safetensors").exists():
@@ -92,7 +92,7 @@ class BenchModel:
         return cls(path, tokenizer, samples, ids, params)
 
     def backend(self):  # type: ignore[no-untyped-def]
-        from services.backends.hf import HFClassifier
+        from rewardline.services.backends.hf import HFClassifier
 
         return HFClassifier(self.path, self.tokenizer, "cpu", "float32")
 

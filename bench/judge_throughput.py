@@ -30,16 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import percentile, print_table  # noqa: E402
-from services.client import AsyncRewardClient  # noqa: E402
-from services.process import ServiceProcess  # noqa: E402
+from rewardline.services.client import AsyncRewardClient  # noqa: E402
+from rewardline.services.process import ServiceProcess  # noqa: E402
 
 
 def bench_judge(cache: Path) -> Path:
     """The untrained benchmark-size causal LM, built once from the local tokenizer."""
     from transformers import AutoTokenizer
 
-    from trainer.local_models.architectures import BENCHMARK, causal_lm, save_model
-    from trainer.local_models.build import ensure_models
+    from rewardline.trainer.local_models.architectures import BENCHMARK, causal_lm, save_model
+    from rewardline.trainer.local_models.build import ensure_models
 
     path = cache / "judge-3m"
     if not (path / "model.safetensors").exists():
@@ -52,7 +52,7 @@ class GroupMaker:
     """Fresh GRPO groups: a new question (a paragraph and a sum) and new responses of mixed length each time."""
 
     def __init__(self, group_size: int, seed: int = 0) -> None:
-        from trainer.local_models.generic_text import paragraph
+        from rewardline.trainer.local_models.generic_text import paragraph
 
         self.paragraph = paragraph
         self.rng = random.Random(seed)
@@ -130,7 +130,7 @@ def main() -> None:
     if args.model == "bench":
         model = bench_judge(REPO / ".cache" / "bench")
     else:
-        from trainer.local_models.build import ensure_models
+        from rewardline.trainer.local_models.build import ensure_models
 
         model = ensure_models(REPO / ".cache" / "models") / "judge"
     print(f"judge {model.name}, verdict mode, {args.clients} clients x groups of {args.group_size}, {args.seconds:.0f}s per run, "

@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import BenchModel, percentile, print_table  # noqa: E402
-from services.api import pb  # noqa: E402
-from services.batching import select_batch  # noqa: E402
-from services.client import AsyncRewardClient  # noqa: E402
-from services.process import ServiceProcess  # noqa: E402
-from services.metrics import sample_value as metric, scrape as metrics  # noqa: E402
+from rewardline.services.api import pb  # noqa: E402
+from rewardline.services.batching import select_batch  # noqa: E402
+from rewardline.services.client import AsyncRewardClient  # noqa: E402
+from rewardline.services.process import ServiceProcess  # noqa: E402
+from rewardline.services.metrics import sample_value as metric, scrape as metrics  # noqa: E402
 
 
 async def drive(target: str, pool: list[pb.Sample], clients: int, seconds: float, warmup: float) -> dict:

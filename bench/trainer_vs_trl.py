@@ -62,7 +62,7 @@ def trl_worker(args: argparse.Namespace) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     sys.path.insert(0, str(REPO))
-    from trainer.local_models.task import is_correct  # pure Python: the same check as our exact_answer
+    from rewardline.trainer.local_models.task import is_correct  # pure Python: the same check as our exact_answer
 
     torch.set_num_threads(args.threads)
     total = args.warmup + args.steps
@@ -139,8 +139,8 @@ def run_trl(args: argparse.Namespace) -> dict:
 
 # --- ours, in this process ---------------------------------------------------------------------------------
 def run_ours(args: argparse.Namespace, engine: str) -> dict:
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from rewardline.trainer.config import TrainConfig
+    from rewardline.trainer.train import train
 
     total = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +150,7 @@ def run_ours(args: argparse.Namespace, engine: str) -> dict:
             "data": {"train": [args.models / "data" / "prompts_train.jsonl"]},
             "rollout": {"engine": engine, "n": args.n, "prompts_per_step": args.prompts_per_step,
                         "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": 0},
-            "rewards": {"sources": [{"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"}]},
+            "rewards": {"sources": [{"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"}]},
             "algorithm": {"name": "grpo", "kl_coef": args.kl_coef, "loss_aggregation": "token", "epochs": 1},
             "optim": {"lr": args.lr, "max_grad_norm": 1.0},
             "checkpoint": {"every": 0},
@@ -181,7 +181,7 @@ def main() -> int:
         trl_worker(args)
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    from trainer.local_models.build import ensure_models
+    from rewardline.trainer.local_models.build import ensure_models
 
     ensure_models(args.models)
     batch = args.prompts_per_step * args.n

@@ -26,12 +26,12 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import BenchModel, percentile, print_table  # noqa: E402
 from bench.reward_service import drive  # noqa: E402
-from services.metrics import sample_value as metric, scrape as metrics  # noqa: E402
-from services.process import ServiceProcess, free_port  # noqa: E402
-from services.triton.config import TritonRepoConfig, TritonStartConfig  # noqa: E402
-from services.triton.launcher import TritonServer  # noqa: E402
-from services.triton.protocol import ATTENTION_MASK, INPUT_IDS, LOGITS, channel_args, pad_batch  # noqa: E402
-from services.triton.repository import build_repository, model_facts  # noqa: E402
+from rewardline.services.metrics import sample_value as metric, scrape as metrics  # noqa: E402
+from rewardline.services.process import ServiceProcess, free_port  # noqa: E402
+from rewardline.services.triton.config import TritonRepoConfig, TritonStartConfig  # noqa: E402
+from rewardline.services.triton.launcher import TritonServer  # noqa: E402
+from rewardline.services.triton.protocol import ATTENTION_MASK, INPUT_IDS, LOGITS, channel_args, pad_batch  # noqa: E402
+from rewardline.services.triton.repository import build_repository, model_facts  # noqa: E402
 
 MODEL_NAME = "bench"
 

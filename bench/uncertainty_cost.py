@@ -32,16 +32,16 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import BenchModel, print_table  # noqa: E402
 from bench.reward_service import drive  # noqa: E402
-from services.process import ServiceProcess  # noqa: E402
+from rewardline.services.process import ServiceProcess  # noqa: E402
 
 ENSEMBLE_MEMBERS = 5
 
 
 def _calibrated_on_samples(model_dir: Path, model: BenchModel, kind: str, members: int, member_dirs: list[str]) -> None:
     """Writes the spec, with the 95th percentile of std over the benchmark samples as the threshold."""
-    from services.uncertainty.model_format import Calibration, UncertaintySpec, write_spec
-    from trainer.reward_modeling.calibration import threshold_from
-    from trainer.reward_modeling.predict import Predictor
+    from rewardline.services.uncertainty.model_format import Calibration, UncertaintySpec, write_spec
+    from rewardline.trainer.reward_modeling.calibration import threshold_from
+    from rewardline.trainer.reward_modeling.predict import Predictor
 
     placeholder = Calibration(percentile=95, threshold=0.0, n=1, data="placeholder")
     write_spec(model_dir, UncertaintySpec(kind=kind, members=members, member_dirs=member_dirs, calibration=placeholder))
@@ -104,9 +104,9 @@ def served(kind: str, path: Path, model: BenchModel, clients: int, seconds: floa
 def interleaved_scorers(model: BenchModel, ensemble: Path, samples: int) -> dict:
     """The scalar and the ensemble kinds' own Scorers in this process, taking turns on the same single samples:
     forward pass plus post-processing, with no gRPC or scheduling noise, and any slow spell shared by both."""
-    from services.config import ServeConfig
-    from services.reward.scorer import RewardScorer
-    from services.uncertainty.scorer import UncertaintyScorer
+    from rewardline.services.config import ServeConfig
+    from rewardline.services.reward.scorer import RewardScorer
+    from rewardline.services.uncertainty.scorer import UncertaintyScorer
 
     scalar = RewardScorer.load(ServeConfig(kind="reward", model=model.path, device="cpu", dtype="float32"))
     uncertain = UncertaintyScorer.load(ServeConfig(kind="uncertainty", model=ensemble, device="cpu", dtype="float32"))

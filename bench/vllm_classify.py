@@ -52,10 +52,10 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--launch-vll
     sys.exit(0)
 
 from bench.common import BenchModel, percentile, print_table  # noqa: E402
-from services.api import pb  # noqa: E402
-from services.client import AsyncRewardClient  # noqa: E402
-from services.backends.vllm import cpu_list  # noqa: E402
-from services.process import ServiceProcess, free_port  # noqa: E402
+from rewardline.services.api import pb  # noqa: E402
+from rewardline.services.client import AsyncRewardClient  # noqa: E402
+from rewardline.services.backends.vllm import cpu_list  # noqa: E402
+from rewardline.services.process import ServiceProcess, free_port  # noqa: E402
 
 MAX_MODEL_LEN = 512
 

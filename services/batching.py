@@ -22,8 +22,8 @@ from typing import Any, Awaitable, Callable, Generic, Literal, Sequence, TypeVar
 
 import grpc
 
-from services.errors import ServiceError, deadline_exceeded, resource_exhausted
-from services.metrics import ServiceMetrics
+from rewardline.services.errors import ServiceError, deadline_exceeded, resource_exhausted
+from rewardline.services.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 

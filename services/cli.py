@@ -1,8 +1,10 @@
 """The ``rewardline`` command: one entry point for serving, building local models, training and the demo.
 
-Each program's options come from its typed configuration object (services.config_loading), so a flag, a
-YAML key and a field are always the same thing. Heavy imports (torch, vLLM, the trainer) happen inside the
-handlers, so ``rewardline --help`` and a reward service never pay for parts they do not use.
+The command is assembled from the ``rewardline.commands`` entry points (pyproject.toml): each part of the
+package registers its own subcommands (``add_commands`` here for serving, the trainer's for training), so this
+module never imports the trainer. Each program's options come from its typed configuration object
+(``config_loading``), so a flag, a YAML key and a field are always the same thing. Heavy imports (torch, vLLM)
+happen inside the handlers, so ``rewardline --help`` and a reward service never pay for parts they do not use.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from importlib.metadata import entry_points
 from typing import Sequence
 
-from services.config import ServeConfig
-from services.config_loading import ConfigError, add_config_flags, load_config
-from services.kinds import KINDS
-from services.logs import setup_logging
+from rewardline.services.config import ServeConfig
+from rewardline.services.config_loading import ConfigError, add_config_flags, load_config
+from rewardline.services.kinds import KINDS
+from rewardline.services.logs import setup_logging
 
+COMMANDS_GROUP = "rewardline.commands"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(config.num_threads)
-    from services.server import serve
+    from rewardline.services.server import serve
 
     try:
         serve(config)
@@ -42,7 +46,7 @@ def _score(args: argparse.Namespace) -> int:
     """Scores samples from a JSONL file (or one prompt/response pair) against a running service."""
     from google.protobuf.json_format import MessageToDict
 
-    from services.client import RewardClient
+    from rewardline.services.client import RewardClient
 
     if args.input:
         lines = Path(args.input).read_text().splitlines()
@@ -58,7 +62,7 @@ def _score(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from services.client import RewardClient
+    from rewardline.services.client import RewardClient
 
     with RewardClient(args.target, timeout=args.timeout) as client:
         print(json.dumps(MessageToDict(client.info(), preserving_proto_field_name=True), indent=2))
@@ -89,8 +93,8 @@ def _add_client(sub: argparse._SubParsersAction) -> None:
 
 
 def _triton_build_repo(args: argparse.Namespace) -> int:
-    from services.triton.config import TritonRepoConfig
-    from services.triton.repository import build_repository
+    from rewardline.services.triton.config import TritonRepoConfig
+    from rewardline.services.triton.repository import build_repository
 
     config = load_config(TritonRepoConfig, args)
     setup_logging("warning")
@@ -103,8 +107,8 @@ def _triton_build_repo(args: argparse.Namespace) -> int:
 
 
 def _triton_start(args: argparse.Namespace) -> int:
-    from services.triton.config import TritonStartConfig
-    from services.triton.launcher import run
+    from rewardline.services.triton.config import TritonStartConfig
+    from rewardline.services.triton.launcher import run
 
     config = load_config(TritonStartConfig, args)
     setup_logging(config.log_level)
@@ -116,7 +120,7 @@ def _triton_start(args: argparse.Namespace) -> int:
 
 
 def _add_triton(sub: argparse._SubParsersAction) -> None:
-    from services.triton.config import TritonRepoConfig, TritonStartConfig
+    from rewardline.services.triton.config import TritonRepoConfig, TritonStartConfig
 
     triton = sub.add_parser("triton", help="run the reward model's forward pass in NVIDIA Triton Inference Server")
     commands = triton.add_subparsers(dest="triton_command", required=True, metavar="COMMAND")
@@ -128,10 +132,11 @@ def _add_triton(sub: argparse._SubParsersAction) -> None:
     start.set_defaults(handler=_triton_start)
 
 
-def _add_extensions(sub: argparse._SubParsersAction) -> None:
-    from trainer.cli import add_commands
-
-    add_commands(sub)
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Registers the serving side's subcommands on the ``rewardline`` parser."""
+    _add_serve(sub)
+    _add_triton(sub)
+    _add_client(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,10 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reward models served over gRPC to online RL trainers, and the trainer that uses them.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_serve(sub)
-    _add_triton(sub)
-    _add_client(sub)
-    _add_extensions(sub)
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Iterable, Iterator, Mappin
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.api import REWARD_SERVICE, pb, pb_grpc
+from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
 
 SampleLike = Union[pb.Sample, Mapping[str, Any]]
 

@@ -158,7 +158,7 @@ class ServiceProcess(ChildProcess):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "services", "serve", self.kind, *self.args,
+            sys.executable, "-m", "rewardline.services", "serve", self.kind, *self.args,
             "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
         ]
 

@@ -17,9 +17,9 @@ from typing import Literal, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from services.api import pb
-from services.errors import ServiceError, invalid_argument
-from services.validation import sample_label
+from rewardline.services.api import pb
+from rewardline.services.errors import ServiceError, invalid_argument
+from rewardline.services.validation import sample_label
 
 TruncationPolicy = Literal["left", "error"]
 TRUNCATION_DESCRIPTIONS = {

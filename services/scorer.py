@@ -11,10 +11,10 @@ from typing import Protocol, Sequence
 
 import grpc
 
-from services.api import pb
-from services.errors import ServiceError
-from services.metrics import ServiceMetrics
-from services.rendering import RenderedInput
+from rewardline.services.api import pb
+from rewardline.services.errors import ServiceError
+from rewardline.services.metrics import ServiceMetrics
+from rewardline.services.rendering import RenderedInput
 
 
 class Scorer(Protocol):

@@ -23,13 +23,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services import __version__
-from services.api import REWARD_SERVICE, pb, pb_grpc
-from services.config import ServeConfig
-from services.kinds import load_scorer
-from services.metrics import ServiceMetrics, start_exporter
-from services.scorer import Scorer
-from services.servicer import RewardServicer
+from rewardline.services import __version__
+from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
+from rewardline.services.config import ServeConfig
+from rewardline.services.kinds import load_scorer
+from rewardline.services.metrics import ServiceMetrics, start_exporter
+from rewardline.services.scorer import Scorer
+from rewardline.services.servicer import RewardServicer
 
 log = logging.getLogger(__name__)
 

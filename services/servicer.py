@@ -15,16 +15,16 @@ from typing import AsyncIterator, Sequence
 
 import grpc
 
-from services import __version__
-from services.api import pb, pb_grpc
-from services.batching import Batcher, padding_limit
-from services.cache import LRUCache, cache_key
-from services.config import ServeConfig
-from services.errors import ServiceError, unavailable
-from services.metrics import ServiceMetrics
-from services.rendering import RenderedInput
-from services.scorer import Scorer
-from services.validation import check_request, check_sample
+from rewardline.services import __version__
+from rewardline.services.api import pb, pb_grpc
+from rewardline.services.batching import Batcher, padding_limit
+from rewardline.services.cache import LRUCache, cache_key
+from rewardline.services.config import ServeConfig
+from rewardline.services.errors import ServiceError, unavailable
+from rewardline.services.metrics import ServiceMetrics
+from rewardline.services.rendering import RenderedInput
+from rewardline.services.scorer import Scorer
+from rewardline.services.validation import check_request, check_sample
 
 log = logging.getLogger(__name__)
 

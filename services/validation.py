@@ -6,8 +6,8 @@ that a bad sample never reaches the batcher where it could spoil a batch shared 
 
 from __future__ import annotations
 
-from services.api import pb
-from services.errors import ServiceError, invalid_argument
+from rewardline.services.api import pb
+from rewardline.services.errors import ServiceError, invalid_argument
 
 KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 

@@ -29,7 +29,7 @@ def local_models() -> Path:
     Built once into <repo>/.cache/models (about two minutes on a 2-core machine) and rebuilt only when the
     builder's code or config changes; later sessions reuse it.
     """
-    from trainer.local_models.build import ensure_models
+    from rewardline.trainer.local_models.build import ensure_models
 
     return ensure_models(REPO / ".cache" / "models")
 
@@ -55,7 +55,7 @@ class TritonControl:
     uncertainty test loads its model itself and unloads it after."""
 
     def __init__(self, repo: Path, log_path: Path) -> None:
-        from services.process import free_port
+        from rewardline.services.process import free_port
 
         self.repo = repo
         self.port = free_port()
@@ -76,13 +76,13 @@ class TritonControl:
         import subprocess
         import sys
 
-        from services.triton.launcher import wait_ready
+        from rewardline.services.triton.launcher import wait_ready
 
         if self.running:
             return self
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services", "triton", "start", "--repo", str(self.repo), "--grpc-port", str(self.port),
+                [sys.executable, "-m", "rewardline.services", "triton", "start", "--repo", str(self.repo), "--grpc-port", str(self.port),
                  "--model-control-mode", "explicit", "--load-models", "reward"],
                 env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log, start_new_session=True,
             )
@@ -105,8 +105,8 @@ class TritonControl:
 def triton_repo(local_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository for the local reward and uncertainty models, as `rewardline triton build-repo` writes it.
     Triton's max batch (8) is below the test services' (16), so the backend's splitting of a batch runs too."""
-    from services.triton.config import TritonRepoConfig
-    from services.triton.repository import build_repository
+    from rewardline.services.triton.config import TritonRepoConfig
+    from rewardline.services.triton.repository import build_repository
 
     out = tmp_path_factory.mktemp("triton-repo")
     for name in ("reward", "uncertainty"):
@@ -203,7 +203,7 @@ def direct_judge(judge_dir: Path) -> DirectJudge:
 
 def _start_together(*services, timeout: float = 300.0):  # type: ignore[no-untyped-def]
     """Starts ServiceProcesses at once (their imports and engine starts overlap); all of them or none."""
-    from services.process import start_all
+    from rewardline.services.process import start_all
 
     return start_all(services, timeout)
 

@@ -8,8 +8,8 @@ from typing import Iterable, Sequence
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from services.api import pb
-from services.metrics import sample_value, scrape
+from rewardline.services.api import pb
+from rewardline.services.metrics import sample_value, scrape
 
 
 class InProcessRewardModel:

@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from services.batching import Batcher, batch_cost, padding_limit, select_batch
-from services.errors import ServiceError
+from rewardline.services.batching import Batcher, batch_cost, padding_limit, select_batch
+from rewardline.services.errors import ServiceError
 
 
 def test_batch_cost_padded_and_packed():

@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
-from services.cli import build_parser, main
-from services.config import ServeConfig
-from services.config_loading import ConfigError, config_fields, flag_name, load_config
+from rewardline.services.cli import build_parser, main
+from rewardline.services.config import ServeConfig
+from rewardline.services.config_loading import ConfigError, config_fields, flag_name, load_config
 
 
 def parse(argv):

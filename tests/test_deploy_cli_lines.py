@@ -22,11 +22,11 @@ from typing import Callable, Mapping, Sequence
 import pytest
 from pydantic import BaseModel
 
-from services.config import ServeConfig
-from services.config_loading import ConfigError, load_config
+from rewardline.services.config import ServeConfig
+from rewardline.services.config_loading import ConfigError, load_config
 
-# `python -m MODULE` forms that run the rewardline CLI (services/__main__.py, trainer/cli.py's __main__).
-CLI_MODULES = {"services", "services.cli", "trainer.cli"}
+# `python -m MODULE` forms that run the rewardline CLI (services/__main__.py, trainer/__main__.py).
+CLI_MODULES = {"rewardline.services", "rewardline.trainer"}
 
 
 class BadCommandLine(AssertionError):
@@ -35,7 +35,7 @@ class BadCommandLine(AssertionError):
 
 @functools.lru_cache(maxsize=1)
 def rewardline_parser() -> argparse.ArgumentParser:
-    from services.cli import build_parser
+    from rewardline.services.cli import build_parser
 
     return build_parser()
 
@@ -92,7 +92,7 @@ def torchrun_inner(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         said = stderr.getvalue().strip().splitlines() or ["(no message)"]
         raise BadCommandLine(f"`torchrun {' '.join(argv)}` is refused by torchrun: {said[-1]}") from None
     if not (args.module and args.training_script in CLI_MODULES):
-        raise BadCommandLine(f"`torchrun {' '.join(argv)}` does not run the rewardline CLI (-m services)")
+        raise BadCommandLine(f"`torchrun {' '.join(argv)}` does not run the rewardline CLI (-m rewardline.trainer)")
     return args, list(args.training_script_args)
 
 
@@ -121,8 +121,8 @@ def command_line(entrypoint: Sequence[str], args: Sequence[str]) -> tuple[str, l
 def program_config(ns: argparse.Namespace, read_file: Callable[[Path], str]) -> BaseModel | None:
     """The typed config that `rewardline` would build from ``ns`` (its --config file read with ``read_file``,
     e.g. from a ConfigMap), or None for subcommands without one. ConfigError when it would refuse it."""
-    from trainer.config import TrainConfig
-    from trainer.local_models.config import ModelsBuildConfig
+    from rewardline.trainer.config import TrainConfig
+    from rewardline.trainer.local_models.config import ModelsBuildConfig
 
     model = {"serve": ServeConfig, "train": TrainConfig, "models": ModelsBuildConfig}.get(ns.command)
     if model is None:
@@ -174,11 +174,11 @@ def test_a_line_the_config_refuses_is_refused() -> None:
 
 def test_torchrun_lines_are_read_by_torchrun_and_the_cli() -> None:
     launcher, inner, ns = command_line(
-        ["torchrun"], ["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", "1", "-m", "services", "train", "--resume"]
+        ["torchrun"], ["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", "1", "-m", "rewardline.trainer", "train", "--resume"]
     )
     assert (launcher, inner, ns.nnodes, ns.node_rank) == ("torchrun", ["train", "--resume"], "2", 1)
     with pytest.raises(BadCommandLine, match="refused by torchrun"):
-        command_line(["torchrun"], ["--nodes", "2", "-m", "services", "train"])
+        command_line(["torchrun"], ["--nodes", "2", "-m", "rewardline.trainer", "train"])
     with pytest.raises(BadCommandLine, match="does not run the rewardline CLI"):
         command_line(["torchrun"], ["--nnodes", "2", "train.py"])
     assert command_line(["prometheus"], ["--config.file=/p.yml"]) is None

@@ -24,7 +24,7 @@ import jsonschema
 import pytest
 import yaml
 
-from services.config import ServeConfig
+from rewardline.services.config import ServeConfig
 from test_deploy_cli_lines import command_line, no_files, parse_rewardline, program_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,8 +248,8 @@ def exported_metrics() -> dict[str, tuple[str, frozenset[str] | None]]:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
-    from services.metrics import ServiceMetrics
-    from trainer.observability import TrainerMetrics
+    from rewardline.services.metrics import ServiceMetrics
+    from rewardline.trainer.observability import TrainerMetrics
 
     out: dict[str, tuple[str, frozenset[str] | None]] = {}
     for holder in (ServiceMetrics(CollectorRegistry()), TrainerMetrics(CollectorRegistry())):

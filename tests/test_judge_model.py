@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from trainer.local_models.build import read_manifest
+from rewardline.trainer.local_models.build import read_manifest
 
 
 def auroc(positive: list[float], negative: list[float]) -> float:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from services.client import RewardClient
-from services.process import ServiceProcess
+from rewardline.services.client import RewardClient
+from rewardline.services.process import ServiceProcess
 
 TOLERANCE = 1e-4
 RATIONALE_TOKENS = 24
@@ -77,9 +77,9 @@ def in_process_scores(judge_dir, samples, **fields):  # type: ignore[no-untyped-
 
     from prometheus_client import CollectorRegistry
 
-    from services.config import ServeConfig
-    from services.judge.scorer import JudgeScorer
-    from services.metrics import ServiceMetrics
+    from rewardline.services.config import ServeConfig
+    from rewardline.services.judge.scorer import JudgeScorer
+    from rewardline.services.metrics import ServiceMetrics
 
     scorer = JudgeScorer.load(ServeConfig(kind="judge", model=judge_dir, backend="hf", **fields))
     registry = CollectorRegistry()
@@ -98,7 +98,7 @@ def in_process_scores(judge_dir, samples, **fields):  # type: ignore[no-untyped-
 
 
 def test_sampled_rationales_are_averaged_and_seeded(judge_dir):
-    from services.api import pb
+    from rewardline.services.api import pb
 
     samples = [pb.Sample(id=str(i), prompt=f"What is {i} + 7?", response=f"The answer is {i + 7}.") for i in range(3)]
     fields = dict(judge_mode="rationale_verdict", judge_rationales=3, judge_temperature=1.0, judge_max_rationale_tokens=16)
@@ -114,7 +114,7 @@ def test_a_rationale_without_a_verdict_is_flagged_and_counted(judge_dir):
     a count in rewardline_judge_unparsed, not an error. Run on the judge's scorer in-process with the real model on
     the hf engine (a limit of 2 tokens makes every rationale too short to end; a service would serve only that),
     through the same score_batch and observe the servicer calls."""
-    from services.api import pb
+    from rewardline.services.api import pb
 
     sample = pb.Sample(id="a", prompt="What is 23 + 48?", response="The answer is 71.")
     (reward,), registry = in_process_scores(judge_dir, [sample], judge_mode="rationale_verdict", judge_max_rationale_tokens=2)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from services.api import pb
-from services.config import ServeConfig
-from services.judge import modes
-from services.judge.labels import LabelError, answer_slot
-from services.judge.prompting import JudgePrompts
-from services.judge.templating import ZERO_WIDTH_SPACE, TemplateError, neutralise, special_literals
+from rewardline.services.api import pb
+from rewardline.services.config import ServeConfig
+from rewardline.services.judge import modes
+from rewardline.services.judge.labels import LabelError, answer_slot
+from rewardline.services.judge.prompting import JudgePrompts
+from rewardline.services.judge.templating import ZERO_WIDTH_SPACE, TemplateError, neutralise, special_literals
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_the_service_refuses_a_malformed_template_at_start(tmp_path, judge_dir):
     path = tmp_path / "bad.jinja"
     path.write_text("Is it right? {{ response }\n")
     done = subprocess.run(
-        [sys.executable, "-m", "services", "serve", "judge", "--model", str(judge_dir), "--judge-template", str(path),
+        [sys.executable, "-m", "rewardline.services", "serve", "judge", "--model", str(judge_dir), "--judge-template", str(path),
          "--port", "0", "--metrics-port", "0", "--host", "127.0.0.1"],
         capture_output=True, text=True, timeout=120,
     )
@@ -203,7 +203,7 @@ def test_a_long_question_is_cut_from_the_left_and_a_long_response_refused(tokeni
 
 
 def test_a_conversation_is_judged_as_its_last_answer_to_the_turns_before(tokenizer):
-    from services.judge.prompting import sample_texts
+    from rewardline.services.judge.prompting import sample_texts
 
     single = pb.Sample(id="m", messages=[pb.Message(role="user", content="Q?"), pb.Message(role="assistant", content="R.")], reference="7")
     assert sample_texts(single) == {"question": "Q?", "response": "R.", "reference": "7"}
@@ -214,7 +214,7 @@ def test_a_conversation_is_judged_as_its_last_answer_to_the_turns_before(tokeniz
 
 
 def test_rows_that_share_a_long_head_are_grouped_to_compute_it_once():
-    from services.backends.hf_causal import prefix_groups
+    from rewardline.services.backends.hf_causal import prefix_groups
 
     template = list(range(100, 120))
     prompt_a, prompt_b = template + list(range(200, 260)), template + list(range(300, 360))

@@ -13,9 +13,9 @@ import statistics
 import grpc
 import pytest
 
-from services.api import pb
-from services.client import RewardClient
-from services.process import ServiceProcess
+from rewardline.services.api import pb
+from rewardline.services.client import RewardClient
+from rewardline.services.process import ServiceProcess
 from support import metric, metrics
 
 # float32 on both engines; measured max differences are printed by the tests (see the closing note).

@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.config import ServeConfig
+from rewardline.services.config import ServeConfig
 from test_deploy_cli_lines import command_line, expand_env, parse_rewardline, program_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,15 +13,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trainer.local_models import architectures, build, steps, task
-from trainer.local_models.config import ModelsBuildConfig, TokenizerConfig
-from trainer.local_models.data import DataConfig, read_prompts
-from trainer.local_models.judge import JudgeTrainConfig
-from trainer.local_models.sft import SFTConfig, task_accuracy
-from trainer.reward_modeling.data import read_pairs
-from trainer.reward_modeling.evaluate import evaluate_pairs, pairwise_accuracy
-from trainer.reward_modeling.losses import bradley_terry_loss
-from trainer.reward_modeling.train import RewardTrainConfig
+from rewardline.trainer.local_models import architectures, build, steps, task
+from rewardline.trainer.local_models.config import ModelsBuildConfig, TokenizerConfig
+from rewardline.trainer.local_models.datasets import DatasetsConfig, read_prompts
+from rewardline.trainer.local_models.judge import JudgeTrainConfig
+from rewardline.trainer.local_models.sft import SFTConfig, task_accuracy
+from rewardline.trainer.reward_modeling.pairs import read_pairs
+from rewardline.trainer.reward_modeling.evaluate import evaluate_pairs, pairwise_accuracy
+from rewardline.trainer.reward_modeling.preference_losses import bradley_terry_loss
+from rewardline.trainer.reward_modeling.train import RewardTrainConfig
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 DATA_FILES = ("prefs_train", "prefs_test", "prompts_train", "prompts_test", "prompts_val", "sft_train", "ood")
@@ -239,7 +239,7 @@ def test_policy_is_partly_right(local_models):
 def tiny_config(**update: object) -> ModelsBuildConfig:
     config = ModelsBuildConfig(
         tokenizer=TokenizerConfig(vocab_size=400, task_texts=200, generic_texts=100),
-        data=DataConfig(
+        data=DatasetsConfig(
             prompts_test=16, prefs_test=16, prompts_train=16, prompts_val=16, prefs_train=32, ood_per_kind=2
         ),
         policy=SFTConfig(steps=2, batch_size=8, eval_every=1000),

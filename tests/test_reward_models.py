@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from services.api import pb
-from services.backends.hf import HFClassifier
-from services.client import RewardClient
-from services.process import ServiceProcess
+from rewardline.services.api import pb
+from rewardline.services.backends.hf import HFClassifier
+from rewardline.services.client import RewardClient
+from rewardline.services.process import ServiceProcess
 from support import InProcessRewardModel, assert_close, mixed_length_pairs, samples
-from trainer.local_models.architectures import save_model, untrained_classifier
+from rewardline.trainer.local_models.architectures import save_model, untrained_classifier
 
 ATTRIBUTES = ["helpfulness", "correctness", "verbosity"]
 

@@ -17,9 +17,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.api import pb, pb_grpc
-from services.client import AsyncRewardClient, RewardClient
-from services.process import ServiceProcess, wait_serving
+from rewardline.services.api import pb, pb_grpc
+from rewardline.services.client import AsyncRewardClient, RewardClient
+from rewardline.services.process import ServiceProcess, wait_serving
 from support import assert_close, metric, metrics, samples, short_pairs
 
 MAX_LENGTH = 128

@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
-from services.cli import main
-from services.uncertainty.model_format import SPEC_FILE, read_spec
-from trainer.reward_modeling.assemble import RMCalibrateConfig, recalibrate
-from trainer.reward_modeling.rm_eval import RMEvalConfig, evaluate_model
-from trainer.reward_modeling.rm_train import RMTrainConfig, train_model
+from rewardline.services.cli import main
+from rewardline.services.uncertainty.model_format import SPEC_FILE, read_spec
+from rewardline.trainer.reward_modeling.assemble import RMCalibrateConfig, recalibrate
+from rewardline.trainer.reward_modeling.rm_eval import RMEvalConfig, evaluate_model
+from rewardline.trainer.reward_modeling.rm_train import RMTrainConfig, train_model
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.reward_modeling.losses import (
+from rewardline.trainer.reward_modeling.preference_losses import (
     bootstrap_weights,
     bradley_terry_loss,
     centering_loss,
@@ -16,7 +16,7 @@ from trainer.reward_modeling.losses import (
     quantile_bradley_terry_loss,
     weighted_bradley_terry_loss,
 )
-from trainer.reward_modeling.metrics import auroc, expected_calibration_error
+from rewardline.trainer.reward_modeling.quality import auroc, expected_calibration_error
 
 
 def test_weighted_bradley_terry_with_unit_weights_is_bradley_terry():

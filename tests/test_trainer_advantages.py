@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.algorithms.advantages import gae, group_normalized, leave_one_out, whiten
+from rewardline.trainer.algorithms.advantages import gae, group_normalized, leave_one_out, whiten
 
 REWARDS = np.array([[1.0, 0.0, 0.5, 0.0], [2.0, 2.0, 2.0, 2.0], [0.3, -1.2, 0.7, 4.0]])
 

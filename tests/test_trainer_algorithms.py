@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer.config import TrainConfig
-from trainer.policy import exported_weights, load_policy
-from trainer.train import train
+from rewardline.trainer.config import TrainConfig
+from rewardline.trainer.policy import exported_weights, load_policy
+from rewardline.trainer.train import train
 
 
 def config_dict(local_models, run_dir, **sections) -> dict:
@@ -25,8 +25,8 @@ def config_dict(local_models, run_dir, **sections) -> dict:
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 4, "prompts_per_step": 3, "max_new_tokens": 10},
         "rewards": {"sources": [
-            {"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"},
-            {"name": "format", "type": "python", "function": "trainer.rewards.verifiable:format_reward", "weight": 0.5},
+            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
+            {"name": "format", "type": "python", "function": "rewardline.trainer.rewards.verifiable:format_reward", "weight": 0.5},
         ]},
         "optim": {"lr": 1e-3},
         "observability": {"progress": False},

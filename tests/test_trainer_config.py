@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from services.config_loading import ConfigError, add_config_flags, load_config
-from trainer.config import GrpcSourceConfig, PythonSourceConfig, TrainConfig, config_hash
+from rewardline.services.config_loading import ConfigError, add_config_flags, load_config
+from rewardline.trainer.config import GrpcSourceConfig, PythonSourceConfig, TrainConfig, config_hash
 
 YAML = """
 run_dir: {run_dir}
@@ -19,7 +19,7 @@ rewards:
   combine: normalize_then_sum
   sources:
     - {{name: rm, type: grpc, target: "127.0.0.1:50051", weight: 0.5, uncertainty_penalty: 1.0}}
-    - {{name: exact, type: python, function: "trainer.rewards.verifiable:exact_answer"}}
+    - {{name: exact, type: python, function: "rewardline.trainer.rewards.verifiable:exact_answer"}}
 """
 
 
@@ -89,7 +89,7 @@ def test_config_hash_ignores_what_resuming_may_change(tmp_path):
 
 
 def test_preflight_names_what_is_missing(tmp_path):
-    from trainer.train import preflight
+    from rewardline.trainer.train import preflight
 
     path = tmp_path / "run.yaml"
     path.write_text(YAML.format(run_dir=tmp_path / "run").replace("verifiable:exact_answer", "verifiable:nope"))

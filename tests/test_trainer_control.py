@@ -13,12 +13,12 @@ import grpc
 import pytest
 import yaml
 
-from services.api.rewardline.v1 import trainer_pb2 as tpb
-from services.api.rewardline.v1 import trainer_pb2_grpc as tpb_grpc
-from services.metrics import sample_value, scrape
-from services.process import free_port, wait_serving
-from trainer.config import TrainConfig
-from trainer.train import train
+from rewardline.v1 import trainer_pb2 as tpb
+from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
+from rewardline.services.metrics import sample_value, scrape
+from rewardline.services.process import free_port, wait_serving
+from rewardline.trainer.config import TrainConfig
+from rewardline.trainer.train import train
 
 
 def until(predicate, timeout: float = 120.0, process: subprocess.Popen | None = None):
@@ -41,7 +41,7 @@ def test_pause_checkpoint_resume_and_sigterm(local_models, tmp_path):
         "policy": {"path": str(local_models / "policy")},
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 2, "prompts_per_step": 2, "max_new_tokens": 8},
-        "rewards": {"sources": [{"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"}]},
+        "rewards": {"sources": [{"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"}]},
         "optim": {"lr": 1e-4},
         "checkpoint": {"every": 0},
         "control": {"port": control_port},
@@ -49,7 +49,7 @@ def test_pause_checkpoint_resume_and_sigterm(local_models, tmp_path):
     }
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "services", "train", "--config", str(config_path)],
+    process = subprocess.Popen([sys.executable, "-m", "rewardline.trainer", "train", "--config", str(config_path)],
                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         target = f"127.0.0.1:{control_port}"

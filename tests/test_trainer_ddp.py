@@ -14,9 +14,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from services.process import free_port
-from trainer.config import TrainConfig
-from trainer.train import train
+from rewardline.services.process import free_port
+from rewardline.trainer.config import TrainConfig
+from rewardline.trainer.train import train
 
 
 def config_dict(local_models, run_dir, algorithm: str, micro: int | None, strategy: str = "ddp") -> dict:
@@ -28,8 +28,8 @@ def config_dict(local_models, run_dir, algorithm: str, micro: int | None, strate
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 4, "prompts_per_step": 6, "max_new_tokens": 10},
         "rewards": {"combine": "sum_then_normalize", "sources": [
-            {"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"},
-            {"name": "format", "type": "python", "function": "trainer.rewards.verifiable:format_reward", "weight": 0.3},
+            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
+            {"name": "format", "type": "python", "function": "rewardline.trainer.rewards.verifiable:format_reward", "weight": 0.3},
         ]},
         "algorithm": {"name": algorithm, "kl_coef": 0.05},
         # Adam's first step is lr·g/(|g| + eps): with the default eps it is close to lr·sign(g), so an element whose
@@ -54,7 +54,7 @@ def test_two_processes_make_the_single_process_update(local_models, single, tmp_
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(config_dict(local_models, double, "ppo", 2, strategy)))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), "-m", "services", "train", "--config", str(config_path)]
+               "--master-port", str(free_port()), "-m", "rewardline.trainer", "train", "--config", str(config_path)]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
     (tmp_path / "torchrun.log").write_bytes(result.stderr)
     assert result.returncode == 0, result.stderr.decode()[-8000:]

@@ -10,7 +10,7 @@ import sys
 
 def test_demo_runs_and_summarises(local_models, tmp_path):
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "services", "demo", "--models", str(local_models), "--out", str(out), "--steps", "3",
+    command = [sys.executable, "-m", "rewardline.trainer", "demo", "--models", str(local_models), "--out", str(out), "--steps", "3",
                "--services", "reward", "--prompts-per-step", "2", "--n", "4", "--eval-prompts", "40"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from services.metrics import sample_value, scrape
-from services.process import ServiceProcess
-from trainer.config import TrainConfig
-from trainer.rollout.base import encode_prompt
-from trainer.rollout.hf_engine import HFEngine
-from trainer.train import Trainer
+from rewardline.services.metrics import sample_value, scrape
+from rewardline.services.process import ServiceProcess
+from rewardline.trainer.config import TrainConfig
+from rewardline.trainer.rollout.base import encode_prompt
+from rewardline.trainer.rollout.hf_engine import HFEngine
+from rewardline.trainer.train import Trainer
 
 pytest.importorskip("vllm")
 
@@ -35,7 +35,7 @@ def test_vllm_rollouts_against_the_reward_service(local_models, reward_service, 
         "rollout": {"engine": "vllm", "n": 4, "prompts_per_step": 4, "max_new_tokens": 12},
         "rewards": {"combine": "normalize_then_sum", "sources": [
             {"name": "rm", "type": "grpc", "target": reward_service.target, "weight": 0.5},
-            {"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"},
+            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
         ]},
         "optim": {"lr": 2e-3},  # large, so that three steps visibly move greedy generations
         "checkpoint": {"every": 0},

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from trainer.algorithms.losses import (
+from rewardline.trainer.algorithms.losses import (
     aggregate,
     clipped_surrogate,
     entropy_from_logits,

@@ -14,10 +14,10 @@ import time
 import grpc
 import yaml
 
-from services.api.rewardline.v1 import trainer_pb2 as tpb
-from services.api.rewardline.v1 import trainer_pb2_grpc as tpb_grpc
-from services.metrics import sample_value, scrape
-from services.process import ServiceProcess, free_port, wait_serving
+from rewardline.v1 import trainer_pb2 as tpb
+from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
+from rewardline.services.metrics import sample_value, scrape
+from rewardline.services.process import ServiceProcess, free_port, wait_serving
 
 
 def until(predicate, process: subprocess.Popen, timeout: float = 120.0):
@@ -42,14 +42,14 @@ def test_training_waits_for_a_reward_service_that_went_away(local_models, tmp_pa
         "rollout": {"engine": "hf", "n": 3, "prompts_per_step": 2, "max_new_tokens": 8},
         "rewards": {"sources": [
             {"name": "rm", "type": "grpc", "target": service.target, "reconnect_max_backoff_s": 0.5, "error_score": -5.0},
-            {"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"},
+            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
         ]},
         "checkpoint": {"every": 0},
         "control": {"port": control_port},
         "observability": {"metrics_port": metrics_port, "progress": False},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    trainer = subprocess.Popen([sys.executable, "-m", "services", "train", "--config", str(tmp_path / "run.yaml")],
+    trainer = subprocess.Popen([sys.executable, "-m", "rewardline.trainer", "train", "--config", str(tmp_path / "run.yaml")],
                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_serving(f"127.0.0.1:{control_port}", 120, trainer)

@@ -16,8 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from trainer.config import TrainConfig
-from trainer.train import train
+from rewardline.trainer.config import TrainConfig
+from rewardline.trainer.train import train
 
 STEPS = 24
 
@@ -31,8 +31,8 @@ def config_dict(local_models: Path, run_dir: Path) -> dict:
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 3, "prompts_per_step": 3, "max_new_tokens": 10},
         "rewards": {"sources": [
-            {"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer"},
-            {"name": "format", "type": "python", "function": "trainer.rewards.verifiable:format_reward", "weight": 0.2},
+            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
+            {"name": "format", "type": "python", "function": "rewardline.trainer.rewards.verifiable:format_reward", "weight": 0.2},
         ]},
         "algorithm": {"name": "grpo", "kl_coef": 0.05},
         "optim": {"lr": 5e-4, "schedule": "cosine", "warmup_steps": 3},
@@ -51,7 +51,7 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def start(config_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "services", "train", "--config", str(config_path), *extra],
+    return subprocess.Popen([sys.executable, "-m", "rewardline.trainer", "train", "--config", str(config_path), *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from services.client import RewardClient
-from services.process import ServiceProcess, free_port
-from trainer.config import GrpcSourceConfig, PythonSourceConfig
-from trainer.observability import TrainerMetrics
-from trainer.rewards import make_source
-from trainer.rewards.base import ScoringSample, SourceReward
-from trainer.rewards.combine import combine
-from trainer.rewards.hub import RewardHub, RewardWaitTimeout
-from trainer.rewards.verifiable import exact_answer, format_reward
+from rewardline.services.client import RewardClient
+from rewardline.services.process import ServiceProcess, free_port
+from rewardline.trainer.config import GrpcSourceConfig, PythonSourceConfig
+from rewardline.trainer.observability import TrainerMetrics
+from rewardline.trainer.rewards import make_source
+from rewardline.trainer.rewards.base import ScoringSample, SourceReward
+from rewardline.trainer.rewards.combine import combine
+from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout
+from rewardline.trainer.rewards.verifiable import exact_answer, format_reward
 
 
 def answers(scores: dict[str, list], std=None, ood=None, errors=None):
@@ -34,7 +34,7 @@ def answers(scores: dict[str, list], std=None, ood=None, errors=None):
 
 
 def py(name, **kw):
-    return PythonSourceConfig(name=name, function="trainer.rewards.verifiable:exact_answer", **kw)
+    return PythonSourceConfig(name=name, function="rewardline.trainer.rewards.verifiable:exact_answer", **kw)
 
 
 def test_weighted_sum_with_uncertainty_penalty_and_ood_mask():
@@ -102,7 +102,7 @@ def test_python_source_through_the_hub():
 
 def test_bad_import_path_is_a_clear_error():
     with pytest.raises(ValueError, match="no attribute 'nope'"):
-        make_source(PythonSourceConfig(name="x", function="trainer.rewards.verifiable:nope"))
+        make_source(PythonSourceConfig(name="x", function="rewardline.trainer.rewards.verifiable:nope"))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_outage_pauses_then_resends_exactly_the_unanswered_samples(local_models,
     source = make_source(GrpcSourceConfig(name="rm", target=service.target, reconnect_max_backoff_s=0.5))
     hub = RewardHub([source], metrics)
     hub.start()
-    caplog.set_level(logging.WARNING, logger="trainer.rewards.hub")
+    caplog.set_level(logging.WARNING, logger="rewardline.trainer.rewards.hub")
     try:
         first = samples("a", 4)
         hub.submit(first)

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.api import pb, pb_grpc
-from services.backends.triton import TritonClassifier, TritonSampleError
-from services.client import AsyncRewardClient, RewardClient
-from services.errors import ServiceError
-from services.process import ServiceProcess, wait_serving
+from rewardline.services.api import pb, pb_grpc
+from rewardline.services.backends.triton import TritonClassifier, TritonSampleError
+from rewardline.services.client import AsyncRewardClient, RewardClient
+from rewardline.services.errors import ServiceError
+from rewardline.services.process import ServiceProcess, wait_serving
 from support import assert_close, samples, short_pairs
 
 MAX_LENGTH = 128
@@ -105,9 +105,9 @@ def test_service_starts_while_triton_is_down_and_serves_once_it_is_up(stack, rew
 
 def test_rewards_equal_the_hf_backends(target, triton, reward_dir, reference):
     """Same samples through Triton and through the hf backend's own forward pass on the same tokens."""
-    from services.backends.hf import HFClassifier
-    from services.config import ServeConfig
-    from services.reward.scorer import load_tokenizer, make_renderer
+    from rewardline.services.backends.hf import HFClassifier
+    from rewardline.services.config import ServeConfig
+    from rewardline.services.reward.scorer import load_tokenizer, make_renderer
 
     pairs = short_pairs(reference, 24, MAX_LENGTH)
     with RewardClient(target, timeout=60) as client:
@@ -164,7 +164,7 @@ def test_bad_input_is_invalid_argument_and_harmless(target, name, request_sample
 
 def run_classifier(reward_dir: Path, url: str, model: str, work):  # type: ignore[no-untyped-def]
     """Runs ``work(classifier)`` against Triton in a fresh event loop, then closes the classifier."""
-    from services.reward.scorer import load_tokenizer
+    from rewardline.services.reward.scorer import load_tokenizer
 
     async def main():  # type: ignore[no-untyped-def]
         classifier = TritonClassifier(reward_dir, load_tokenizer(reward_dir), url, model, timeout_s=60)
@@ -234,8 +234,8 @@ def test_uncertainty_kind_runs_on_triton_unchanged(stack, triton, local_models, 
     """The uncertainty kind post-processes a plain checkpoint's logits (here a 5-head ensemble), so it runs on
     the triton backend as it is: its scorer on triton gives the rewards it gives on hf. (In-process scorers:
     the serving pipeline around them is the one the reward tests above run.)"""
-    from services.config import ServeConfig
-    from services.uncertainty.scorer import UncertaintyScorer
+    from rewardline.services.config import ServeConfig
+    from rewardline.services.uncertainty.scorer import UncertaintyScorer
 
     model_dir = local_models / "uncertainty"
     pairs = short_pairs(reference, 10, MAX_LENGTH, seed=4)
@@ -272,9 +272,9 @@ def test_stopped_triton_turns_health_not_serving_and_a_restart_brings_it_back(st
     comes back on the same port. The service turns NOT_SERVING and answers UNAVAILABLE, then serves again
     without a restart; the source reports the outage, holds its samples and resends them."""
     from test_triton_reward_source import arithmetic, source_config
-    from trainer.observability import TrainerMetrics
-    from trainer.rewards import make_source
-    from trainer.rewards.hub import RewardHub, RewardWaitTimeout
+    from rewardline.trainer.observability import TrainerMetrics
+    from rewardline.trainer.rewards import make_source
+    from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout
 
     _, service = stack
     pid = service.process.pid

@@ -10,13 +10,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services.cli import main
-from services.model_dir import weights_revision
-from services.triton.config import TritonRepoConfig, TritonStartConfig
-from services.triton.launcher import (
+from rewardline.services.cli import main
+from rewardline.services.model_dir import weights_revision
+from rewardline.services.triton.config import TritonRepoConfig, TritonStartConfig
+from rewardline.services.triton.launcher import (
     STUB, assemble_backend_dir, find_install, inspect_python_env, server_command, server_environment,
 )
-from services.triton.repository import MODEL_PY, build_repository
+from rewardline.services.triton.repository import MODEL_PY, build_repository
 
 REPO = Path(__file__).resolve().parents[1]
 

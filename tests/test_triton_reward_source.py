@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.config import TritonSourceConfig
-from trainer.observability import TrainerMetrics
-from trainer.rewards import make_source
-from trainer.rewards.base import ScoringSample
-from trainer.rewards.hub import RewardHub
+from rewardline.trainer.config import TritonSourceConfig
+from rewardline.trainer.observability import TrainerMetrics
+from rewardline.trainer.rewards import make_source
+from rewardline.trainer.rewards.base import ScoringSample
+from rewardline.trainer.rewards.hub import RewardHub
 
 
 @pytest.fixture(scope="module")

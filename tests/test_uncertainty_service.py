@@ -21,15 +21,15 @@ import grpc
 import numpy as np
 import pytest
 
-from services.api import pb, pb_grpc
-from services.client import RewardClient
-from services.config import ServeConfig
-from services.process import ServiceProcess, start_all
-from services.uncertainty.model_format import SPEC_FILE, read_spec
-from services.uncertainty.scorer import UncertaintyScorer
+from rewardline.services.api import pb, pb_grpc
+from rewardline.services.client import RewardClient
+from rewardline.services.config import ServeConfig
+from rewardline.services.process import ServiceProcess, start_all
+from rewardline.services.uncertainty.model_format import SPEC_FILE, read_spec
+from rewardline.services.uncertainty.scorer import UncertaintyScorer
 from support import InProcessRewardModel, assert_close, metric, metrics
-from trainer.reward_modeling.assemble import RMEnsembleConfig, assemble_checkpoint_ensemble
-from trainer.reward_modeling.rm_train import RMTrainConfig, TrainedModel, save_and_calibrate, train_model
+from rewardline.trainer.reward_modeling.assemble import RMEnsembleConfig, assemble_checkpoint_ensemble
+from rewardline.trainer.reward_modeling.rm_train import RMTrainConfig, TrainedModel, save_and_calibrate, train_model
 
 LEVELS = [0.1, 0.25, 0.5, 0.75, 0.9]
 GAUSSIAN_WEIGHTS = {"score": 0.7, "format": 0.3}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.api import pb
-from services.client import RewardClient
-from services.process import ServiceProcess
+from rewardline.services.api import pb
+from rewardline.services.client import RewardClient
+from rewardline.services.process import ServiceProcess
 from support import InProcessRewardModel, assert_close, samples, short_pairs
 
 MAX_LENGTH = 128

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from trainer.rollout.base import Completion
+from rewardline.trainer.rollout.base import Completion
 
 
 @dataclass

@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from trainer.data import Cursor
-from trainer.distributed import is_sharded, load_full_state
-from trainer.policy import PolicyModule
+from rewardline.trainer.prompts import Cursor
+from rewardline.trainer.distributed import is_sharded, load_full_state
+from rewardline.trainer.policy import PolicyModule
 
 log = logging.getLogger(__name__)
 PREFIX = "step-"

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from services.config_loading import add_config_flags, load_config
-from services.logs import setup_logging
+from rewardline.services.config_loading import add_config_flags, load_config
+from rewardline.services.logs import setup_logging
 
 DEFAULT_MODELS = Path(".cache/models")
 
 
 def _models_build(args: argparse.Namespace) -> int:
-    from trainer.local_models.build import build_models, summary
-    from trainer.local_models.config import ModelsBuildConfig
+    from rewardline.trainer.local_models.build import build_models, summary
+    from rewardline.trainer.local_models.config import ModelsBuildConfig
 
     config = load_config(ModelsBuildConfig, args)
     setup_logging("info")
@@ -23,7 +22,7 @@ def _models_build(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from trainer.demo import DemoConfig, run_demo
+    from rewardline.trainer.demo import DemoConfig, run_demo
 
     config = load_config(DemoConfig, args)
     setup_logging(config.log_level)
@@ -31,8 +30,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from rewardline.trainer.config import TrainConfig
+    from rewardline.trainer.train import train
 
     config = load_config(TrainConfig, args)
     setup_logging(config.log_level)
@@ -45,14 +44,14 @@ except the list of reward sources (rewards.sources), which is YAML-only: e.g.
   rewards:
     sources:
       - {name: rm, type: grpc, target: "127.0.0.1:50051", weight: 1.0}
-      - {name: exact, type: python, function: "trainer.rewards.verifiable:exact_answer"}
+      - {name: exact, type: python, function: "rewardline.trainer.rewards.verifiable:exact_answer"}
 Under torchrun (several processes) it trains data-parallel (DDP)."""
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Registers the trainer's subcommands on the ``rewardline`` parser."""
-    from trainer.demo import DemoConfig
-    from trainer.local_models.config import ModelsBuildConfig
+    from rewardline.trainer.demo import DemoConfig
+    from rewardline.trainer.local_models.config import ModelsBuildConfig
 
     models = sub.add_parser("models", help="small local models and data (no download)")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -63,7 +62,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_config_flags(build, ModelsBuildConfig)
     build.set_defaults(handler=_models_build)
 
-    from trainer.config import TrainConfig
+    from rewardline.trainer.config import TrainConfig
 
     train = sub.add_parser("train", help="the online RL training daemon (GRPO, RLOO, PPO)", description=TRAIN_DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,12 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_config_flags(demo, DemoConfig)
     demo.set_defaults(handler=_demo)
 
-    from trainer.reward_modeling.cli import add_rm_commands  # rm train / eval / ensemble / calibrate
+    from rewardline.trainer.reward_modeling.cli import add_rm_commands  # rm train / eval / ensemble / calibrate
 
     add_rm_commands(sub)
 
-
-if __name__ == "__main__":
-    from services.cli import main
-
-    sys.exit(main())

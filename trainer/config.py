@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.config import LogLevel
+from rewardline.services.config import LogLevel
 
 
 class _Section(BaseModel):

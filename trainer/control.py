@@ -17,8 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.api.rewardline.v1 import trainer_pb2 as tpb
-from services.api.rewardline.v1 import trainer_pb2_grpc as tpb_grpc
+from rewardline.v1 import trainer_pb2 as tpb
+from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
 
 log = logging.getLogger(__name__)
 TRAINER_SERVICE = tpb.DESCRIPTOR.services_by_name["TrainerService"].full_name

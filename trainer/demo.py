@@ -21,9 +21,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.config import LogLevel
-from services.kinds import KINDS
-from services.process import ServiceProcess, start_all
+from rewardline.services.config import LogLevel
+from rewardline.services.kinds import KINDS
+from rewardline.services.process import ServiceProcess, start_all
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ def _service_plan(config: DemoConfig, models: Path) -> list[str]:
 def held_out(model, tokenizer, prompts: list[str], answers: list, sources: list, targets: dict[str, str]) -> dict[str, float]:
     """Greedy answers to the same held-out problems, scored by every source and combined as in training
     (weights, uncertainty penalty): unlike per-step training means, free of which prompts a step drew."""
-    from services.client import RewardClient
-    from trainer.local_models import sft, task
-    from trainer.rewards.base import SourceReward
-    from trainer.rewards.combine import combine
-    from trainer.rewards.grpc_source import from_pb
+    from rewardline.services.client import RewardClient
+    from rewardline.trainer.local_models import sft, task
+    from rewardline.trainer.rewards.base import SourceReward
+    from rewardline.trainer.rewards.combine import combine
+    from rewardline.trainer.rewards.grpc_source import from_pb
 
     responses = sft.generate_greedy(model, tokenizer, prompts, max_new_tokens=12)
     ids = [str(i) for i in range(len(prompts))]
@@ -118,10 +118,10 @@ def run_demo(config: DemoConfig) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.config import TrainConfig
-    from trainer.local_models import data as task_data
-    from trainer.local_models.build import ensure_models
-    from trainer.train import Trainer
+    from rewardline.trainer.config import TrainConfig
+    from rewardline.trainer.local_models import datasets as task_data
+    from rewardline.trainer.local_models.build import ensure_models
+    from rewardline.trainer.train import Trainer
 
     started = time.monotonic()
     torch.set_num_threads(1)
@@ -141,7 +141,7 @@ def run_demo(config: DemoConfig) -> int:
         tokenizer = AutoTokenizer.from_pretrained(models / "policy")
         prompts, answers = task_data.read_prompts(models / "data" / "prompts_test.jsonl")
         prompts, answers = prompts[: config.eval_prompts], answers[: config.eval_prompts]
-        sources = [{"name": "exact", "type": "python", "function": "trainer.rewards.verifiable:exact_answer", "weight": 1.0}]
+        sources = [{"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer", "weight": 1.0}]
         sources += [{"name": kind, "type": "grpc", "target": svc.target, **SOURCES[kind][0]} for kind, svc in services.items()]
         targets = {kind: svc.target for kind, svc in services.items()}
         source_configs = TrainConfig.model_validate({"policy": {"path": "."}, "data": {"train": ["."]},

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.config import TrainConfig
+from rewardline.trainer.config import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -131,7 +131,7 @@ def exported_weights(policy: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 def policy_weights(module: PolicyModule) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's full weights for the rollout engine. Under FSDP this gathers them (a collective: every
     rank calls it, and it runs at once rather than lazily)."""
-    from trainer.distributed import full_state_dict, is_sharded
+    from rewardline.trainer.distributed import full_state_dict, is_sharded
 
     if is_sharded(module):
         full = full_state_dict(module)

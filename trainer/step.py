@@ -22,17 +22,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from trainer.algorithms.advantages import gae, group_normalized, leave_one_out, whiten
-from trainer.algorithms.losses import aggregate, clipped_surrogate, entropy_from_logits, k3_kl, token_logprobs, value_loss
-from trainer.batch import Batch, build_batch
-from trainer.config import TrainConfig
-from trainer.data import PromptRecord
-from trainer.distributed import World, all_reduce_sum, global_moments, gradient_sync
-from trainer.policy import PolicyModule, policy_weights
-from trainer.rewards.base import ScoringSample
-from trainer.rewards.combine import combine
-from trainer.rewards.hub import RewardHub
-from trainer.rollout.base import Completion, RolloutEngine, RolloutRequest, derive_seed, encode_prompt
+from rewardline.trainer.algorithms.advantages import gae, group_normalized, leave_one_out, whiten
+from rewardline.trainer.algorithms.losses import aggregate, clipped_surrogate, entropy_from_logits, k3_kl, token_logprobs, value_loss
+from rewardline.trainer.batch import Batch, build_batch
+from rewardline.trainer.config import TrainConfig
+from rewardline.trainer.prompts import PromptRecord
+from rewardline.trainer.distributed import World, all_reduce_sum, global_moments, gradient_sync
+from rewardline.trainer.policy import PolicyModule, policy_weights
+from rewardline.trainer.rewards.base import ScoringSample
+from rewardline.trainer.rewards.combine import combine
+from rewardline.trainer.rewards.hub import RewardHub
+from rewardline.trainer.rollout.base import Completion, RolloutEngine, RolloutRequest, derive_seed, encode_prompt
 
 
 @dataclass

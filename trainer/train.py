@@ -22,20 +22,20 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, get_scheduler
 
-from services.api.rewardline.v1 import trainer_pb2 as tpb
-from services.config_loading import ConfigError, dump_config
-from trainer import checkpoint, distributed
-from trainer.config import TrainConfig, config_hash
-from trainer.control import Control, ControlServer
-from trainer.data import Cursor, NoMorePrompts, PromptStream
-from trainer.observability import TrainerMetrics
-from trainer.policy import DTYPES, PolicyModule, base_model, load_policy, load_reference, load_tokenizer, policy_weights
-from trainer.rewards import make_source
-from trainer.rewards.python_source import import_function
-from trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
-from trainer.rollout.base import RolloutEngine
-from trainer.run_log import MetricsLog, write_plots
-from trainer.step import StepContext, run_step
+from rewardline.v1 import trainer_pb2 as tpb
+from rewardline.services.config_loading import ConfigError, dump_config
+from rewardline.trainer import checkpoint, distributed
+from rewardline.trainer.config import TrainConfig, config_hash
+from rewardline.trainer.control import Control, ControlServer
+from rewardline.trainer.prompts import Cursor, NoMorePrompts, PromptStream
+from rewardline.trainer.observability import TrainerMetrics
+from rewardline.trainer.policy import DTYPES, PolicyModule, base_model, load_policy, load_reference, load_tokenizer, policy_weights
+from rewardline.trainer.rewards import make_source
+from rewardline.trainer.rewards.python_source import import_function
+from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
+from rewardline.trainer.rollout.base import RolloutEngine
+from rewardline.trainer.run_log import MetricsLog, write_plots
+from rewardline.trainer.step import StepContext, run_step
 
 log = logging.getLogger(__name__)
 PAUSE_POLL_S = 0.2
@@ -63,10 +63,10 @@ def preflight(config: TrainConfig) -> None:
 
 def make_engine(config: TrainConfig, module: PolicyModule, tokenizer) -> RolloutEngine:
     if config.rollout.engine == "vllm":
-        from trainer.rollout.vllm_engine import VLLMEngine
+        from rewardline.trainer.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(config.policy.path, tokenizer, config.rollout, config.policy.dtype, config.seed)
-    from trainer.rollout.hf_engine import HFEngine
+    from rewardline.trainer.rollout.hf_engine import HFEngine
 
     if distributed.is_sharded(module):
         copy = AutoModelForCausalLM.from_pretrained(config.policy.path, dtype=DTYPES[config.policy.dtype])

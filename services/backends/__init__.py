@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from services.backends.base import ClassifierBackend
-    from services.config import ServeConfig
+    from rewardline.services.backends.base import ClassifierBackend
+    from rewardline.services.config import ServeConfig
 
 
 def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrainedTokenizerBase") -> "ClassifierBackend":
     """The configured backend for a sequence-classification checkpoint (imported only when chosen)."""
     if config.backend == "hf":
-        from services.backends.hf import HFClassifier
+        from rewardline.services.backends.hf import HFClassifier
 
         return HFClassifier(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code)
     if config.backend == "triton":
-        from services.backends.triton import TritonClassifier
+        from rewardline.services.backends.triton import TritonClassifier
 
         assert config.triton_url is not None  # ServeConfig refuses backend triton without it
         return TritonClassifier(
@@ -28,7 +28,7 @@ def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrain
             timeout_s=config.triton_timeout_s, concurrency=config.triton_concurrency,
         )
     if config.backend == "vllm":
-        from services.backends.vllm import VLLMClassifier
+        from rewardline.services.backends.vllm import VLLMClassifier
 
         return VLLMClassifier.from_config(config, model_dir)
     raise ValueError(f"unknown backend {config.backend!r}")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from services.backends.base import resolve_device, resolve_dtype
+from rewardline.services.backends.base import resolve_device, resolve_dtype
 
 # On a CPU one sample of a hundred tokens already keeps a core's vector units busy, so batching saves little and
 # padding is pure loss: on bench/reward_service.py's model, 32 clients got 29 samples/s with no limit (50%

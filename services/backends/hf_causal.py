@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from services.backends.base import resolve_device, resolve_dtype
-from services.backends.hf import pad_id_for
-from services.judge.backend import Generated
-from services.judge.modes import split_rationale
+from rewardline.services.backends.base import resolve_device, resolve_dtype
+from rewardline.services.backends.hf import pad_id_for
+from rewardline.services.judge.backend import Generated
+from rewardline.services.judge.modes import split_rationale
 
 
 class HFCausalLM:

@@ -27,9 +27,9 @@ import grpc
 import numpy as np
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from services.errors import ServiceError
-from services.model_dir import weights_revision
-from services.triton.protocol import (
+from rewardline.services.errors import ServiceError
+from rewardline.services.model_dir import weights_revision
+from rewardline.services.triton.protocol import (
     ATTENTION_MASK, INPUT_IDS, LOGITS, channel_args, pad_batch, service_error, status_code,
 )
 
@@ -62,7 +62,7 @@ class TritonClassifier:
         timeout_s: float = 30.0,
         concurrency: int = 4,
     ) -> None:
-        from services.backends.hf import pad_id_for
+        from rewardline.services.backends.hf import pad_id_for
 
         config = AutoConfig.from_pretrained(model_dir)
         self.url = url

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from services.judge.backend import Generated
+from rewardline.services.judge.backend import Generated
 
 if TYPE_CHECKING:
-    from services.config import ServeConfig
+    from rewardline.services.config import ServeConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from services.config import ServeConfig
+    from rewardline.services.config import ServeConfig
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,11 @@ class JudgeBackend(Protocol):
 def make_judge_backend(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrainedTokenizerBase", max_length: int) -> JudgeBackend:
     """The configured engine for a causal-LM judge (imported only when chosen)."""
     if config.backend == "hf":
-        from services.backends.hf_causal import HFCausalLM
+        from rewardline.services.backends.hf_causal import HFCausalLM
 
         return HFCausalLM(model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code, config.judge_hf_share_prefixes)
     if config.backend == "vllm":
-        from services.backends.vllm import VLLMJudge
+        from rewardline.services.backends.vllm import VLLMJudge
 
         return VLLMJudge.from_config(config, model_dir, max_length)
     raise ValueError(f"backend {config.backend!r} cannot serve a judge (a generative model): use hf or vllm")

@@ -17,14 +17,14 @@ from typing import Any, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from services.api import pb
-from services.config import ServeConfig
-from services.errors import ServiceError, invalid_argument
-from services.judge.labels import AnswerSlot, answer_slot
-from services.judge.modes import is_rating_mode, is_rationale_mode
-from services.judge.templating import JudgeTemplate, load_template, special_literals, template_variables
-from services.rendering import RenderedInput
-from services.validation import sample_label
+from rewardline.services.api import pb
+from rewardline.services.config import ServeConfig
+from rewardline.services.errors import ServiceError, invalid_argument
+from rewardline.services.judge.labels import AnswerSlot, answer_slot
+from rewardline.services.judge.modes import is_rating_mode, is_rationale_mode
+from rewardline.services.judge.templating import JudgeTemplate, load_template, special_literals, template_variables
+from rewardline.services.rendering import RenderedInput
+from rewardline.services.validation import sample_label
 
 PAIR_LABELS = ("A", "B")
 DEFAULT_MARKERS = {"rationale_verdict": "Verdict:", "rationale_rating": "Rating:"}

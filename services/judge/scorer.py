@@ -19,11 +19,11 @@ from typing import Sequence
 
 import numpy as np
 
-from services.api import pb
-from services.config import ServeConfig
-from services.errors import ServiceError, invalid_argument
-from services.judge.backend import JudgeBackend, make_judge_backend
-from services.judge.modes import (
+from rewardline.services.api import pb
+from rewardline.services.config import ServeConfig
+from rewardline.services.errors import ServiceError, invalid_argument
+from rewardline.services.judge.backend import JudgeBackend, make_judge_backend
+from rewardline.services.judge.modes import (
     class_log_masses,
     is_rating_mode,
     is_rationale_mode,
@@ -34,11 +34,11 @@ from services.judge.modes import (
     rating_score,
     verdict_probability,
 )
-from services.judge.prompting import JudgePrompts
-from services.metrics import ServiceMetrics
-from services.model_dir import weights_revision
-from services.rendering import RenderedInput
-from services.reward.scorer import default_max_length, load_tokenizer
+from rewardline.services.judge.prompting import JudgePrompts
+from rewardline.services.metrics import ServiceMetrics
+from rewardline.services.model_dir import weights_revision
+from rewardline.services.rendering import RenderedInput
+from rewardline.services.reward.scorer import default_max_length, load_tokenizer
 
 
 class JudgeScorer:

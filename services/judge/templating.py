@@ -94,7 +94,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
 def read_template_source(spec: str) -> tuple[str, str]:
     """(name, source) of a built-in template name or a Jinja2 file path."""
     if spec in BUILTIN_TEMPLATES:
-        return spec, resources.files("services.judge").joinpath("templates").joinpath(f"{spec}.jinja").read_text(encoding="utf-8")
+        return spec, resources.files("rewardline.services.judge").joinpath("templates").joinpath(f"{spec}.jinja").read_text(encoding="utf-8")
     path = Path(spec)
     if not path.is_file():
         raise TemplateError(

@@ -8,16 +8,16 @@ from typing import Sequence
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from services.api import pb
-from services.backends import make_classifier
-from services.backends.base import ClassifierBackend
-from services.config import ServeConfig
-from services.errors import ServiceError
-from services.metrics import ServiceMetrics
-from services.model_dir import weights_revision
-from services.rendering import TRUNCATION_DESCRIPTIONS, InputRenderer, RenderedInput
-from services.reward.heads import attribute_names, combination_weights
-from services.scorer import unimplemented_compare
+from rewardline.services.api import pb
+from rewardline.services.backends import make_classifier
+from rewardline.services.backends.base import ClassifierBackend
+from rewardline.services.config import ServeConfig
+from rewardline.services.errors import ServiceError
+from rewardline.services.metrics import ServiceMetrics
+from rewardline.services.model_dir import weights_revision
+from rewardline.services.rendering import TRUNCATION_DESCRIPTIONS, InputRenderer, RenderedInput
+from rewardline.services.reward.attributes import attribute_names, combination_weights
+from rewardline.services.scorer import unimplemented_compare
 
 
 def default_max_length(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> int:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.config import LogLevel
+from rewardline.services.config import LogLevel
 
 TRITON_MODEL_NAME = r"^[A-Za-z0-9_.-]+$"
 

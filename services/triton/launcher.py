@@ -33,8 +33,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.process import ChildProcess
-from services.triton.config import TritonStartConfig
+from rewardline.services.process import ChildProcess
+from rewardline.services.triton.config import TritonStartConfig
 
 log = logging.getLogger(__name__)
 

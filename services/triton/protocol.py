@@ -12,7 +12,7 @@ from typing import Sequence
 import grpc
 import numpy as np
 
-from services.errors import ServiceError
+from rewardline.services.errors import ServiceError
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"

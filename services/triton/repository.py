@@ -18,8 +18,8 @@ import string
 import tempfile
 from pathlib import Path
 
-from services.model_dir import weights_revision
-from services.triton.config import TritonRepoConfig
+from rewardline.services.model_dir import weights_revision
+from rewardline.services.triton.config import TritonRepoConfig
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "deploy" / "triton"
 MODEL_PY = TEMPLATES / "model.py"
@@ -35,7 +35,7 @@ def model_facts(model_dir: Path) -> dict[str, str]:
     """The values config.pbtxt needs from the checkpoint, found exactly as the service finds them."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from services.backends.hf import pad_id_for
+    from rewardline.services.backends.hf import pad_id_for
 
     hf_config = AutoConfig.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.uncertainty.heads import HeadLayout
+from rewardline.services.uncertainty.outputs import HeadLayout
 
 SPEC_FILE = "rewardline_uncertainty.json"
 FORMAT_VERSION = 1

@@ -17,19 +17,19 @@ from typing import Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from services.api import pb
-from services.backends import make_classifier
-from services.backends.base import ClassifierBackend
-from services.config import ServeConfig
-from services.errors import ServiceError
-from services.metrics import ServiceMetrics
-from services.model_dir import weights_revision
-from services.rendering import InputRenderer, RenderedInput
-from services.reward.heads import combination_weights
-from services.reward.scorer import base_info, load_tokenizer, make_renderer
-from services.scorer import unimplemented_compare
-from services.uncertainty.heads import HeadOutputs, head_outputs, split_outputs, stack_members
-from services.uncertainty.model_format import UncertaintySpec, read_spec, spec_path
+from rewardline.services.api import pb
+from rewardline.services.backends import make_classifier
+from rewardline.services.backends.base import ClassifierBackend
+from rewardline.services.config import ServeConfig
+from rewardline.services.errors import ServiceError
+from rewardline.services.metrics import ServiceMetrics
+from rewardline.services.model_dir import weights_revision
+from rewardline.services.rendering import InputRenderer, RenderedInput
+from rewardline.services.reward.attributes import combination_weights
+from rewardline.services.reward.scorer import base_info, load_tokenizer, make_renderer
+from rewardline.services.scorer import unimplemented_compare
+from rewardline.services.uncertainty.outputs import HeadOutputs, head_outputs, split_outputs, stack_members
+from rewardline.services.uncertainty.model_format import UncertaintySpec, read_spec, spec_path
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -31,8 +31,8 @@ import torch
 import transformers
 from transformers.utils import logging as hf_logging
 
-from trainer.local_models.config import ModelsBuildConfig
-from trainer.local_models.steps import STEPS, BuildStep, describe
+from rewardline.trainer.local_models.config import ModelsBuildConfig
+from rewardline.trainer.local_models.steps import STEPS, BuildStep, describe
 
 log = logging.getLogger(__name__)
 MANIFEST = "build.json"

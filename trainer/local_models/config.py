@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from trainer.local_models.architectures import TINY, ModelSize
-from trainer.local_models.data import DataConfig
-from trainer.local_models.judge import JudgeTrainConfig
-from trainer.local_models.sft import SFTConfig
-from trainer.reward_modeling.rm_train import RMRecipe
-from trainer.reward_modeling.train import RewardTrainConfig
+from rewardline.trainer.local_models.architectures import TINY, ModelSize
+from rewardline.trainer.local_models.datasets import DatasetsConfig
+from rewardline.trainer.local_models.judge import JudgeTrainConfig
+from rewardline.trainer.local_models.sft import SFTConfig
+from rewardline.trainer.reward_modeling.rm_train import RMRecipe
+from rewardline.trainer.reward_modeling.train import RewardTrainConfig
 
 
 class TokenizerConfig(BaseModel):
@@ -24,7 +24,7 @@ class ModelsBuildConfig(BaseModel):
     # One thread: the machines are 2-core and shared; a second thread was only ~17% faster here.
     threads: int = 1
     tokenizer: TokenizerConfig = TokenizerConfig()
-    data: DataConfig = DataConfig()
+    data: DatasetsConfig = DatasetsConfig()
     model_size: ModelSize = TINY
     policy: SFTConfig = SFTConfig()
     # The reward model starts from the policy's weights (as RLHF reward models start from the SFT model):

@@ -36,12 +36,12 @@ from pydantic import BaseModel
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from services.config import ServeConfig
-from services.judge.prompting import JudgePrompts
-from services.judge.templating import read_template_source
-from trainer.local_models import task
-from trainer.reward_modeling.data import PreferencePair, pad_right
-from trainer.reward_modeling.train import batch_indices
+from rewardline.services.config import ServeConfig
+from rewardline.services.judge.prompting import JudgePrompts
+from rewardline.services.judge.templating import read_template_source
+from rewardline.trainer.local_models import task
+from rewardline.trainer.reward_modeling.pairs import PreferencePair, pad_right
+from rewardline.trainer.reward_modeling.train import batch_indices
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100

@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from trainer.local_models import task
-from trainer.reward_modeling.data import encode_conversation, pad_right
-from trainer.reward_modeling.train import batch_indices
+from rewardline.trainer.local_models import task
+from rewardline.trainer.reward_modeling.pairs import encode_conversation, pad_right
+from rewardline.trainer.reward_modeling.train import batch_indices
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100

@@ -18,24 +18,24 @@ from types import ModuleType
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainer.local_models import architectures, data, generic_text, judge, sft, task, tokenizer
-from trainer.local_models.config import ModelsBuildConfig
-from trainer.reward_modeling import data as rm_data
-from trainer.reward_modeling import evaluate as rm_evaluate
-from trainer.reward_modeling import losses as rm_losses
-from trainer.reward_modeling import train as rm_train
-from trainer.reward_modeling import calibration as rm_calibration
-from trainer.reward_modeling import features as rm_features
-from trainer.reward_modeling import heads as rm_heads
-from trainer.reward_modeling import metrics as rm_metrics
-from trainer.reward_modeling import predict as rm_predict
-from trainer.reward_modeling import rm_eval as rm_cmd_eval
-from trainer.reward_modeling import rm_train as rm_cmd_train
-from services.judge import labels as judge_labels
-from services.judge import prompting as judge_prompting
-from services.judge import templating as judge_templating
-from services.uncertainty import heads as uncertainty_heads
-from services.uncertainty import model_format as uncertainty_format
+from rewardline.trainer.local_models import architectures, datasets, generic_text, judge, sft, task, tokenizer
+from rewardline.trainer.local_models.config import ModelsBuildConfig
+from rewardline.trainer.reward_modeling import pairs as rm_data
+from rewardline.trainer.reward_modeling import evaluate as rm_evaluate
+from rewardline.trainer.reward_modeling import preference_losses as rm_losses
+from rewardline.trainer.reward_modeling import train as rm_train
+from rewardline.trainer.reward_modeling import calibration as rm_calibration
+from rewardline.trainer.reward_modeling import features as rm_features
+from rewardline.trainer.reward_modeling import score_layer as rm_heads
+from rewardline.trainer.reward_modeling import quality as rm_metrics
+from rewardline.trainer.reward_modeling import predict as rm_predict
+from rewardline.trainer.reward_modeling import rm_eval as rm_cmd_eval
+from rewardline.trainer.reward_modeling import rm_train as rm_cmd_train
+from rewardline.services.judge import labels as judge_labels
+from rewardline.services.judge import prompting as judge_prompting
+from rewardline.services.judge import templating as judge_templating
+from rewardline.services.uncertainty import outputs as uncertainty_heads
+from rewardline.services.uncertainty import model_format as uncertainty_format
 
 Metrics = dict[str, object]
 
@@ -63,16 +63,16 @@ def make_tokenizer(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
 
 
 def make_data(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
-    return {"records": data.write_datasets(root / "data", config.data, random.Random(seed))}
+    return {"records": datasets.write_datasets(root / "data", config.data, random.Random(seed))}
 
 
 def make_policy(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
     tok = AutoTokenizer.from_pretrained(root / "tokenizer")
-    examples = data.read_examples(root / "data" / "sft_train.jsonl")
+    examples = datasets.read_examples(root / "data" / "sft_train.jsonl")
     model = architectures.causal_lm(config.model_size, tok, seed)
     sft_config = config.policy.model_copy(update={"seed": seed})
-    losses = sft.train_sft(model, tok, examples, data.read_prompts(root / "data" / "prompts_val.jsonl"), sft_config)
-    test = sft.task_accuracy(model, tok, *data.read_prompts(root / "data" / "prompts_test.jsonl"))
+    losses = sft.train_sft(model, tok, examples, datasets.read_prompts(root / "data" / "prompts_val.jsonl"), sft_config)
+    test = sft.task_accuracy(model, tok, *datasets.read_prompts(root / "data" / "prompts_test.jsonl"))
     architectures.save_model(model, tok, root / "policy")
     return {
         "parameters": architectures.parameter_count(model),
@@ -165,13 +165,13 @@ STEPS: tuple[BuildStep, ...] = (
         "data",
         make_data,
         lambda c: [c.data],
-        (data, generic_text, task, rm_data, sft),
+        (datasets, generic_text, task, rm_data, sft),
     ),
     BuildStep(
         "policy",
         make_policy,
         lambda c: [c.model_size, c.policy],
-        (architectures, data, sft, task, rm_data, rm_train),
+        (architectures, datasets, sft, task, rm_data, rm_train),
         needs=("tokenizer", "data"),
     ),
     BuildStep(

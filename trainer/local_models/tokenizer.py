@@ -17,7 +17,7 @@ import random
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from trainer.local_models import generic_text, task
+from rewardline.trainer.local_models import generic_text, task
 
 BOS = "<|bos|>"
 EOS = "<|im_end|>"

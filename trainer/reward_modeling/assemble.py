@@ -16,14 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
-from services.model_dir import safetensors_files
-from services.reward.heads import attribute_names, combination_weights
-from services.uncertainty.heads import HeadLayout
-from services.uncertainty.model_format import UncertaintySpec, read_spec, write_spec
-from services.uncertainty.scorer import shared_tokenizer
-from trainer.reward_modeling.calibration import calibrate
-from trainer.reward_modeling.data import read_pairs
-from trainer.reward_modeling.predict import Predictor
+from rewardline.services.model_dir import safetensors_files
+from rewardline.services.reward.attributes import attribute_names, combination_weights
+from rewardline.services.uncertainty.outputs import HeadLayout
+from rewardline.services.uncertainty.model_format import UncertaintySpec, read_spec, write_spec
+from rewardline.services.uncertainty.scorer import shared_tokenizer
+from rewardline.trainer.reward_modeling.calibration import calibrate
+from rewardline.trainer.reward_modeling.pairs import read_pairs
+from rewardline.trainer.reward_modeling.predict import Predictor
 
 
 class RMEnsembleConfig(BaseModel):

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.uncertainty.model_format import Calibration
-from trainer.reward_modeling.data import PreferencePair
-from trainer.reward_modeling.predict import Predictor
+from rewardline.services.uncertainty.model_format import Calibration
+from rewardline.trainer.reward_modeling.pairs import PreferencePair
+from rewardline.trainer.reward_modeling.predict import Predictor
 
 
 def pair_responses(pairs: Sequence[PreferencePair]) -> list[tuple[str, str]]:

@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
-from services.config_loading import add_config_flags, load_config
-from services.logs import setup_logging
+from rewardline.services.config_loading import add_config_flags, load_config
+from rewardline.services.logs import setup_logging
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainer.reward_modeling.rm_train import RMTrainConfig, train_rm
+    from rewardline.trainer.reward_modeling.rm_train import RMTrainConfig, train_rm
 
     config = load_config(RMTrainConfig, args)
     setup_logging(config.log_level)
@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from trainer.reward_modeling.rm_eval import RMEvalConfig, evaluate_model, format_table, report_json
+    from rewardline.trainer.reward_modeling.rm_eval import RMEvalConfig, evaluate_model, format_table, report_json
 
     config = load_config(RMEvalConfig, args)
     setup_logging(config.log_level)
@@ -39,7 +39,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from trainer.reward_modeling.assemble import RMEnsembleConfig, assemble_checkpoint_ensemble
+    from rewardline.trainer.reward_modeling.assemble import RMEnsembleConfig, assemble_checkpoint_ensemble
 
     config = load_config(RMEnsembleConfig, args)
     setup_logging("warning")
@@ -53,7 +53,7 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from trainer.reward_modeling.assemble import RMCalibrateConfig, recalibrate
+    from rewardline.trainer.reward_modeling.assemble import RMCalibrateConfig, recalibrate
 
     config = load_config(RMCalibrateConfig, args)
     setup_logging("warning")
@@ -67,9 +67,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def add_rm_commands(sub: argparse._SubParsersAction) -> None:
-    from trainer.reward_modeling.assemble import RMCalibrateConfig, RMEnsembleConfig
-    from trainer.reward_modeling.rm_eval import RMEvalConfig
-    from trainer.reward_modeling.rm_train import RMTrainConfig
+    from rewardline.trainer.reward_modeling.assemble import RMCalibrateConfig, RMEnsembleConfig
+    from rewardline.trainer.reward_modeling.rm_eval import RMEvalConfig
+    from rewardline.trainer.reward_modeling.rm_train import RMTrainConfig
 
     rm = sub.add_parser("rm", help="train and evaluate reward models, scalar or uncertainty-aware")
     actions = rm.add_subparsers(dest="rm_command", required=True, metavar="ACTION")

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.reward_modeling.data import EncodedPair, PreferencePair, collate_pairs, encode_pairs
+from rewardline.trainer.reward_modeling.pairs import EncodedPair, PreferencePair, collate_pairs, encode_pairs
 
 
 class PairwiseEval(BaseModel):

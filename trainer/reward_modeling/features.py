@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from trainer.reward_modeling.data import pad_right
+from rewardline.trainer.reward_modeling.pairs import pad_right
 
 
 def backbone(model: PreTrainedModel) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """In-process rewards and uncertainties of any reward or uncertainty model, as the service computes them.
 
 Calibration and `rm eval` must read the numbers a trainer will get from the service, so inputs are rendered by
-the service's own renderer and logits post-processed by its own `services.uncertainty.heads`; only the forward
+the service's own renderer and logits post-processed by its own `rewardline.services.uncertainty.outputs`; only the forward
 pass is local (transformers, right-padded batches sorted by length).
 """
 
@@ -16,13 +16,13 @@ from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from services.api import pb
-from services.errors import ServiceError
-from services.rendering import InputRenderer
-from services.reward.heads import attribute_names, combination_weights
-from services.uncertainty.heads import HeadLayout, HeadOutputs, head_outputs, split_outputs, stack_members
-from services.uncertainty.model_format import is_uncertainty_model, read_spec
-from trainer.reward_modeling.data import pad_right
+from rewardline.services.api import pb
+from rewardline.services.errors import ServiceError
+from rewardline.services.rendering import InputRenderer
+from rewardline.services.reward.attributes import attribute_names, combination_weights
+from rewardline.services.uncertainty.outputs import HeadLayout, HeadOutputs, head_outputs, split_outputs, stack_members
+from rewardline.services.uncertainty.model_format import is_uncertainty_model, read_spec
+from rewardline.trainer.reward_modeling.pairs import pad_right
 
 
 def render(tokenizer: PreTrainedTokenizerBase, texts: Sequence[tuple[str, str]], max_length: int) -> list[list[int]]:
@@ -78,7 +78,7 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: Path, device: str = "cpu", batch_size: int = 64, max_length: int = 512) -> "Predictor":
         """An uncertainty model (its spec decides the layout) or a plain reward model (a one-member ensemble)."""
-        from services.uncertainty.scorer import shared_tokenizer  # the service's own member-tokenizer check
+        from rewardline.services.uncertainty.scorer import shared_tokenizer  # the service's own member-tokenizer check
 
         if is_uncertainty_model(model_dir):
             spec = read_spec(model_dir)

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.backends.base import resolve_device
-from services.config import LogLevel
-from trainer.reward_modeling.calibration import pair_responses
-from trainer.reward_modeling.data import read_pairs
-from trainer.reward_modeling.metrics import auroc, expected_calibration_error, preference_probability
-from trainer.reward_modeling.predict import Predictor
+from rewardline.services.backends.base import resolve_device
+from rewardline.services.config import LogLevel
+from rewardline.trainer.reward_modeling.calibration import pair_responses
+from rewardline.trainer.reward_modeling.pairs import read_pairs
+from rewardline.trainer.reward_modeling.quality import auroc, expected_calibration_error, preference_probability
+from rewardline.trainer.reward_modeling.predict import Predictor
 
 
 class RMEvalConfig(BaseModel):
@@ -119,7 +119,7 @@ def evaluate_model(config: RMEvalConfig) -> EvalReport:
 
 
 def _threshold(model_dir: Path) -> float | None:
-    from services.uncertainty.model_format import is_uncertainty_model, read_spec
+    from rewardline.services.uncertainty.model_format import is_uncertainty_model, read_spec
 
     return read_spec(model_dir).calibration.threshold if is_uncertainty_model(model_dir) else None
 

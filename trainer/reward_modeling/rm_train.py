@@ -28,16 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from services.backends.base import resolve_device
-from services.config import LogLevel
-from services.reward.heads import combination_weights
-from services.uncertainty.heads import HeadLayout, level_masses
-from services.uncertainty.model_format import SPEC_FILE, UncertaintySpec, write_spec
-from trainer.reward_modeling.calibration import calibrate, pair_responses
-from trainer.reward_modeling.data import PreferencePair, collate_pairs, encode_pairs, rating_targets, read_pairs
-from trainer.reward_modeling.features import backbone, pooled_features
-from trainer.reward_modeling.heads import TrainKind, classifier_from_base, init_score_layer, layout_for
-from trainer.reward_modeling.losses import (
+from rewardline.services.backends.base import resolve_device
+from rewardline.services.config import LogLevel
+from rewardline.services.reward.attributes import combination_weights
+from rewardline.services.uncertainty.outputs import HeadLayout, level_masses
+from rewardline.services.uncertainty.model_format import SPEC_FILE, UncertaintySpec, write_spec
+from rewardline.trainer.reward_modeling.calibration import calibrate, pair_responses
+from rewardline.trainer.reward_modeling.pairs import PreferencePair, collate_pairs, encode_pairs, rating_targets, read_pairs
+from rewardline.trainer.reward_modeling.features import backbone, pooled_features
+from rewardline.trainer.reward_modeling.score_layer import TrainKind, classifier_from_base, init_score_layer, layout_for
+from rewardline.trainer.reward_modeling.preference_losses import (
     bootstrap_weights,
     centering_loss,
     gaussian_bradley_terry_loss,
@@ -46,9 +46,9 @@ from trainer.reward_modeling.losses import (
     quantile_bradley_terry_loss,
     weighted_bradley_terry_loss,
 )
-from trainer.reward_modeling.metrics import expected_calibration_error, preference_probability
-from trainer.reward_modeling.predict import Predictor
-from trainer.reward_modeling.train import batch_indices
+from rewardline.trainer.reward_modeling.quality import expected_calibration_error, preference_probability
+from rewardline.trainer.reward_modeling.predict import Predictor
+from rewardline.trainer.reward_modeling.train import batch_indices
 
 log = logging.getLogger(__name__)
 LOG_VAR_LIMIT = 10.0  # |log σ²| beyond this is a diverging head, not information

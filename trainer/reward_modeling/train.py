@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from trainer.reward_modeling.data import PreferencePair, collate_pairs, encode_pairs
-from trainer.reward_modeling.losses import bradley_terry_loss
+from rewardline.trainer.reward_modeling.pairs import PreferencePair, collate_pairs, encode_pairs
+from rewardline.trainer.reward_modeling.preference_losses import bradley_terry_loss
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `make_source` maps a source's config to its implementation through `SOURCE_TYPES`; a new kind of source
 (say, a Triton model called with tritonclient) is a class implementing `trainer.rewards.base.RewardSource`,
-a config class in `trainer.config` added to `RewardSourceConfig`, and one entry here.
+a config class in `rewardline.trainer.config` added to `RewardSourceConfig`, and one entry here.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from trainer.config import RewardSourceConfig
-from trainer.rewards.base import RewardSink, RewardSource, ScoringSample, SourceReward
+from rewardline.trainer.config import RewardSourceConfig
+from rewardline.trainer.rewards.base import RewardSink, RewardSource, ScoringSample, SourceReward
 
 # type -> "module:Class" whose constructor takes the source's config; imported only when used.
 SOURCE_TYPES: dict[str, str] = {
-    "grpc": "trainer.rewards.grpc_source:GrpcRewardSource",
-    "python": "trainer.rewards.python_source:PythonRewardSource",
-    "triton": "trainer.rewards.triton_source:TritonRewardSource",
+    "grpc": "rewardline.trainer.rewards.grpc_source:GrpcRewardSource",
+    "python": "rewardline.trainer.rewards.python_source:PythonRewardSource",
+    "triton": "rewardline.trainer.rewards.triton_source:TritonRewardSource",
 }
 
 

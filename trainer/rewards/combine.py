@@ -13,8 +13,8 @@ from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from trainer.config import RewardSourceConfig
-from trainer.rewards.base import SourceReward
+from rewardline.trainer.config import RewardSourceConfig
+from rewardline.trainer.rewards.base import SourceReward
 
 CombineMode = Literal["sum", "normalize_then_sum", "sum_then_normalize"]
 # (values, valid) -> (mean, std) over the valid values; under DDP this reduces over every rank.

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import grpc
 
-from services.api import pb
-from services.client import AsyncRewardClient
-from trainer.config import GrpcSourceConfig
-from trainer.rewards.base import RewardSink, ScoringSample, SourceReward
+from rewardline.services.api import pb
+from rewardline.services.client import AsyncRewardClient
+from rewardline.trainer.config import GrpcSourceConfig
+from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
-from trainer.observability import TrainerMetrics
-from trainer.rewards.base import RewardSource, ScoringSample, SourceReward
+from rewardline.trainer.observability import TrainerMetrics
+from rewardline.trainer.rewards.base import RewardSource, ScoringSample, SourceReward
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

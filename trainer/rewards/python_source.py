@@ -13,8 +13,8 @@ import logging
 import math
 from typing import Any, Callable, Sequence
 
-from trainer.config import PythonSourceConfig
-from trainer.rewards.base import RewardSink, ScoringSample, SourceReward
+from rewardline.trainer.config import PythonSourceConfig
+from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A reward model hosted by NVIDIA Triton as a reward source, called directly over KServe v2 gRPC.
 
 For users who run Triton and not rewardline's service. The samples are validated, rendered and tokenized by
-the service's own code (``services.validation``, ``services.rendering.InputRenderer`` over the model
+the service's own code (``rewardline.services.validation``, ``services.rendering.InputRenderer`` over the model
 directory's tokenizer and chat template, left truncation), and the forward call is the service's ``triton``
 backend (``services.backends.triton.TritonClassifier``: same tensors, same error mapping, same check that
 Triton serves the model directory's weights). So a Triton-hosted model gives the trainer the rewards the
@@ -23,15 +23,15 @@ from typing import Sequence
 import grpc
 from transformers import AutoConfig
 
-from services.backends.triton import TritonClassifier, TritonSampleError
-from services.errors import ServiceError
-from services.rendering import InputRenderer, RenderedInput
-from services.reward.heads import attribute_names, combination_weights
-from services.reward.scorer import default_max_length, load_tokenizer
-from services.validation import check_sample
-from trainer.config import TritonSourceConfig
-from trainer.rewards.base import RewardSink, ScoringSample, SourceReward
-from trainer.rewards.grpc_source import to_pb
+from rewardline.services.backends.triton import TritonClassifier, TritonSampleError
+from rewardline.services.errors import ServiceError
+from rewardline.services.rendering import InputRenderer, RenderedInput
+from rewardline.services.reward.attributes import attribute_names, combination_weights
+from rewardline.services.reward.scorer import default_max_length, load_tokenizer
+from rewardline.services.validation import check_sample
+from rewardline.trainer.config import TritonSourceConfig
+from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward
+from rewardline.trainer.rewards.grpc_source import to_pb
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Verifiable rewards for the local arithmetic task (trainer.local_models.task), as TRL-style functions.
 
-Use them as Python reward sources: ``function: trainer.rewards.verifiable:exact_answer``.
+Use them as Python reward sources: ``function: rewardline.trainer.rewards.verifiable:exact_answer``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from trainer.local_models import task
+from rewardline.trainer.local_models import task
 
 
 def exact_answer(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float | None]:

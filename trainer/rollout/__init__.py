@@ -1,5 +1,5 @@
 """Rollout engines: one interface (`base.RolloutEngine`), transformers `generate` and in-process vLLM."""
 
-from trainer.rollout.base import Completion, RolloutEngine, RolloutRequest, derive_seed, encode_prompt
+from rewardline.trainer.rollout.base import Completion, RolloutEngine, RolloutRequest, derive_seed, encode_prompt
 
 __all__ = ["Completion", "RolloutEngine", "RolloutRequest", "derive_seed", "encode_prompt"]

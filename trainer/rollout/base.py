@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from trainer.config import RolloutConfig
+from rewardline.trainer.config import RolloutConfig
 
 
 def derive_seed(*parts: int | str) -> int:

@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.config import RolloutConfig
-from trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, eos_token_ids
+from rewardline.trainer.config import RolloutConfig
+from rewardline.trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, eos_token_ids
 
 
 class HFEngine:

@@ -23,8 +23,8 @@ from typing import Iterable, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from trainer.config import RolloutConfig
-from trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, derive_seed, eos_token_ids
+from rewardline.trainer.config import RolloutConfig
+from rewardline.trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, derive_seed, eos_token_ids
 
 
 def _fast_single_process_settings(config: RolloutConfig) -> None:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from services.api.rewardline.v1 import reward_pb2 as rewardline_dot_v1_dot_reward__pb2
+from rewardline.v1 import reward_pb2 as rewardline_dot_v1_dot_reward__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

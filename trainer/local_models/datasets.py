@@ -13,12 +13,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from trainer.local_models import generic_text, task
-from trainer.local_models.sft import Example
-from trainer.reward_modeling.data import PreferencePair, write_jsonl
+from rewardline.trainer.local_models import generic_text, task
+from rewardline.trainer.local_models.sft import Example
+from rewardline.trainer.reward_modeling.pairs import PreferencePair, write_jsonl
 
 
-class DataConfig(BaseModel):
+class DatasetsConfig(BaseModel):
     prompts_test: int = 500
     prefs_test: int = 1000
     prompts_train: int = 2000
@@ -44,7 +44,7 @@ Operands = tuple[int, task.Operation, int]
 FILES = ("prefs_train", "prefs_test", "prompts_train", "prompts_test", "prompts_val", "sft_train", "ood")
 
 
-def split_operands(rng: random.Random, config: DataConfig) -> dict[str, list[Operands]]:
+def split_operands(rng: random.Random, config: DatasetsConfig) -> dict[str, list[Operands]]:
     """Disjoint sets of problems; the supervised start gets every problem no other split took."""
     operands = task.all_operands()
     rng.shuffle(operands)
@@ -128,7 +128,7 @@ def read_examples(path: Path) -> list[Example]:
         return [Example.model_validate_json(line) for line in f if line.strip()]
 
 
-def write_datasets(out: Path, config: DataConfig, rng: random.Random) -> dict[str, int]:
+def write_datasets(out: Path, config: DatasetsConfig, rng: random.Random) -> dict[str, int]:
     """Writes every file of `FILES` as `out/<name>.jsonl`; returns the number of records in each."""
     splits = split_operands(rng, config)
     train_pool = splits["sft_train"] + splits["prompts_train"]

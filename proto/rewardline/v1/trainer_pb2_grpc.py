@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from services.api.rewardline.v1 import trainer_pb2 as rewardline_dot_v1_dot_trainer__pb2
+from rewardline.v1 import trainer_pb2 as rewardline_dot_v1_dot_trainer__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from services.uncertainty.heads import HeadLayout
+from rewardline.services.uncertainty.outputs import HeadLayout
 
 TrainKind = Literal["scalar", "ensemble", "gaussian", "quantile"]
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from trainer.config import DataConfig
-from trainer.data import Cursor, NoMorePrompts, PromptStream
+from rewardline.trainer.config import DataConfig
+from rewardline.trainer.prompts import Cursor, NoMorePrompts, PromptStream
 
 
 def write(path, prompts, newline_at_end=True):

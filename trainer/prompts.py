@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from trainer.config import DataConfig
+from rewardline.trainer.config import DataConfig
 
 log = logging.getLogger(__name__)
 

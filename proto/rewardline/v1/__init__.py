@@ -1,0 +1,1 @@
+"""The contracts generated stubs (``python proto/generate.py``), imported as ``rewardline.v1``."""
