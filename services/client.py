@@ -156,12 +156,12 @@ class AsyncRewardClient:
         timeout: float | None = None,
     ) -> AsyncIterator[pb.Reward]:
         async def requests() -> AsyncIterator[pb.ScoreRequest]:
-            if hasattr(items, "__aiter__"):
-                async for item in items:  # type: ignore[union-attr]
+            if isinstance(items, AsyncIterable):
+                async for item in items:
                     for request in _stream_requests([item]):
                         yield request
             else:
-                for request in _stream_requests(items):  # type: ignore[arg-type]
+                for request in _stream_requests(items):
                     yield request
 
         call = self.stub.ScoreStream(requests(), timeout=timeout, wait_for_ready=True)

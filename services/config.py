@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ServiceKind = Literal["reward", "uncertainty", "judge"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -108,6 +111,17 @@ class ServeConfig(BaseModel):
         if not low < high:
             raise ValueError(f"judge_rating_range must be (low, high) with low < high, got {self.judge_rating_range}")
         return self
+
+    def resolved_max_length(self, model_dir: Path, tokenizer: "PreTrainedTokenizerBase") -> int:
+        """``max_length``, or the model's own limit; ValueError when the batch budget could never hold it."""
+        from rewardline.services.modeling import default_max_length
+
+        max_length = self.max_length or default_max_length(model_dir, tokenizer)
+        if self.max_batch_tokens < max_length:
+            raise ValueError(
+                f"max_batch_tokens={self.max_batch_tokens} is below max_length={max_length}: the longest input could never run"
+            )
+        return max_length
 
     @property
     def name(self) -> str:

@@ -53,7 +53,9 @@ def config_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], skip: set[str] = frozenset()) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], skip: frozenset[str] | set[str] = frozenset()
+) -> None:
     """Adds ``--config`` and one flag per leaf field of ``model``; unset flags stay out of the namespace."""
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML file with any of the fields below")
     for dotted, field in config_fields(model).items():

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Self, Sequence, TypeVar
+from typing import BinaryIO, Iterable, Self, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -65,7 +65,7 @@ class ChildProcess:
     def __init__(self, log_path: Path | None = None) -> None:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError

@@ -13,11 +13,13 @@ refused with INVALID_ARGUMENT naming the sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 from rewardline.services.api import pb
+from rewardline.services.config import ServeConfig
 from rewardline.services.errors import ServiceError, invalid_argument
 from rewardline.services.validation import sample_label
 
@@ -38,6 +40,22 @@ class RenderedInput:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+def chat_text(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+) -> str:
+    """The tokenizer's chat template over ``messages``, as text (to be tokenized in one piece by the caller)."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    assert isinstance(text, str)  # tokenize=False renders text; the library's annotation covers every mode
+    return text
+
+
+def decoded_text(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    """One sequence of token ids as text."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+    assert isinstance(text, str)  # one sequence decodes to one string; the library's annotation covers batches
+    return text
 
 
 def conversation(sample: pb.Sample) -> list[dict[str, str]]:
@@ -67,7 +85,7 @@ class InputRenderer:
 
     def _full_text(self, sample: pb.Sample) -> str:
         if self.use_chat_template:
-            return self.tokenizer.apply_chat_template(conversation(sample), tokenize=False)
+            return chat_text(self.tokenizer, conversation(sample))
         if sample.messages:
             raise invalid_argument(f"sample {sample.id!r}: messages need a chat template and this model's tokenizer has none")
         return sample.prompt + sample.response
@@ -75,7 +93,7 @@ class InputRenderer:
     def _prefix_text(self, sample: pb.Sample) -> str:
         """Everything before the response; only needed to truncate, so rendered only then."""
         if self.use_chat_template:
-            return self.tokenizer.apply_chat_template(conversation(sample)[:-1], tokenize=False, add_generation_prompt=True)
+            return chat_text(self.tokenizer, conversation(sample)[:-1], add_generation_prompt=True)
         return sample.prompt
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -123,3 +141,9 @@ class InputRenderer:
             except ServiceError as e:
                 out.append(e)
         return out
+
+
+def renderer_for(config: ServeConfig, tokenizer: PreTrainedTokenizerBase, model_dir: Path) -> InputRenderer:
+    """The renderer of a sequence-classification model as the service configuration asks for it."""
+    template = {"auto": None, "on": True, "off": False}[config.chat_template]
+    return InputRenderer(tokenizer, config.resolved_max_length(model_dir, tokenizer), config.truncation, template)

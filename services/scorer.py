@@ -12,16 +12,18 @@ from typing import Protocol, Sequence
 import grpc
 
 from rewardline.services.api import pb
+from rewardline.services.backends.base import ClassifierBackend, CostModel
+from rewardline.services.config import ServeConfig
 from rewardline.services.errors import ServiceError
 from rewardline.services.metrics import ServiceMetrics
-from rewardline.services.rendering import RenderedInput
+from rewardline.services.rendering import TRUNCATION_DESCRIPTIONS, InputRenderer, RenderedInput
 
 
 class Scorer(Protocol):
-    kind: "pb.ModelKind.ValueType"
+    kind: int  # a pb.ModelKind value
     revision: str
     max_length: int
-    cost_model: str
+    cost_model: CostModel
     max_padding: float | None  # what max_batch_padding "auto" means for this scorer's backend
     concurrency: int
 
@@ -56,3 +58,17 @@ class Scorer(Protocol):
 
 def unimplemented_compare(kind_name: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNIMPLEMENTED, f"Compare is served by judge services; this is a {kind_name} service")
+
+
+def classifier_info(config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str) -> pb.GetInfoResponse:
+    """The GetInfo fields every sequence-classification kind (reward, uncertainty) fills alike."""
+    return pb.GetInfoResponse(
+        model_name=config.name,
+        revision=revision,
+        max_length=renderer.max_length,
+        backend=backend.name,
+        device=backend.device,
+        dtype=backend.dtype,
+        truncation=TRUNCATION_DESCRIPTIONS[renderer.truncation],
+        chat_template=renderer.use_chat_template,
+    )

@@ -9,9 +9,10 @@ Compare:      delegated to the kind (judges); others answer UNIMPLEMENTED.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Awaitable, Callable, NoReturn, Sequence, TypeVar
 
 import grpc
 
@@ -27,6 +28,7 @@ from rewardline.services.scorer import Scorer
 from rewardline.services.validation import check_request, check_sample
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Gate:
@@ -67,6 +69,12 @@ class Gate:
         return self._inflight
 
 
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """Ends the RPC with ``code``; grpc's ``abort`` always raises, which this signature says."""
+    await context.abort(code, message)
+    raise AssertionError("grpc.aio.ServicerContext.abort returned")
+
+
 def _error_reward(sample_id: str, error: ServiceError) -> pb.Reward:
     return pb.Reward(id=sample_id, error=pb.Error(code=error.code.value[0], message=error.message))
 
@@ -92,7 +100,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             max_wait_s=self.config.max_wait_ms / 1000.0,
             max_queue=self.config.max_queue_samples,
             concurrency=scorer.concurrency,
-            cost_model=scorer.cost_model,  # type: ignore[arg-type]
+            cost_model=scorer.cost_model,
             max_padding=padding_limit(self.config.max_batch_padding, scorer.max_padding),
             metrics=self.metrics,
         )
@@ -132,7 +140,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         self.scorer.observe(reward, self.metrics)
         return reward
 
-    async def _run_unary(self, method: str, context: grpc.aio.ServicerContext, work):  # type: ignore[no-untyped-def]
+    async def _run_unary(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()
         code = grpc.StatusCode.OK
         entered = False
@@ -142,14 +150,14 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             return await work()
         except ServiceError as e:
             code = e.code
-            await context.abort(e.code, e.message)
+            await abort(context, e.code, e.message)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error", extra={"method": method})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await abort(context, grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             if entered:
                 self.gate.leave()
@@ -163,25 +171,21 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             samples = request.samples
             self.metrics.samples.labels("Score").inc(len(samples))
             check_request(samples, self.config.max_samples_per_request)
-            rendered = self.scorer.render(samples)
-            for item in rendered:
+            rendered: list[RenderedInput] = []
+            for item in self.scorer.render(samples):
                 if isinstance(item, ServiceError):
                     raise item
-            rewards: list[pb.Reward | None] = [None] * len(samples)
-            misses: list[int] = []
-            for i, (sample, item) in enumerate(zip(samples, rendered)):
-                rewards[i] = self._cached(item, sample.id)  # type: ignore[arg-type]
-                if rewards[i] is None:
-                    misses.append(i)
+                rendered.append(item)
+            cached = [self._cached(item, sample.id) for sample, item in zip(samples, rendered)]
+            misses = [i for i, hit in enumerate(cached) if hit is None]
+            computed: dict[int, pb.Reward] = {}
             if misses:
                 futures = self.batcher.submit(
-                    [(rendered[i], rendered[i].num_tokens) for i in misses],  # type: ignore[union-attr]
-                    self._deadline(context),
+                    [(rendered[i], rendered[i].num_tokens) for i in misses], self._deadline(context)
                 )
-                computed = await asyncio.gather(*futures)
-                for i, reward in zip(misses, computed):
-                    rewards[i] = self._finish(rendered[i], samples[i].id, reward)  # type: ignore[arg-type]
-            return pb.ScoreResponse(rewards=rewards)  # type: ignore[arg-type]
+                for i, reward in zip(misses, await asyncio.gather(*futures)):
+                    computed[i] = self._finish(rendered[i], samples[i].id, reward)
+            return pb.ScoreResponse(rewards=[hit if hit is not None else computed[i] for i, hit in enumerate(cached)])
 
         return await self._run_unary("Score", context, work)
 
@@ -287,7 +291,7 @@ class _Stream:
                 self._refuse(sample.id, e)
                 continue
             self.pending[sample.id] = future
-            future.add_done_callback(lambda f, sid=sample.id, it=item: self._settle(sid, it, f))
+            future.add_done_callback(functools.partial(self._settle, sample.id, item))
 
     def _settle(self, sample_id: str, item: RenderedInput, future: asyncio.Future) -> None:
         self.pending.pop(sample_id, None)
@@ -322,8 +326,8 @@ class _Stream:
                 yield pb.ScoreResponse(rewards=rewards)
             if self.reading_done.is_set() and not self.pending and self.ready.empty():
                 break
-        if self.reader.done() and not self.reader.cancelled() and self.reader.exception():
-            raise self.reader.exception()  # type: ignore[misc]
+        if self.reader.done() and not self.reader.cancelled() and (error := self.reader.exception()) is not None:
+            raise error
 
     def cancel(self) -> None:
         if self.reader and not self.reader.done():

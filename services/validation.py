@@ -6,6 +6,8 @@ that a bad sample never reaches the batcher where it could spoil a batch shared 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rewardline.services.api import pb
 from rewardline.services.errors import ServiceError, invalid_argument
 
@@ -37,9 +39,8 @@ def check_sample(sample: pb.Sample, index: int) -> None:
         raise invalid_argument(f"{label}: empty response")
 
 
-def check_request(samples: "list[pb.Sample] | object", max_samples: int) -> None:
+def check_request(samples: Sequence[pb.Sample], max_samples: int) -> None:
     """Whole-request checks for Score: at least one and at most ``max_samples`` samples, ids unique."""
-    samples = list(samples)  # type: ignore[arg-type]
     if not samples:
         raise invalid_argument("empty request: no samples")
     if len(samples) > max_samples:

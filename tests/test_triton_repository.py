@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from rewardline.services.cli import main
-from rewardline.services.model_dir import weights_revision
+from rewardline.services.modeling import weights_revision
 from rewardline.services.triton.config import TritonRepoConfig, TritonStartConfig
 from rewardline.services.triton.launcher import (
     STUB, assemble_backend_dir, find_install, inspect_python_env, server_command, server_environment,

@@ -37,7 +37,7 @@ class Control:
     def __init__(self, run_dir: str, config_hash: str, algorithm: str, world_size: int, max_steps: int | None,
                  waiting_for: Callable[[], list[str]] = list) -> None:
         self.lock = threading.Lock()
-        self.state = tpb.TRAINER_STATE_STARTING
+        self.state: int = tpb.TRAINER_STATE_STARTING
         self.step = 0
         self.reward = float("nan")
         self.kl = float("nan")
@@ -72,9 +72,9 @@ class Control:
     def status(self) -> tpb.StatusResponse:
         waiting = self.waiting_for()
         with self.lock:
-            state = self.state
-            if state == tpb.TRAINER_STATE_RUNNING and waiting:
-                state = tpb.TRAINER_STATE_WAITING_FOR_REWARDS
+            state = tpb.TrainerState.Name(self.state)
+            if self.state == tpb.TRAINER_STATE_RUNNING and waiting:
+                state = tpb.TrainerState.Name(tpb.TRAINER_STATE_WAITING_FOR_REWARDS)
             return tpb.StatusResponse(
                 state=state, step=self.step, max_steps=self.max_steps, reward=self.reward, kl=self.kl,
                 checkpoint_step=self.checkpoint_step, checkpoint_path=self.checkpoint_path,

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -109,7 +109,7 @@ def held_out(model, tokenizer, prompts: list[str], answers: list, sources: list,
     return out
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: Sequence[float | None]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
 
@@ -165,7 +165,7 @@ def run_demo(config: DemoConfig) -> int:
             "observability": {"plot_every": 25, "progress": True},
         })
         print(f"[4/5] GRPO: {config.steps} steps × {config.prompts_per_step} prompts × {config.n} samples, {config.engine} rollouts, "
-              f"rewards: {', '.join(s['name'] for s in sources)}")
+              f"rewards: {', '.join(str(s['name']) for s in sources)}")
         trainer = Trainer(train_config)
         trained = time.monotonic()
         code = trainer.run()

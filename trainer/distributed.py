@@ -23,10 +23,16 @@ import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from rewardline.services.modeling import resolve_device
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 
 @dataclass(frozen=True)
@@ -43,19 +49,16 @@ class World:
         return self.size > 1
 
 
-def resolve_device(device: str) -> torch.device:
-    """The device this process trains on; ``auto`` and a bare ``cuda`` mean this process's own GPU
-    (LOCAL_RANK under torchrun), so every rank of a node takes a different one."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"policy.device is {device!r} but no CUDA device is available")
-        chosen = torch.device(device if ":" in device else f"cuda:{local}")
+def training_device(device: str) -> torch.device:
+    """The device this process trains on (``modeling.resolve_device`` with this process's LOCAL_RANK under
+    torchrun), made the current CUDA device when it is one."""
+    try:
+        chosen = torch.device(resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
+    except ValueError as e:
+        raise ValueError(f"policy.device: {e}") from None
+    if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
-        return chosen
-    return torch.device("cpu")
+    return chosen
 
 
 def init(backend: str, device: torch.device | None = None) -> World:
@@ -78,7 +81,7 @@ def shutdown() -> None:
             dist.destroy_process_group()
 
 
-def _all_reduce(values: list[float], op: "dist.ReduceOp") -> list[float]:
+def _all_reduce(values: list[float], op: dist.ReduceOp.RedOpType) -> list[float]:
     # NCCL reduces only GPU tensors; gloo only CPU ones
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -88,6 +91,13 @@ def _all_reduce(values: list[float], op: "dist.ReduceOp") -> list[float]:
 
 def all_reduce_sum(values: list[float], world: World) -> list[float]:
     return _all_reduce(values, dist.ReduceOp.SUM) if world.distributed else list(values)
+
+
+def all_reduce_sums(sums: Mapping[str, float], world: World) -> dict[str, float]:
+    """Sums reduced across ranks by name: every rank names the same figures, and the names' sorted order is the
+    one order all ranks put them in."""
+    names = sorted(sums)
+    return dict(zip(names, all_reduce_sum([float(sums[n]) for n in names], world)))
 
 
 def all_reduce_max(values: list[float], world: World) -> list[float]:
@@ -122,25 +132,29 @@ def gradient_sync(module: torch.nn.Module, enabled: bool):
     micro-batch (the gradients accumulate locally, and the last backward reduces their sum)."""
     if enabled:
         return contextlib.nullcontext()
-    if hasattr(module, "no_sync"):
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
         return module.no_sync()
-    if hasattr(module, "set_requires_gradient_sync"):
-        @contextlib.contextmanager
-        def unsynced():
-            module.set_requires_gradient_sync(False)
-            try:
-                yield
-            finally:
-                module.set_requires_gradient_sync(True)
-        return unsynced()
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(module, FSDPModule):
+        return _unsynced(module)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _unsynced(module: FSDPModule) -> Iterator[None]:
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
     return any(hasattr(p, "full_tensor") for p in module.parameters())
 
 
-def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def full_state_dict(module: torch.nn.Module) -> dict[str, Any]:
     """Every parameter whole on every rank (a collective under FSDP; the plain state dict otherwise)."""
     if not is_sharded(module):
         return module.state_dict()

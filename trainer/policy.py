@@ -9,15 +9,19 @@ the rollout engine and `save_pretrained` readers expect.
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rewardline.trainer.config import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# The policy: a transformers causal LM, or peft's wrapper of one (LoRA), which forwards every attribute of the model
+# it wraps (generate, save_pretrained, config...). No static type says that, so the policy is typed as Any.
+PolicyModel = Any
 
 
 class ValueHead(nn.Module):
@@ -41,7 +45,7 @@ class ValueHead(nn.Module):
 
 
 class PolicyModule(nn.Module):
-    def __init__(self, policy: nn.Module, value: ValueHead | None) -> None:
+    def __init__(self, policy: PolicyModel, value: ValueHead | None) -> None:
         super().__init__()
         self.policy = policy
         self.value = value
@@ -64,22 +68,18 @@ class PolicyModule(nn.Module):
         return logits, values
 
 
-def load_tokenizer(config: TrainConfig) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(config.policy.path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def load_policy(config: TrainConfig) -> PolicyModule:
     dtype = DTYPES[config.policy.dtype]
-    model = AutoModelForCausalLM.from_pretrained(config.policy.path, dtype=dtype)
+    model: PolicyModel = AutoModelForCausalLM.from_pretrained(config.policy.path, dtype=dtype)
     if config.policy.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         lora = config.policy.lora
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        adapters = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]  # peft annotates an int; any positive number scales
+            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, adapters)
     value = None
     if config.algorithm.name == "ppo":
         base = base_model(model)
@@ -90,9 +90,19 @@ def load_policy(config: TrainConfig) -> PolicyModule:
     return PolicyModule(model, value)
 
 
-def base_model(model: nn.Module) -> PreTrainedModel:
+def base_model(model: PolicyModel) -> PreTrainedModel:
     """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    assert isinstance(base, PreTrainedModel)
+    return base
+
+
+def adapters_disabled(policy: PolicyModel) -> ContextManager[None]:
+    """The LoRA base model for the time of a ``with``: the policy with its adapters switched off."""
+    from peft import PeftModel
+
+    assert isinstance(policy, PeftModel), "only a LoRA policy has adapters to switch off"
+    return policy.disable_adapter()
 
 
 def load_reference(config: TrainConfig) -> nn.Module | None:
@@ -105,7 +115,7 @@ def load_reference(config: TrainConfig) -> nn.Module | None:
 
 
 @torch.no_grad()
-def exported_weights(policy: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def exported_weights(policy: PolicyModel) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights as the base checkpoint names them, LoRA deltas merged in (without touching the
     trained module: merging and unmerging in place would drift the base weights by rounding, step after step)."""
     if not hasattr(policy, "get_base_model"):
@@ -118,7 +128,7 @@ def exported_weights(policy: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
             for adapter in module.active_adapters:
-                delta = module.get_delta_weight(adapter)
+                delta = module.get_delta_weight(adapter)  # type: ignore[attr-defined]  # each LoRA layer type defines it; LoraLayer does not declare it
                 key = f"{name}.weight"
                 deltas[key] = deltas[key] + delta if key in deltas else delta
     for name, tensor in base.state_dict().items():

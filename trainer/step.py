@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,8 +28,8 @@ from rewardline.trainer.algorithms.losses import aggregate, clipped_surrogate, e
 from rewardline.trainer.batch import Batch, build_batch
 from rewardline.trainer.config import TrainConfig
 from rewardline.trainer.prompts import PromptRecord
-from rewardline.trainer.distributed import World, all_reduce_sum, global_moments, gradient_sync
-from rewardline.trainer.policy import PolicyModule, policy_weights
+from rewardline.trainer.distributed import World, all_reduce_sum, all_reduce_sums, global_moments, gradient_sync
+from rewardline.trainer.policy import PolicyModule, adapters_disabled, policy_weights
 from rewardline.trainer.rewards.base import ScoringSample
 from rewardline.trainer.rewards.combine import combine
 from rewardline.trainer.rewards.hub import RewardHub
@@ -100,7 +101,7 @@ def reference_logprobs(ctx: StepContext, batch: Batch, temperature: float) -> to
         if ctx.reference is not None:
             out.append(completion_logprobs(ctx.reference, batch.rows(part), temperature))
         else:  # LoRA: the base model is the policy with its adapters switched off
-            with ctx.policy_module.policy.disable_adapter():
+            with adapters_disabled(ctx.policy_module.policy):
                 out.append(completion_logprobs(ctx.policy_module.policy, batch.rows(part), temperature))
     return torch.cat(out)
 
@@ -166,7 +167,7 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
     rows = float((mask.sum(dim=1) > 0).sum())
     tokens, global_rows = all_reduce_sum([float(mask.sum()), rows], world)
     normalizer = max(tokens if algo.loss_aggregation == "token" else global_rows, 1.0)
-    stats = np.zeros(6)  # kl, entropy, clipped, value loss, value clipped, loss (sums over tokens / the loss)
+    sums: defaultdict[str, float] = defaultdict(float)  # over this rank's tokens (the loss: its micro-batches)
     parts = micro_batches(batch.input_ids.shape[0], cfg.optim.micro_batch_size)
     grad_norm = 0.0
     for _ in range(algo.epochs):
@@ -190,13 +191,20 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
                 loss = aggregate(per_token, m, algo.loss_aggregation, normalizer) * world.size
                 loss.backward()
             with torch.no_grad():
-                stats += [float((kl * m).sum()), float((entropy * m).sum()), float((clipped * m).sum()),
-                          float((v_loss * m).sum()), float((v_clipped * m).sum()), float(loss) / world.size]
+                add(sums, {
+                    "kl": float((kl * m).sum()) / algo.epochs,
+                    "entropy": float((entropy * m).sum()) / algo.epochs,
+                    "clipped": float((clipped * m).sum()) / algo.epochs,
+                    "value_loss": float((v_loss * m).sum()) / algo.epochs,
+                    "value_clipped": float((v_clipped * m).sum()) / algo.epochs,
+                    "loss": float(loss) / world.size / algo.epochs,
+                })
         params = [p for p in ctx.module.parameters() if p.requires_grad]
         if cfg.optim.max_grad_norm is not None:
-            grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)))
         else:
-            grad_norm = full_value(torch.linalg.vector_norm(torch.stack([full_value(p.grad.norm(), tensor=True) for p in params if p.grad is not None])))
+            norms = [full_tensor(p.grad.norm()) for p in params if p.grad is not None]
+            grad_norm = float(full_tensor(torch.linalg.vector_norm(torch.stack(norms))))
         ctx.optimizer.step()
     ctx.scheduler.step()
     updated = time.perf_counter()
@@ -205,37 +213,43 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
     ctx.engine.load_weights(policy_weights(ctx.policy_module))
     finished = time.perf_counter()
 
-    # Figures of the whole global batch.
+    # Figures of the whole global batch: this rank's sums, reduced across ranks by name.
     reported = np.nan_to_num(rewards.reported)
     adv = per_sample_advantages(advantages, mask)
-    generated_tokens = sum(len(c.token_ids) for c in completions)
-    sums = [float(rewards.valid.sum()), float(reported[rewards.valid].sum()), float(len(completions)), float(generated_tokens),
-            float(adv.sum()), float((adv**2).sum()), float(adv.size), *(stats / algo.epochs).tolist()]
-    source_names = [s.name for s in cfg.rewards.sources]
-    for name in source_names:
-        scores = rewards.per_source[name]
-        sums += [float(np.nansum(scores)), float(np.isfinite(scores).sum()), float(rewards.errors[name])]
-    sums = all_reduce_sum(sums, world)
-    valid_count, reward_sum, samples, gen_tokens, adv_sum, adv_sq, adv_n = sums[:7]
-    kl_sum, entropy_sum, clipped_sum, vloss_sum, vclipped_sum, loss_sum = sums[7:13]
-    adv_mean = adv_sum / max(adv_n, 1)
+    add(sums, {
+        "valid": float(rewards.valid.sum()),
+        "reward": float(reported[rewards.valid].sum()),
+        "samples": float(len(completions)),
+        "completion_tokens": float(sum(len(c.token_ids) for c in completions)),
+        "advantage": float(adv.sum()),
+        "advantage_squared": float((adv**2).sum()),
+        "advantage_count": float(adv.size),
+    })
+    for source in cfg.rewards.sources:
+        scores = rewards.per_source[source.name]
+        sums[f"reward/{source.name}"] = float(np.nansum(scores))
+        sums[f"scored/{source.name}"] = float(np.isfinite(scores).sum())
+        sums[f"errors/{source.name}"] = float(rewards.errors[source.name])
+    reduced = all_reduce_sums(sums, world)
+    token_count = max(tokens, 1)
+    adv_mean = reduced["advantage"] / max(reduced["advantage_count"], 1)
     step_s = finished - started
     out: dict[str, float] = {
         "step": step,
-        "reward": reward_sum / valid_count if valid_count else float("nan"),
-        "kl": kl_sum / max(tokens, 1) if ref_logp is not None else float("nan"),
-        "entropy": entropy_sum / max(tokens, 1),
-        "clip_fraction": clipped_sum / max(tokens, 1),
-        "loss": loss_sum,
+        "reward": reduced["reward"] / reduced["valid"] if reduced["valid"] else float("nan"),
+        "kl": reduced["kl"] / token_count if ref_logp is not None else float("nan"),
+        "entropy": reduced["entropy"] / token_count,
+        "clip_fraction": reduced["clipped"] / token_count,
+        "loss": reduced["loss"],
         "advantage_mean": adv_mean,
-        "advantage_std": max(adv_sq / max(adv_n, 1) - adv_mean**2, 0.0) ** 0.5,
+        "advantage_std": max(reduced["advantage_squared"] / max(reduced["advantage_count"], 1) - adv_mean**2, 0.0) ** 0.5,
         "grad_norm": grad_norm,
-        "lr": ctx.scheduler.get_last_lr()[0],
-        "samples": samples,
-        "valid_samples": valid_count,
-        "completion_tokens": gen_tokens,
-        "completion_length": gen_tokens / max(samples, 1),
-        "tokens_per_s": gen_tokens / step_s,
+        "lr": float(ctx.scheduler.get_last_lr()[0]),
+        "samples": reduced["samples"],
+        "valid_samples": reduced["valid"],
+        "completion_tokens": reduced["completion_tokens"],
+        "completion_length": reduced["completion_tokens"] / max(reduced["samples"], 1),
+        "tokens_per_s": reduced["completion_tokens"] / step_s,
         "step_s": step_s,
         "generate_s": generated - started,
         "reward_wait_s": scored - generated,
@@ -243,19 +257,25 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         "weight_sync_s": finished - updated,
     }
     if algo.name == "ppo":
-        out["value_loss"] = vloss_sum / max(tokens, 1)
-        out["value_clip_fraction"] = vclipped_sum / max(tokens, 1)
-    for i, name in enumerate(source_names):
-        total, count, errors = sums[13 + 3 * i : 16 + 3 * i]
-        out[f"reward/{name}"] = total / count if count else float("nan")
-        out[f"errors/{name}"] = errors
+        out["value_loss"] = reduced["value_loss"] / token_count
+        out["value_clip_fraction"] = reduced["value_clipped"] / token_count
+    for source in cfg.rewards.sources:
+        scored_count = reduced[f"scored/{source.name}"]
+        out[f"reward/{source.name}"] = reduced[f"reward/{source.name}"] / scored_count if scored_count else float("nan")
+        out[f"errors/{source.name}"] = reduced[f"errors/{source.name}"]
     return out
 
 
-def full_value(x: torch.Tensor, tensor: bool = False):
-    """A (possibly FSDP-sharded DTensor) scalar as a plain tensor or float."""
-    x = x.full_tensor() if hasattr(x, "full_tensor") else x
-    return x if tensor else float(x)
+def add(sums: defaultdict[str, float], figures: dict[str, float]) -> None:
+    """Adds figures into running sums by name (a metric is one line where it is measured)."""
+    for name, value in figures.items():
+        sums[name] += value
+
+
+def full_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A (possibly FSDP-sharded DTensor) value as a plain tensor."""
+    full = getattr(x, "full_tensor", None)
+    return full() if full is not None else x
 
 
 def per_sample_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

@@ -29,7 +29,8 @@ from rewardline.trainer.config import TrainConfig, config_hash
 from rewardline.trainer.control import Control, ControlServer
 from rewardline.trainer.prompts import Cursor, NoMorePrompts, PromptStream
 from rewardline.trainer.observability import TrainerMetrics
-from rewardline.trainer.policy import DTYPES, PolicyModule, base_model, load_policy, load_reference, load_tokenizer, policy_weights
+from rewardline.services.modeling import load_tokenizer
+from rewardline.trainer.policy import DTYPES, PolicyModule, base_model, load_policy, load_reference, policy_weights
 from rewardline.trainer.rewards import make_source
 from rewardline.trainer.rewards.python_source import import_function
 from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
@@ -103,7 +104,7 @@ class Trainer:
     def setup(self) -> None:
         c = self.config
         preflight(c)
-        self.device = distributed.resolve_device(c.policy.device)
+        self.device = distributed.training_device(c.policy.device)
         self.world = distributed.init(c.distributed.backend, self.device)
         if c.threads:
             torch.set_num_threads(c.threads)
@@ -114,7 +115,7 @@ class Trainer:
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(c))
-        self.tokenizer = load_tokenizer(c)
+        self.tokenizer = load_tokenizer(c.policy.path)
         self.policy_module = load_policy(c).to(self.device)
         self.reference = load_reference(c)
         if self.reference is not None:
@@ -298,7 +299,7 @@ class Trainer:
             torch.distributed.barrier()
 
     def close(self) -> None:
-        for name, action in (("control API", lambda: self.control_server and self.control_server.stop()),
+        for name, action in (("control API", lambda: self.control_server.stop() if self.control_server else None),
                              ("reward sources", lambda: self.hub.close()),
                              ("rollout engine", lambda: self.engine.close())):
             try:

@@ -1,5 +1,6 @@
-"""Where the forward pass runs: in-process transformers (``hf``), a vLLM engine (``vllm``) or an NVIDIA
-Triton Inference Server (``triton``). Each backend is one module behind one small interface (``base``)."""
+"""Where the forward pass runs: in-process transformers (``hf``, ``hf_causal``), a vLLM engine (``vllm``) or an
+NVIDIA Triton Inference Server (``triton``). Each backend is one module behind one small interface (``base``):
+``make_classifier`` and ``make_judge_backend`` import only the one chosen."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from rewardline.services.backends.base import ClassifierBackend
+    from rewardline.services.backends.base import ClassifierBackend, JudgeBackend
     from rewardline.services.config import ServeConfig
 
 
@@ -32,3 +33,20 @@ def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrain
 
         return VLLMClassifier.from_config(config, model_dir)
     raise ValueError(f"unknown backend {config.backend!r}")
+
+
+def make_judge_backend(
+    config: "ServeConfig", model_dir: Path, tokenizer: "PreTrainedTokenizerBase", max_length: int
+) -> "JudgeBackend":
+    """The configured engine for a causal-LM judge (imported only when chosen)."""
+    if config.backend == "hf":
+        from rewardline.services.backends.hf_causal import HFCausalLM
+
+        return HFCausalLM(
+            model_dir, tokenizer, config.device, config.dtype, config.trust_remote_code, config.judge_hf_share_prefixes
+        )
+    if config.backend == "vllm":
+        from rewardline.services.backends.vllm import VLLMJudge
+
+        return VLLMJudge.from_config(config, model_dir, max_length)
+    raise ValueError(f"backend {config.backend!r} cannot serve a judge (a generative model): use hf or vllm")

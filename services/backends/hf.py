@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from rewardline.services.backends.base import resolve_device, resolve_dtype
+from rewardline.services.backends.base import CostModel
+from rewardline.services.modeling import pad_id_for, resolve_device, resolve_dtype
 
 # On a CPU one sample of a hundred tokens already keeps a core's vector units busy, so batching saves little and
 # padding is pure loss: on bench/reward_service.py's model, 32 clients got 29 samples/s with no limit (50%
@@ -29,18 +30,11 @@ CPU_MAX_PADDING = 0.1
 log = logging.getLogger(__name__)
 
 
-def pad_id_for(tokenizer: PreTrainedTokenizerBase, model_pad_id: int | None) -> int:
-    for candidate in (model_pad_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    raise ValueError("the model has no pad token id and the tokenizer has neither a pad nor an eos token")
-
-
 class HFClassifier:
     """A transformers ``AutoModelForSequenceClassification`` behind the ``ClassifierBackend`` interface."""
 
     name = "hf"
-    cost_model = "padded"
+    cost_model: CostModel = "padded"
     concurrency = 1
 
     def __init__(

@@ -26,21 +26,20 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from rewardline.services.backends.base import resolve_device, resolve_dtype
-from rewardline.services.backends.hf import pad_id_for
-from rewardline.services.judge.backend import Generated
-from rewardline.services.judge.modes import split_rationale
+from rewardline.services.backends.base import CostModel, Generated
+from rewardline.services.modeling import pad_id_for, resolve_device, resolve_dtype
+from rewardline.services.rendering import decoded_text
 
 
 class HFCausalLM:
     """A transformers ``AutoModelForCausalLM`` behind the ``JudgeBackend`` interface."""
 
     name = "hf"
-    cost_model = "padded"
+    cost_model: CostModel = "padded"
     concurrency = 1
     # Shared-prefix batches cost less than their padded shape says, and cutting them splits GRPO groups:
     # bench/judge_throughput.py's hf row lost ~18% under a 0.1 limit.
-    max_padding = None
+    max_padding: float | None = None
 
     def __init__(
         self,
@@ -55,9 +54,10 @@ class HFCausalLM:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = tokenizer
-        self.model = AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, self.dtype), use_safetensors=True, trust_remote_code=trust_remote_code
-        ).to(self.device)
+        )
+        self.model = model.to(self.device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) hides the bound method
         self.model.eval()
         self.pad_id = pad_id_for(tokenizer, self.model.config.pad_token_id)
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or _as_list(tokenizer.eos_token_id))
@@ -140,8 +140,7 @@ class HFCausalLM:
             row = []
             for tokens in new[i * n:(i + 1) * n]:
                 kept = self._until_end(tokens)
-                text, stopped = split_rationale(self.tokenizer.decode(kept, skip_special_tokens=True), stop)
-                row.append(Generated(text, stopped, len(kept)))
+                row.append(Generated(decoded_text(self.tokenizer, kept, skip_special_tokens=True), len(kept)))
             results.append(row)
         return results
 

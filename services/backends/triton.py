@@ -28,7 +28,8 @@ import numpy as np
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from rewardline.services.errors import ServiceError
-from rewardline.services.model_dir import weights_revision
+from rewardline.services.backends.base import CostModel
+from rewardline.services.modeling import pad_id_for, weights_revision
 from rewardline.services.triton.protocol import (
     ATTENTION_MASK, INPUT_IDS, LOGITS, channel_args, pad_batch, service_error, status_code,
 )
@@ -48,8 +49,8 @@ class TritonClassifier:
     """A sequence-classification model hosted by Triton, behind the ``ClassifierBackend`` interface."""
 
     name = "triton"
-    cost_model = "padded"
-    max_padding = None  # Triton's device is not ours to know; --max-batch-padding sets a limit
+    cost_model: CostModel = "padded"
+    max_padding: float | None = None  # Triton's device is not ours to know; --max-batch-padding sets a limit
     # The weights' dtype is the Triton model configuration's business (deploy/triton/config.pbtxt.in).
     dtype = "remote"
 
@@ -62,8 +63,6 @@ class TritonClassifier:
         timeout_s: float = 30.0,
         concurrency: int = 4,
     ) -> None:
-        from rewardline.services.backends.hf import pad_id_for
-
         config = AutoConfig.from_pretrained(model_dir)
         self.url = url
         self.model = model

@@ -9,8 +9,8 @@
   ``PoolingParams(use_activation=False)``, i.e. the raw logits; vLLM packs sequences of mixed length without
   padding, hence ``cost_model = "packed"``.
 
-The engine runs in-process (``LLM``), with the fast single-process settings found on CPU (shared/ENVIRONMENT.md:
-``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``distributed_executor_backend="uni"``, ``enforce_eager`` on CPU). Its
+The engine runs in-process (``LLM``), with the fast single-process settings (``modeling.configure_vllm``,
+``distributed_executor_backend="uni"``, ``enforce_eager`` on CPU: it starts in seconds on the CPU build). Its
 calls block, and its CPU worker binds the threads of whichever thread created it, so the engine is created
 on, and only ever called from, one dedicated thread; the event loop stays free to take requests meanwhile.
 """
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from rewardline.services.judge.backend import Generated
+from rewardline.services.backends.base import CostModel, Generated
+from rewardline.services.modeling import configure_vllm
 
 if TYPE_CHECKING:
     from rewardline.services.config import ServeConfig
@@ -34,18 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CPU_JUDGE_BLOCK_SIZE = 32
-
-
-def configure_environment(config: "ServeConfig") -> None:
-    """Environment vLLM reads when the engine starts; must run before the engine is created.
-
-    A value already in the environment wins over the configuration's, except the KV-cache size and the thread
-    binding, which the configuration states explicitly."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", config.log_level.upper())
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.vllm_kv_cache_gib)
-    if config.vllm_cpu_threads_bind:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.vllm_cpu_threads_bind
 
 
 def engine_arguments(config: "ServeConfig", model_dir: Path, max_model_len: int | None, runner: str) -> dict[str, Any]:
@@ -118,7 +106,7 @@ class _Engine:
     """One ``vllm.LLM`` living on one thread: created there and called only there."""
 
     def __init__(self, config: "ServeConfig", model_dir: Path, max_model_len: int | None, runner: str) -> None:
-        configure_environment(config)
+        configure_vllm(config.vllm_kv_cache_gib, config.vllm_cpu_threads_bind, config.log_level)
         self.threads = engine_threads(config)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"vllm-{runner}", initializer=_use_threads, initargs=(self.threads,)
@@ -152,8 +140,8 @@ class VLLMJudge:
     """A causal LM on vLLM behind the ``JudgeBackend`` interface."""
 
     name = "vllm"
-    cost_model = "packed"
-    max_padding = None  # packed: no padding
+    cost_model: CostModel = "packed"
+    max_padding: float | None = None  # packed: no padding
     concurrency = 1
 
     def __init__(self, engine: _Engine) -> None:
@@ -181,12 +169,12 @@ class VLLMJudge:
     ) -> list[list[Generated]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, stop=[stop], seed=seed if temperature > 0 else None)
+        params = SamplingParams(
+            n=n, temperature=temperature, max_tokens=max_tokens, stop=[stop], include_stop_str_in_output=True,
+            seed=seed if temperature > 0 else None,
+        )
         outputs = self.engine.llm.generate(_prompts(contexts), params, use_tqdm=False)
-        return [
-            [Generated(c.text, c.finish_reason == "stop" and c.stop_reason == stop, len(c.token_ids)) for c in output.outputs]
-            for output in outputs
-        ]
+        return [[Generated(c.text, len(c.token_ids)) for c in output.outputs] for output in outputs]
 
     async def next_token_logprobs(self, contexts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
         return await self.engine.call(self.logprobs_sync, contexts, token_ids)
@@ -207,8 +195,8 @@ class VLLMClassifier:
     """A sequence-classification checkpoint on vLLM's pooling runner behind the ``ClassifierBackend`` interface."""
 
     name = "vllm"
-    cost_model = "packed"
-    max_padding = None  # packed: no padding
+    cost_model: CostModel = "packed"
+    max_padding: float | None = None  # packed: no padding
     concurrency = 1
 
     def __init__(self, engine: _Engine, num_outputs: int) -> None:

@@ -23,7 +23,7 @@ from rewardline.services.errors import ServiceError, invalid_argument
 from rewardline.services.judge.labels import AnswerSlot, answer_slot
 from rewardline.services.judge.modes import is_rating_mode, is_rationale_mode
 from rewardline.services.judge.templating import JudgeTemplate, load_template, special_literals, template_variables
-from rewardline.services.rendering import RenderedInput
+from rewardline.services.rendering import RenderedInput, chat_text, decoded_text
 from rewardline.services.validation import sample_label
 
 PAIR_LABELS = ("A", "B")
@@ -81,9 +81,7 @@ class PromptRenderer:
         has_reference = bool(texts.get("reference"))
         message = self.template.render(template_variables(texts, self.constants, self.literals, has_reference))
         if self.use_chat_template:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
-            )
+            return chat_text(self.tokenizer, [{"role": "user", "content": message}], add_generation_prompt=True)
         return message + "\n"
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -122,7 +120,7 @@ class PromptRenderer:
         for _ in range(_TRUNCATION_ROUNDS):
             keep = len(question_ids) - (length - self.budget)
             question_ids = question_ids[len(question_ids) - keep:] if keep > 0 else []
-            shorter = {**item, "question": self.tokenizer.decode(question_ids)}
+            shorter = {**item, "question": decoded_text(self.tokenizer, question_ids)}
             (ids,) = self.encode([self.text(shorter)])
             length = len(ids)
             if length <= self.budget:
@@ -151,10 +149,10 @@ class JudgePrompts:
     def from_config(cls, config: ServeConfig, tokenizer: PreTrainedTokenizerBase, max_length: int, use_chat_template: bool) -> "JudgePrompts":
         """Checks the templates and labels against this tokenizer; raises ``ValueError`` subclasses on anything wrong."""
         mode = config.judge_mode
-        rationale = is_rationale_mode(mode)  # type: ignore[arg-type]
+        rationale = is_rationale_mode(mode)
         marker = (config.judge_marker or DEFAULT_MARKERS[mode]) if rationale else None
         scale = config.judge_rating_scale
-        if is_rating_mode(mode):  # type: ignore[arg-type]
+        if is_rating_mode(mode):
             classes: list[list[str]] = [[str(r)] for r in range(1, scale + 1)]
         else:
             classes = [list(config.judge_positive), list(config.judge_negative)]
@@ -174,7 +172,7 @@ class JudgePrompts:
             "rating_max": scale,
             "rubric": config.judge_rubric,
         }
-        template_spec = config.judge_template or ("rubric" if is_rating_mode(mode) else "verify")  # type: ignore[arg-type]
+        template_spec = config.judge_template or ("rubric" if is_rating_mode(mode) else "verify")
         template = load_template(template_spec, pairwise=False, constants=constants, literals=literals)
         pair_constants = {"label_a": PAIR_LABELS[0], "label_b": PAIR_LABELS[1]}
         pair_template = load_template(config.judge_pairwise_template, pairwise=True, constants=pair_constants, literals=literals)
@@ -200,11 +198,12 @@ class JudgePrompts:
         a_first = {**base, "response_a": request.response_a, "response_b": request.response_b}
         b_first = {**base, "response_a": request.response_b, "response_b": request.response_a}
         label = f"compare {request.id!r}" if request.id else "compare"
-        rendered = self.pairwise.render([a_first, b_first], [label, label])
-        for item in rendered:
-            if isinstance(item, ServiceError):
-                raise item
-        return rendered[0], rendered[1]  # type: ignore[return-value]
+        first, second = self.pairwise.render([a_first, b_first], [label, label])
+        if isinstance(first, ServiceError):
+            raise first
+        if isinstance(second, ServiceError):
+            raise second
+        return first, second
 
     def rationale_context(self, prompt_ids: Sequence[int], rationale: str) -> list[int]:
         """Where a rationale's verdict is read: the prompt, the rationale and the marker, then the forced tokens."""

@@ -22,7 +22,8 @@ import numpy as np
 from rewardline.services.api import pb
 from rewardline.services.config import ServeConfig
 from rewardline.services.errors import ServiceError, invalid_argument
-from rewardline.services.judge.backend import JudgeBackend, make_judge_backend
+from rewardline.services.backends import make_judge_backend
+from rewardline.services.backends.base import JudgeBackend
 from rewardline.services.judge.modes import (
     class_log_masses,
     is_rating_mode,
@@ -32,13 +33,13 @@ from rewardline.services.judge.modes import (
     pairwise,
     rating,
     rating_score,
+    split_rationale,
     verdict_probability,
 )
 from rewardline.services.judge.prompting import JudgePrompts
 from rewardline.services.metrics import ServiceMetrics
-from rewardline.services.model_dir import weights_revision
+from rewardline.services.modeling import load_tokenizer, weights_revision
 from rewardline.services.rendering import RenderedInput
-from rewardline.services.reward.scorer import default_max_length, load_tokenizer
 
 
 class JudgeScorer:
@@ -79,9 +80,7 @@ class JudgeScorer:
         model_dir = Path(config.model)
         revision = weights_revision(model_dir)
         tokenizer = load_tokenizer(model_dir, config.trust_remote_code)
-        max_length = config.max_length or default_max_length(model_dir, tokenizer)
-        if config.max_batch_tokens < max_length:
-            raise ValueError(f"max_batch_tokens={config.max_batch_tokens} is below max_length={max_length}: the longest judge prompt could never run")
+        max_length = config.resolved_max_length(model_dir, tokenizer)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         use_chat = {"auto": has_template, "on": True, "off": False}[config.chat_template]
         if use_chat and not has_template:
@@ -121,22 +120,25 @@ class JudgeScorer:
             temperature=c.judge_temperature, stop=self.prompts.marker, seed=c.judge_seed,
         )
         contexts, owners = [], []
-        for i, (x, rationales) in enumerate(zip(inputs, generated)):
-            for g in rationales:
-                self._generated_tokens += g.num_tokens
-                if g.stopped:
-                    contexts.append(self.prompts.rationale_context(x.token_ids, g.text))
+        parsed: list[list[tuple[str, bool]]] = []  # per input: (rationale before the marker, marker reached)
+        for i, (x, outputs) in enumerate(zip(inputs, generated)):
+            parsed.append([split_rationale(g.text, self.prompts.marker) for g in outputs])
+            self._generated_tokens += sum(g.num_tokens for g in outputs)
+            for rationale, stopped in parsed[-1]:
+                if stopped:
+                    contexts.append(self.prompts.rationale_context(x.token_ids, rationale))
                     owners.append(i)
-        rows = await self.backend.next_token_logprobs(contexts, self.prompts.slot.token_ids) if contexts else []
+        token_ids = self.prompts.slot.token_ids
+        rows = await self.backend.next_token_logprobs(contexts, token_ids) if contexts else np.empty((0, len(token_ids)))
         readings: list[list[np.ndarray]] = [[] for _ in inputs]
         for owner, row in zip(owners, rows):
             readings[owner].append(self._distribution(row))
         rewards = []
-        for x, rationales, distributions in zip(inputs, generated, readings):
+        for x, rationales, distributions in zip(inputs, parsed, readings):
             reward = self._reward(x, distributions)
-            reward.judgement.rationale = rationales[0].text if rationales else ""
+            reward.judgement.rationale = rationales[0][0] if rationales else ""
             reward.judgement.num_rationales = len(rationales)
-            reward.judgement.unparsed = any(not g.stopped for g in rationales)
+            reward.judgement.unparsed = any(not stopped for _, stopped in rationales)
             rewards.append(reward)
         return rewards
 

@@ -17,8 +17,9 @@ def attribute_names(id2label: Mapping[int, str] | None, num_outputs: int) -> lis
     if num_outputs == 1:
         label = (id2label or {}).get(0, "score")
         return ["score" if label in ("LABEL_0", "") else label]
-    labels = dict(id2label or {})
-    return [str(labels.get(i, labels.get(str(i), f"LABEL_{i}"))) for i in range(num_outputs)]  # type: ignore[call-overload]
+    # A config read from JSON may key id2label by strings; transformers' own keys it by ints.
+    labels = {str(k): v for k, v in (id2label or {}).items()}
+    return [str(labels.get(str(i), f"LABEL_{i}")) for i in range(num_outputs)]
 
 
 def combination_weights(names: Sequence[str], weights: Sequence[float] | Mapping[str, float] | None) -> np.ndarray:

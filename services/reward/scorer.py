@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig
 
 from rewardline.services.api import pb
 from rewardline.services.backends import make_classifier
@@ -14,45 +14,10 @@ from rewardline.services.backends.base import ClassifierBackend
 from rewardline.services.config import ServeConfig
 from rewardline.services.errors import ServiceError
 from rewardline.services.metrics import ServiceMetrics
-from rewardline.services.model_dir import weights_revision
-from rewardline.services.rendering import TRUNCATION_DESCRIPTIONS, InputRenderer, RenderedInput
+from rewardline.services.modeling import load_tokenizer, weights_revision
+from rewardline.services.rendering import InputRenderer, RenderedInput, renderer_for
 from rewardline.services.reward.attributes import attribute_names, combination_weights
-from rewardline.services.scorer import unimplemented_compare
-
-
-def default_max_length(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The model's own limit: max_position_embeddings, or the tokenizer's model_max_length when smaller."""
-    config = AutoConfig.from_pretrained(model_dir)
-    limits = [getattr(config.get_text_config(), "max_position_embeddings", None)]
-    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
-        limits.append(tokenizer.model_max_length)
-    found = [int(x) for x in limits if x]
-    return min(found) if found else 2048
-
-
-def load_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-
-
-def make_renderer(config: ServeConfig, tokenizer: PreTrainedTokenizerBase, model_dir: Path) -> InputRenderer:
-    template = {"auto": None, "on": True, "off": False}[config.chat_template]
-    max_length = config.max_length or default_max_length(model_dir, tokenizer)
-    if config.max_batch_tokens < max_length:
-        raise ValueError(f"max_batch_tokens={config.max_batch_tokens} is below max_length={max_length}: the longest sample could never run")
-    return InputRenderer(tokenizer, max_length, config.truncation, template)
-
-
-def base_info(config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str) -> pb.GetInfoResponse:
-    return pb.GetInfoResponse(
-        model_name=config.name,
-        revision=revision,
-        max_length=renderer.max_length,
-        backend=backend.name,
-        device=backend.device,
-        dtype=backend.dtype,
-        truncation=TRUNCATION_DESCRIPTIONS[renderer.truncation],
-        chat_template=renderer.use_chat_template,
-    )
+from rewardline.services.scorer import classifier_info, unimplemented_compare
 
 
 class RewardScorer:
@@ -71,7 +36,7 @@ class RewardScorer:
         self.concurrency = backend.concurrency
         self.attributes = attribute_names(id2label, backend.num_outputs)
         self.weights = combination_weights(self.attributes, config.score_weights)
-        self._info = base_info(config, backend, renderer, revision)
+        self._info = classifier_info(config, backend, renderer, revision)
         self._info.kind = self.kind
         self._info.attributes.extend(self.attributes)
         self._info.score_weights.update({n: float(w) for n, w in zip(self.attributes, self.weights)})
@@ -81,7 +46,7 @@ class RewardScorer:
         model_dir = Path(config.model)
         revision = weights_revision(model_dir)
         tokenizer = load_tokenizer(model_dir, config.trust_remote_code)
-        renderer = make_renderer(config, tokenizer, model_dir)
+        renderer = renderer_for(config, tokenizer, model_dir)
         backend = make_classifier(config, model_dir, tokenizer)
         id2label = AutoConfig.from_pretrained(model_dir).id2label
         return cls(config, backend, renderer, revision, id2label)

@@ -1,6 +1,6 @@
 """``rewardline triton start``: the tritonserver that nvidia-pytriton bundles, with the environment it needs.
 
-The wheel ships a real tritonserver (shared/ENVIRONMENT.md), but not laid out to run on its own:
+The wheel ships a real tritonserver (2.51, which runs on a CPU too), but not laid out to run on its own:
 - the Python backend (``libtriton_python.so``, ``triton_python_backend_utils.py``) and the stub built for this
   Python version sit in different folders; one backend directory holding all three is assembled under a cache
   directory (once per pytriton and Python version) and passed as ``--backend-directory``;

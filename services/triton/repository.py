@@ -18,7 +18,7 @@ import string
 import tempfile
 from pathlib import Path
 
-from rewardline.services.model_dir import weights_revision
+from rewardline.services.modeling import pad_id_for, weights_revision
 from rewardline.services.triton.config import TritonRepoConfig
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "deploy" / "triton"
@@ -34,8 +34,6 @@ def model_name(config: TritonRepoConfig) -> str:
 def model_facts(model_dir: Path) -> dict[str, str]:
     """The values config.pbtxt needs from the checkpoint, found exactly as the service finds them."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from rewardline.services.backends.hf import pad_id_for
 
     hf_config = AutoConfig.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -23,11 +23,10 @@ from rewardline.services.backends.base import ClassifierBackend
 from rewardline.services.config import ServeConfig
 from rewardline.services.errors import ServiceError
 from rewardline.services.metrics import ServiceMetrics
-from rewardline.services.model_dir import weights_revision
-from rewardline.services.rendering import InputRenderer, RenderedInput
+from rewardline.services.modeling import load_tokenizer, weights_revision
+from rewardline.services.rendering import InputRenderer, RenderedInput, renderer_for
 from rewardline.services.reward.attributes import combination_weights
-from rewardline.services.reward.scorer import base_info, load_tokenizer, make_renderer
-from rewardline.services.scorer import unimplemented_compare
+from rewardline.services.scorer import classifier_info, unimplemented_compare
 from rewardline.services.uncertainty.outputs import HeadOutputs, head_outputs, split_outputs, stack_members
 from rewardline.services.uncertainty.model_format import UncertaintySpec, read_spec, spec_path
 
@@ -90,7 +89,7 @@ class UncertaintyScorer:
                     f"{directory} has {backend.num_outputs} outputs; its {spec.kind} spec ({spec.members} members, "
                     f"parameters {spec.parameters}, attributes {spec.attributes}) needs {spec.outputs_per_checkpoint}"
                 )
-        info = base_info(config, backends[0], renderer, revision)
+        info = classifier_info(config, backends[0], renderer, revision)
         info.kind = self.kind
         info.attributes.extend(spec.attributes)
         info.score_weights.update({n: float(w) for n, w in zip(spec.attributes, self.weights)})
@@ -113,7 +112,7 @@ class UncertaintyScorer:
                 raise ValueError(f"member directory {d} listed in {spec_path(model_dir)} does not exist")
         tokenizer = shared_tokenizer(dirs, config.trust_remote_code)
         # the shortest member limit, so that no member is ever given more tokens than it can read
-        renderer = min((make_renderer(config, tokenizer, d) for d in dirs), key=lambda r: r.max_length)
+        renderer = min((renderer_for(config, tokenizer, d) for d in dirs), key=lambda r: r.max_length)
         revision = uncertainty_revision(model_dir, spec)
         backends: list[ClassifierBackend] = []
         try:

@@ -18,6 +18,7 @@ from typing import Sequence
 import grpc
 
 from rewardline.services.api import pb
+from rewardline.services.backoff import Backoff
 from rewardline.services.client import AsyncRewardClient
 from rewardline.trainer.config import GrpcSourceConfig
 from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward
@@ -91,7 +92,7 @@ class GrpcRewardSource:
     async def _connect(self) -> bool:
         """Waits until the service answers SERVING; returns whether it had to report an outage."""
         assert self.sink is not None
-        delay, reported = 0.2, False
+        backoff, reported = Backoff(maximum=self.config.reconnect_max_backoff_s), False
         while not self.closing:
             client = AsyncRewardClient(self.config.target, timeout=None)
             try:
@@ -108,8 +109,7 @@ class GrpcRewardSource:
             if not reported:
                 self.sink.set_available(self.name, False, reason)
                 reported = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_max_backoff_s)
+            await backoff.sleep()
         return reported
 
     async def _stream(self) -> None:

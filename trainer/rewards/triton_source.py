@@ -27,7 +27,8 @@ from rewardline.services.backends.triton import TritonClassifier, TritonSampleEr
 from rewardline.services.errors import ServiceError
 from rewardline.services.rendering import InputRenderer, RenderedInput
 from rewardline.services.reward.attributes import attribute_names, combination_weights
-from rewardline.services.reward.scorer import default_max_length, load_tokenizer
+from rewardline.services.backoff import Backoff
+from rewardline.services.modeling import default_max_length, load_tokenizer
 from rewardline.services.validation import check_sample
 from rewardline.trainer.config import TritonSourceConfig
 from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward
@@ -151,15 +152,14 @@ class TritonRewardSource:
 
     async def _wait_until_ready(self, reason: str) -> None:
         assert self.sink is not None and self._up is not None
-        delay, reported = 0.2, False
+        backoff, reported = Backoff(maximum=self.config.reconnect_max_backoff_s), False
         while not await self.backend.ready():
             if not reported:
                 detail = "; ".join(self.backend.mismatch) or reason
                 self.sink.set_available(self.name, False, f"Triton model {self.config.model!r} at {self.config.url}: {detail}")
                 self.outages += 1
                 reported = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_max_backoff_s)
+            await backoff.sleep()
         if reported:
             self.sink.set_available(self.name, True)
         self._up.set()

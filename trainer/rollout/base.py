@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rewardline.services.rendering import chat_text, decoded_text
 from rewardline.trainer.config import RolloutConfig
 
 
@@ -69,8 +70,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, config: Rollo
     asked), cut from the left to ``max_prompt_tokens``."""
     use_template = config.chat_template == "on" or (config.chat_template == "auto" and bool(tokenizer.chat_template))
     if use_template:
-        encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True)
-        ids = list(encoded["input_ids"])
+        text = chat_text(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     else:
         ids = list(tokenizer(prompt)["input_ids"])
     return ids[-config.max_prompt_tokens :]
@@ -86,7 +87,7 @@ def completion_from_tokens(
         if token in eos_ids:
             ids, finished = ids[: i + 1], True
             break
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    text = decoded_text(tokenizer, ids, skip_special_tokens=True)
     return Completion(request, k, tuple(ids), text, finished)
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from rewardline.trainer.config import RolloutConfig
+from rewardline.trainer.policy import PolicyModel
 from rewardline.trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, eos_token_ids
 
 
 class HFEngine:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, owns_model: bool = False) -> None:
+    def __init__(self, model: PolicyModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, owns_model: bool = False) -> None:
         self.model = model
         self.owns_model = owns_model
         self.tokenizer = tokenizer

@@ -15,22 +15,22 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rewardline.services.modeling import configure_vllm
 from rewardline.trainer.config import RolloutConfig
 from rewardline.trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, derive_seed, eos_token_ids
 
+K = TypeVar("K")
+
 
 def _fast_single_process_settings(config: RolloutConfig) -> None:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(config.vllm_kv_cache_gib))))
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    configure_vllm(config.vllm_kv_cache_gib)
     # Every reload warns that the rotary embedding got no weights: it has none to get (its tables are computed),
     # and the greedy-equality test shows the reload is complete.
     logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
@@ -43,7 +43,10 @@ def _fast_single_process_settings(config: RolloutConfig) -> None:
 
 
 class VLLMEngine:
-    def __init__(self, model_dir: Path, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, dtype: str, seed: int) -> None:
+    def __init__(
+        self, model_dir: Path, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig,
+        dtype: Literal["float32", "bfloat16"], seed: int,
+    ) -> None:
         _fast_single_process_settings(config)
         from vllm import LLM
 
@@ -73,10 +76,12 @@ class VLLMEngine:
             max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False,
         )
 
-    def _run(self, requests: dict[str, tuple], on_finished) -> None:
+    def _run(self, requests: Mapping[K, tuple[Sequence[int], Any]], on_finished: Callable[[K, list[int]], None]) -> None:
         """Adds every request, then steps the engine, calling ``on_finished(key, token_ids)`` as each ends."""
+        from vllm import RequestOutput
+
         engine = self.llm.llm_engine
-        ids: dict[str, object] = {}
+        ids: dict[str, K] = {}
         for key, (prompt_ids, params) in requests.items():
             self._counter += 1
             request_id = f"r{self._counter}"  # outputs carry this id; vLLM's internal one has a random suffix
@@ -87,6 +92,7 @@ class VLLMEngine:
             for output in engine.step():
                 if output.finished and output.request_id in ids:
                     remaining -= 1
+                    assert isinstance(output, RequestOutput)  # a generating engine's: one CompletionOutput (n=1)
                     on_finished(ids.pop(output.request_id), list(output.outputs[0].token_ids))
 
     def generate(self, requests: Sequence[RolloutRequest], n: int, on_complete: OnComplete) -> list[Completion]:
@@ -94,7 +100,7 @@ class VLLMEngine:
         work = {key: (r.prompt_ids, self._params(derive_seed(r.seed, key[1]), self.config.max_new_tokens)) for key, r in by_key.items()}
         done: dict[tuple[int, int], Completion] = {}
 
-        def finished(key, token_ids):
+        def finished(key: tuple[int, int], token_ids: list[int]) -> None:
             completion = completion_from_tokens(by_key[key], key[1], token_ids, self.tokenizer, self.eos_ids)
             done[key] = completion
             on_complete([completion])
