@@ -67,7 +67,9 @@ def trl_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     total = args.warmup + args.steps
     records = prompts(args.models, args.prompts_per_step * total)
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in records])
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in records]
+    )
 
     def exact_answer(prompts, completions, answer, **_):
         return [float(is_correct(c[0]["content"], a)) for c, a in zip(completions, answer)]
@@ -90,27 +92,52 @@ def trl_worker(args: argparse.Namespace) -> None:
 
     policy = args.models / "policy"
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), max_steps=total, learning_rate=args.lr, beta=args.kl_coef,
-        per_device_train_batch_size=args.prompts_per_step * args.n, num_generations=args.n,
-        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, loss_type="dapo",
-        gradient_accumulation_steps=1, num_iterations=1, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, bf16=False, seed=0, shuffle_dataset=False, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
+        max_steps=total,
+        learning_rate=args.lr,
+        beta=args.kl_coef,
+        per_device_train_batch_size=args.prompts_per_step * args.n,
+        num_generations=args.n,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        loss_type="dapo",
+        gradient_accumulation_steps=1,
+        num_iterations=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        shuffle_dataset=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     times = StepTimes()
     trainer = GRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32), reward_funcs=exact_answer, args=config,
-        train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(policy), callbacks=[times],
+        model=AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32),
+        reward_funcs=exact_answer,
+        args=config,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(policy),
+        callbacks=[times],
     )
     trainer.remove_callback(PrinterCallback)  # logging_steps=1 feeds StepTimes; the per-step dicts need not be printed
     trainer.train()
     durations = [b - a for a, b in zip(times.ends, times.ends[1:])][args.warmup :]
     lengths = times.lengths[args.warmup :]
     batch = args.prompts_per_step * args.n
-    args.result.write_text(json.dumps({
-        "step_s": durations,
-        "tokens_per_s": [l * batch / d for l, d in zip(lengths, durations)],
-        "completion_length": lengths,
-    }))
+    args.result.write_text(
+        json.dumps(
+            {
+                "step_s": durations,
+                "tokens_per_s": [line * batch / d for line, d in zip(lengths, durations)],
+                "completion_length": lengths,
+            }
+        )
+    )
 
 
 def ensure_trl_env(python: Path) -> None:
@@ -127,12 +154,38 @@ def run_trl(args: argparse.Namespace) -> dict:
     ensure_trl_env(args.trl_python)
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "trl.json"
-        command = [str(args.trl_python), __file__, "--trl-worker", "--result", str(result), "--models", str(args.models),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts-per-step", str(args.prompts_per_step),
-                   "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
-                   "--kl-coef", str(args.kl_coef), "--threads", str(args.threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-               "PYTHONWARNINGS": "ignore"}
+        command = [
+            str(args.trl_python),
+            __file__,
+            "--trl-worker",
+            "--result",
+            str(result),
+            "--models",
+            str(args.models),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--prompts-per-step",
+            str(args.prompts_per_step),
+            "--n",
+            str(args.n),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--lr",
+            str(args.lr),
+            "--kl-coef",
+            str(args.kl_coef),
+            "--threads",
+            str(args.threads),
+        ]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(args.threads),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "PYTHONWARNINGS": "ignore",
+        }
         subprocess.run(command, check=True, env=env)
         return json.loads(result.read_text())
 
@@ -144,20 +197,40 @@ def run_ours(args: argparse.Namespace, engine: str) -> dict:
 
     total = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig.model_validate({
-            "run_dir": tmp, "steps": total, "seed": 0, "threads": args.threads,
-            "policy": {"path": args.models / "policy"},
-            "data": {"train": [args.models / "data" / "prompts_train.jsonl"]},
-            "rollout": {"engine": engine, "n": args.n, "prompts_per_step": args.prompts_per_step,
-                        "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": 0},
-            "rewards": {"sources": [{"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"}]},
-            "algorithm": {"name": "grpo", "kl_coef": args.kl_coef, "loss_aggregation": "token", "epochs": 1},
-            "optim": {"lr": args.lr, "max_grad_norm": 1.0},
-            "checkpoint": {"every": 0},
-            "observability": {"progress": False, "plot_every": 0},
-        })
+        config = TrainConfig.model_validate(
+            {
+                "run_dir": tmp,
+                "steps": total,
+                "seed": 0,
+                "threads": args.threads,
+                "policy": {"path": args.models / "policy"},
+                "data": {"train": [args.models / "data" / "prompts_train.jsonl"]},
+                "rollout": {
+                    "engine": engine,
+                    "n": args.n,
+                    "prompts_per_step": args.prompts_per_step,
+                    "max_new_tokens": args.max_new_tokens,
+                    "temperature": 1.0,
+                    "top_p": 1.0,
+                    "top_k": 0,
+                },
+                "rewards": {
+                    "sources": [
+                        {
+                            "name": "exact",
+                            "type": "python",
+                            "function": "rewardline.trainer.rewards.verifiable:exact_answer",
+                        }
+                    ]
+                },
+                "algorithm": {"name": "grpo", "kl_coef": args.kl_coef, "loss_aggregation": "token", "epochs": 1},
+                "optim": {"lr": args.lr, "max_grad_norm": 1.0},
+                "checkpoint": {"every": 0},
+                "observability": {"progress": False, "plot_every": 0},
+            }
+        )
         assert train(config) == 0
-        history = [json.loads(l) for l in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][args.warmup :]
+        history = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][args.warmup :]
     return {
         "step_s": [h["step_s"] for h in history],
         "tokens_per_s": [h["tokens_per_s"] for h in history],
@@ -185,8 +258,12 @@ def main() -> int:
 
     ensure_models(args.models)
     batch = args.prompts_per_step * args.n
-    print(f"GRPO, {args.prompts_per_step} prompts × {args.n} samples = {batch} completions/step, ≤{args.max_new_tokens} new tokens, "
-          f"β={args.kl_coef}, {args.threads} thread(s); {args.warmup} warm-up + {args.steps} timed steps each", flush=True)
+    print(
+        f"GRPO, {args.prompts_per_step} prompts × {args.n} samples = {batch} completions/step, "
+        f"≤{args.max_new_tokens} new tokens, "
+        f"β={args.kl_coef}, {args.threads} thread(s); {args.warmup} warm-up + {args.steps} timed steps each",
+        flush=True,
+    )
     rows = [row("TRL GRPOTrainer (transformers generate)", run_trl(args))]
     for engine in [e for e in args.engines.split(",") if e]:
         rows.append(row(f"rewardline train ({engine} rollouts)", run_ours(args, engine)))
@@ -194,7 +271,10 @@ def main() -> int:
     print(f"\n{'trainer':<42} {'s/step':>8} {'tokens/s':>9} {'len':>5} {'speed-up vs TRL':>16}")
     for r in rows:
         speedup = reference["s/step (median)"] / r["s/step (median)"]
-        print(f"{r['trainer']:<42} {r['s/step (median)']:>8.3f} {r['tokens/s (median)']:>9.0f} {r['completion length']:>5.1f} {speedup:>15.2f}x")
+        print(
+            f"{r['trainer']:<42} {r['s/step (median)']:>8.3f} {r['tokens/s (median)']:>9.0f} "
+            f"{r['completion length']:>5.1f} {speedup:>15.2f}x"
+        )
     return 0
 
 

@@ -14,7 +14,9 @@ class Backoff:
 
     def __init__(self, initial: float = 0.2, maximum: float = 5.0, multiplier: float = 2.0) -> None:
         if not 0 < initial <= maximum or multiplier < 1:
-            raise ValueError(f"backoff needs 0 < initial <= maximum and multiplier >= 1, got {initial}, {maximum}, {multiplier}")
+            raise ValueError(
+                f"backoff needs 0 < initial <= maximum and multiplier >= 1, got {initial}, {maximum}, {multiplier}"
+            )
         self.initial = initial
         self.maximum = maximum
         self.multiplier = multiplier

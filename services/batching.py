@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -231,13 +232,17 @@ class Batcher(Generic[P, R]):
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             self._purge()
 
     def _take_batch(self) -> list[WorkItem[P]]:
         chosen = select_batch(
-            [it.cost for it in self._queue], self.max_batch_tokens, self.max_batch_size, self.cost_model, self.max_padding
+            [it.cost for it in self._queue],
+            self.max_batch_tokens,
+            self.max_batch_size,
+            self.cost_model,
+            self.max_padding,
         )
         picked = set(chosen)
         batch = [self._queue[i] for i in sorted(chosen)]
@@ -269,7 +274,9 @@ class Batcher(Generic[P, R]):
             if self._metrics:
                 self._metrics.backend_errors.inc()
             if len(batch) > 1:
-                log.warning("batch failed, retrying its samples one by one", extra={"size": len(batch), "error": repr(e)})
+                log.warning(
+                    "batch failed, retrying its samples one by one", extra={"size": len(batch), "error": repr(e)}
+                )
                 for item in batch:
                     await self._run_and_settle([item])
                 return

@@ -13,9 +13,9 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
+from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Sequence
+from pathlib import Path
 
 from rewardline.services.config import ServeConfig
 from rewardline.services.config_loading import ConfigError, add_config_flags, load_config
@@ -70,7 +70,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="serve a reward model over gRPC", description="Serve a reward model over gRPC.")
+    serve = sub.add_parser(
+        "serve", help="serve a reward model over gRPC", description="Serve a reward model over gRPC."
+    )
     kinds = serve.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, (_, help_text) in KINDS.items():
         p = kinds.add_parser(kind, help=help_text, description=f"Serve {help_text}.")
@@ -124,7 +126,9 @@ def _add_triton(sub: argparse._SubParsersAction) -> None:
 
     triton = sub.add_parser("triton", help="run the reward model's forward pass in NVIDIA Triton Inference Server")
     commands = triton.add_subparsers(dest="triton_command", required=True, metavar="COMMAND")
-    build = commands.add_parser("build-repo", help="write a Triton model repository (Python backend) for a model directory")
+    build = commands.add_parser(
+        "build-repo", help="write a Triton model repository (Python backend) for a model directory"
+    )
     add_config_flags(build, TritonRepoConfig)
     build.set_defaults(handler=_triton_build_repo)
     start = commands.add_parser("start", help="run the tritonserver bundled with nvidia-pytriton on a model repository")

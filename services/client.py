@@ -10,15 +10,16 @@ retry never scores a sample twice into one answer.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
 
-SampleLike = Union[pb.Sample, Mapping[str, Any]]
+SampleLike = pb.Sample | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -117,20 +118,29 @@ class RewardClient:
     def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
         return self.stub.GetInfo(pb.GetInfoRequest(), timeout=timeout or self.timeout, wait_for_ready=True)
 
-    def compare(self, prompt: str, response_a: str, response_b: str, reference: str = "", id: str = "",
-                timeout: float | None = None) -> pb.CompareResponse:
-        request = pb.CompareRequest(id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference)
+    def compare(
+        self,
+        prompt: str,
+        response_a: str,
+        response_b: str,
+        reference: str = "",
+        id: str = "",
+        timeout: float | None = None,
+    ) -> pb.CompareResponse:
+        request = pb.CompareRequest(
+            id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference
+        )
         return self.stub.Compare(request, timeout=timeout or self.timeout, wait_for_ready=True)
 
     def health(self, service: str = REWARD_SERVICE, timeout: float = 5.0) -> str:
-        """"SERVING", "NOT_SERVING", ... (raises grpc.RpcError when the server cannot be reached)."""
+        """ "SERVING", "NOT_SERVING", ... (raises grpc.RpcError when the server cannot be reached)."""
         response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "RewardClient":
+    def __enter__(self) -> RewardClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -152,7 +162,8 @@ class AsyncRewardClient:
         return list(response.rewards)
 
     async def score_stream(
-        self, items: AsyncIterable[SampleLike | Sequence[SampleLike]] | Iterable[SampleLike | Sequence[SampleLike]],
+        self,
+        items: AsyncIterable[SampleLike | Sequence[SampleLike]] | Iterable[SampleLike | Sequence[SampleLike]],
         timeout: float | None = None,
     ) -> AsyncIterator[pb.Reward]:
         async def requests() -> AsyncIterator[pb.ScoreRequest]:
@@ -177,9 +188,18 @@ class AsyncRewardClient:
     async def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
         return await self.stub.GetInfo(pb.GetInfoRequest(), timeout=timeout or self.timeout, wait_for_ready=True)
 
-    async def compare(self, prompt: str, response_a: str, response_b: str, reference: str = "", id: str = "",
-                      timeout: float | None = None) -> pb.CompareResponse:
-        request = pb.CompareRequest(id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference)
+    async def compare(
+        self,
+        prompt: str,
+        response_a: str,
+        response_b: str,
+        reference: str = "",
+        id: str = "",
+        timeout: float | None = None,
+    ) -> pb.CompareResponse:
+        request = pb.CompareRequest(
+            id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference
+        )
         return await self.stub.Compare(request, timeout=timeout or self.timeout, wait_for_ready=True)
 
     async def health(self, service: str = REWARD_SERVICE, timeout: float = 5.0) -> str:
@@ -189,7 +209,7 @@ class AsyncRewardClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def __aenter__(self) -> "AsyncRewardClient":
+    async def __aenter__(self) -> AsyncRewardClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

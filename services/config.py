@@ -21,7 +21,9 @@ class ServeConfig(BaseModel):
 
     kind: ServiceKind = Field("reward", description="which kind of reward model this service serves")
     model: Path = Field(..., description="model directory (Hugging Face format, safetensors weights)")
-    model_name: str | None = Field(None, description="name reported by GetInfo and metrics (default: the directory name)")
+    model_name: str | None = Field(
+        None, description="name reported by GetInfo and metrics (default: the directory name)"
+    )
     backend: Literal["hf", "triton", "vllm"] = Field("hf", description="where the forward pass runs")
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port")
@@ -29,57 +31,145 @@ class ServeConfig(BaseModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights and compute dtype")
     max_length: int | None = Field(None, gt=0, description="longest input in tokens (default: the model's)")
-    truncation: Literal["left", "error"] = Field("left", description="left: keep the response, cut the prompt from the left; error: refuse")
-    chat_template: Literal["auto", "on", "off"] = Field("auto", description="render with the tokenizer's chat template (auto: when it has one)")
+    truncation: Literal["left", "error"] = Field(
+        "left", description="left: keep the response, cut the prompt from the left; error: refuse"
+    )
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto", description="render with the tokenizer's chat template (auto: when it has one)"
+    )
     score_weights: dict[str, float] | list[float] | None = Field(
-        None, description="multi-attribute models: weights of the attributes in score, by name (a=0.7,b=0.3) or in order (0.7,0.3); default: the first"
+        None,
+        description=(
+            "multi-attribute models: weights of the attributes in score, by name (a=0.7,b=0.3) or in order "
+            "(0.7,0.3); default: the first"
+        ),
     )
     trust_remote_code: bool = Field(False, description="allow model code shipped with the checkpoint")
     max_batch_tokens: int = Field(16384, gt=0, description="token budget of one forward batch (padded tokens for hf)")
     max_batch_size: int = Field(64, gt=0, description="most samples in one forward batch")
     max_batch_padding: float | Literal["auto", "off"] = Field(
-        "auto", description="padded backends (hf, triton): the most padding a batch may carry, as a fraction of its real tokens; what does not fit waits for the next batch (auto: the backend's choice, 0.1 for transformers classifiers on CPU, no limit elsewhere)"
+        "auto",
+        description=(
+            "padded backends (hf, triton): the most padding a batch may carry, as a fraction of its real tokens; "
+            "what does not fit waits for the next batch (auto: the backend's choice, 0.1 for transformers "
+            "classifiers on CPU, no limit elsewhere)"
+        ),
     )
-    max_wait_ms: float = Field(0.0, ge=0, description="hold a small batch this long for more samples (0: start as soon as the backend is free)")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="hold a small batch this long for more samples (0: start as soon as the backend is free)"
+    )
     max_queue_samples: int = Field(2048, gt=0, description="samples that may wait; beyond, RESOURCE_EXHAUSTED")
     max_samples_per_request: int = Field(256, gt=0, description="most samples in one ScoreRequest")
     max_message_mb: float = Field(16.0, gt=0, description="largest gRPC message accepted")
     cache_size: int = Field(8192, ge=0, description="recent rewards kept for repeated inputs (0: no cache)")
     grace_period_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish")
     max_connection_age_s: float | None = Field(
-        None, gt=0, description="close each client connection after this long (clients reconnect and re-resolve DNS, so new replicas get traffic); calls in flight get grace_period_s"
+        None,
+        gt=0,
+        description=(
+            "close each client connection after this long (clients reconnect and re-resolve DNS, so new replicas "
+            "get traffic); calls in flight get grace_period_s"
+        ),
     )
     num_threads: int | None = Field(None, gt=0, description="torch threads for the forward pass (default: torch's)")
     log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
     # triton
     triton_url: str | None = Field(None, description="backend triton: host:port of Triton's gRPC endpoint")
-    triton_model: str | None = Field(None, description="backend triton: the model's name in Triton (default: the service's model name)")
+    triton_model: str | None = Field(
+        None, description="backend triton: the model's name in Triton (default: the service's model name)"
+    )
     triton_timeout_s: float = Field(30.0, gt=0, description="backend triton: deadline of one forward call to Triton")
-    triton_concurrency: int = Field(4, gt=0, description="backend triton: batches in flight to Triton at once (its dynamic batcher merges them)")
+    triton_concurrency: int = Field(
+        4, gt=0, description="backend triton: batches in flight to Triton at once (its dynamic batcher merges them)"
+    )
     # judge
     judge_mode: Literal["verdict", "rating", "rationale_verdict", "rationale_rating"] = Field(
-        "verdict", description="judge: verdict = P(positive) over positive+negative; rating = expected rating 1..K mapped to judge_rating_range; rationale_*: write a rationale first, then read the verdict or rating after judge_marker"
+        "verdict",
+        description=(
+            "judge: verdict = P(positive) over positive+negative; rating = expected rating 1..K mapped to "
+            "judge_rating_range; rationale_*: write a rationale first, then read the verdict or rating after "
+            "judge_marker"
+        ),
     )
-    judge_template: str | None = Field(None, description="judge: template of Score: built-in verify or rubric, or a Jinja2 file (default: verify for verdict modes, rubric for rating modes)")
-    judge_pairwise_template: str = Field("pairwise", description="judge: template of Compare (built-in pairwise or a Jinja2 file)")
-    judge_positive: list[str] = Field(["Yes"], description="judge: labels of the positive verdict (their probabilities add up)")
+    judge_template: str | None = Field(
+        None,
+        description=(
+            "judge: template of Score: built-in verify or rubric, or a Jinja2 file (default: verify for verdict "
+            "modes, rubric for rating modes)"
+        ),
+    )
+    judge_pairwise_template: str = Field(
+        "pairwise", description="judge: template of Compare (built-in pairwise or a Jinja2 file)"
+    )
+    judge_positive: list[str] = Field(
+        ["Yes"], description="judge: labels of the positive verdict (their probabilities add up)"
+    )
     judge_negative: list[str] = Field(["No"], description="judge: labels of the negative verdict")
     judge_rating_scale: int = Field(5, ge=2, le=9, description="judge: ratings run from 1 to this K (one token each)")
-    judge_rating_range: tuple[float, float] = Field((0.0, 1.0), description="judge: rating modes map the expected rating from [1, K] linearly onto this range (low,high)")
-    judge_rubric: str = Field("Is it correct, complete and clearly stated?", description="judge: the rubric the rubric template rates against (trusted text)")
-    judge_marker: str | None = Field(None, description="judge: rationale modes: the text after which the verdict or rating is read (default: 'Verdict:' or 'Rating:')")
-    judge_rationales: int = Field(1, ge=1, le=32, description="judge: rationale modes: rationales sampled per sample; the score is their mean")
-    judge_max_rationale_tokens: int = Field(128, gt=0, description="judge: rationale modes: most tokens of one rationale (one that reaches it without the marker is unparsed)")
-    judge_temperature: float = Field(0.0, ge=0, description="judge: rationale modes: sampling temperature (0: greedy; needs > 0 when judge_rationales > 1)")
+    judge_rating_range: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="judge: rating modes map the expected rating from [1, K] linearly onto this range (low,high)",
+    )
+    judge_rubric: str = Field(
+        "Is it correct, complete and clearly stated?",
+        description="judge: the rubric the rubric template rates against (trusted text)",
+    )
+    judge_marker: str | None = Field(
+        None,
+        description=(
+            "judge: rationale modes: the text after which the verdict or rating is read (default: 'Verdict:' or "
+            "'Rating:')"
+        ),
+    )
+    judge_rationales: int = Field(
+        1, ge=1, le=32, description="judge: rationale modes: rationales sampled per sample; the score is their mean"
+    )
+    judge_max_rationale_tokens: int = Field(
+        128,
+        gt=0,
+        description=(
+            "judge: rationale modes: most tokens of one rationale (one that reaches it without the marker is unparsed)"
+        ),
+    )
+    judge_temperature: float = Field(
+        0.0,
+        ge=0,
+        description="judge: rationale modes: sampling temperature (0: greedy; needs > 0 when judge_rationales > 1)",
+    )
     judge_seed: int = Field(0, description="judge: seed of sampled rationales")
-    judge_hf_share_prefixes: bool = Field(True, description="judge on backend hf: compute the head that samples of one batch share (a GRPO group's prompt) once, as vLLM's prefix cache does")
+    judge_hf_share_prefixes: bool = Field(
+        True,
+        description=(
+            "judge on backend hf: compute the head that samples of one batch share (a GRPO group's prompt) once, as "
+            "vLLM's prefix cache does"
+        ),
+    )
     # vllm
-    vllm_prefix_caching: bool = Field(True, description="backend vllm: reuse the KV cache of shared prefixes (a GRPO group's prompt)")
+    vllm_prefix_caching: bool = Field(
+        True, description="backend vllm: reuse the KV cache of shared prefixes (a GRPO group's prompt)"
+    )
     vllm_kv_cache_gib: int = Field(1, gt=0, description="backend vllm on CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
-    vllm_max_num_seqs: int | None = Field(None, gt=0, description="backend vllm: most sequences in one engine step (default: vLLM's)")
-    vllm_max_num_batched_tokens: int | None = Field(None, gt=0, description="backend vllm: most tokens in one engine step (default: vLLM's)")
-    vllm_block_size: int | None = Field(None, gt=0, description="backend vllm: tokens per KV-cache block, the unit prefix caching shares (default: vLLM's; 128 on CPU, longer than many judge prompts' shared head)")
-    vllm_cpu_threads_bind: str | None = Field(None, description="backend vllm on CPU: cores for the engine's threads, e.g. 0-1 (VLLM_CPU_OMP_THREADS_BIND; default: vLLM's auto, which leaves one core free)")
+    vllm_max_num_seqs: int | None = Field(
+        None, gt=0, description="backend vllm: most sequences in one engine step (default: vLLM's)"
+    )
+    vllm_max_num_batched_tokens: int | None = Field(
+        None, gt=0, description="backend vllm: most tokens in one engine step (default: vLLM's)"
+    )
+    vllm_block_size: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "backend vllm: tokens per KV-cache block, the unit prefix caching shares (default: vLLM's; 128 on CPU, "
+            "longer than many judge prompts' shared head)"
+        ),
+    )
+    vllm_cpu_threads_bind: str | None = Field(
+        None,
+        description=(
+            "backend vllm on CPU: cores for the engine's threads, e.g. 0-1 (VLLM_CPU_OMP_THREADS_BIND; default: "
+            "vLLM's auto, which leaves one core free)"
+        ),
+    )
 
     @field_validator("score_weights", mode="before")
     @classmethod
@@ -98,28 +188,31 @@ class ServeConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _triton_needs_url(self) -> "ServeConfig":
+    def _triton_needs_url(self) -> ServeConfig:
         if self.backend == "triton" and not self.triton_url:
             raise ValueError("backend triton needs triton_url (--triton-url HOST:PORT)")
         return self
 
     @model_validator(mode="after")
-    def _judge_sampling(self) -> "ServeConfig":
+    def _judge_sampling(self) -> ServeConfig:
         if self.judge_rationales > 1 and self.judge_temperature == 0:
-            raise ValueError("judge_rationales > 1 needs judge_temperature > 0 (greedy rationales would all be the same)")
+            raise ValueError(
+                "judge_rationales > 1 needs judge_temperature > 0 (greedy rationales would all be the same)"
+            )
         low, high = self.judge_rating_range
         if not low < high:
             raise ValueError(f"judge_rating_range must be (low, high) with low < high, got {self.judge_rating_range}")
         return self
 
-    def resolved_max_length(self, model_dir: Path, tokenizer: "PreTrainedTokenizerBase") -> int:
+    def resolved_max_length(self, model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> int:
         """``max_length``, or the model's own limit; ValueError when the batch budget could never hold it."""
         from rewardline.services.modeling import default_max_length
 
         max_length = self.max_length or default_max_length(model_dir, tokenizer)
         if self.max_batch_tokens < max_length:
             raise ValueError(
-                f"max_batch_tokens={self.max_batch_tokens} is below max_length={max_length}: the longest input could never run"
+                f"max_batch_tokens={self.max_batch_tokens} is below max_length={max_length}: the longest input "
+                "could never run"
             )
         return max_length
 

@@ -111,11 +111,16 @@ def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(config)"
-        lines.append(f"{loc}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+        lines.append(
+            f"{loc}: {e['msg']}"
+            + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else "")
+        )
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_config(model: type[M], args: argparse.Namespace | dict[str, Any] | None = None, yaml_path: Path | None = None) -> M:
+def load_config(
+    model: type[M], args: argparse.Namespace | dict[str, Any] | None = None, yaml_path: Path | None = None
+) -> M:
     """Builds ``model`` from defaults, then ``yaml_path`` (or ``args.config``), then the flags set in ``args``."""
     values = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
     yaml_path = yaml_path or values.pop("config", None)

@@ -12,9 +12,18 @@ from rewardline.services.config import ServeConfig
 from rewardline.services.scorer import Scorer
 
 KINDS: dict[str, tuple[str, str]] = {
-    "reward": ("rewardline.services.reward.scorer:RewardScorer", "scalar and multi-attribute reward models (sequence-classification checkpoints)"),
-    "uncertainty": ("rewardline.services.uncertainty.scorer:UncertaintyScorer", "reward models that say how far to trust each reward: ensembles, Gaussian and quantile heads"),
-    "judge": ("rewardline.services.judge.scorer:JudgeScorer", "generative judges (LLM-as-judge): verdict probability, rating, rationale-first and pairwise Compare"),
+    "reward": (
+        "rewardline.services.reward.scorer:RewardScorer",
+        "scalar and multi-attribute reward models (sequence-classification checkpoints)",
+    ),
+    "uncertainty": (
+        "rewardline.services.uncertainty.scorer:UncertaintyScorer",
+        "reward models that say how far to trust each reward: ensembles, Gaussian and quantile heads",
+    ),
+    "judge": (
+        "rewardline.services.judge.scorer:JudgeScorer",
+        "generative judges (LLM-as-judge): verdict probability, rating, rationale-first and pairwise Compare",
+    ),
 }
 
 

@@ -32,28 +32,57 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = registry
-        self.requests = Counter("rewardline_requests", "RPCs finished, by method and gRPC status code", ["method", "code"], registry=r)
+        self.requests = Counter(
+            "rewardline_requests", "RPCs finished, by method and gRPC status code", ["method", "code"], registry=r
+        )
         self.samples = Counter("rewardline_samples", "Samples received, by method", ["method"], registry=r)
-        self.latency = Histogram("rewardline_request_latency_seconds", "RPC latency, by method", ["method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("rewardline_queue_wait_seconds", "Time a sample waited in the queue before its batch ran", buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("rewardline_batch_size", "Samples per forward batch", buckets=SIZE_BUCKETS, registry=r)
-        self.batch_tokens = Histogram("rewardline_batch_tokens", "Padded tokens per forward batch", buckets=TOKEN_BUCKETS, registry=r)
-        self.batch_latency = Histogram("rewardline_batch_latency_seconds", "Backend time per forward batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "rewardline_request_latency_seconds",
+            "RPC latency, by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "rewardline_queue_wait_seconds",
+            "Time a sample waited in the queue before its batch ran",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "rewardline_batch_size", "Samples per forward batch", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "rewardline_batch_tokens", "Padded tokens per forward batch", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.batch_latency = Histogram(
+            "rewardline_batch_latency_seconds", "Backend time per forward batch", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("rewardline_queue_depth", "Samples waiting in the queue", registry=r)
-        self.inflight = Gauge("rewardline_inflight_requests", "RPCs being served now (the autoscaling signal)", registry=r)
+        self.inflight = Gauge(
+            "rewardline_inflight_requests", "RPCs being served now (the autoscaling signal)", registry=r
+        )
         self.cache_hits = Counter("rewardline_cache_hits", "Samples answered from the score cache", registry=r)
         self.cache_misses = Counter("rewardline_cache_misses", "Samples that needed a forward pass", registry=r)
         self.truncated = Counter("rewardline_truncated_samples", "Samples cut to max_length", registry=r)
         self.scores = Histogram("rewardline_score", "Distribution of Reward.score", buckets=SCORE_BUCKETS, registry=r)
-        self.backend_errors = Counter("rewardline_backend_errors", "Forward batches that failed in the backend", registry=r)
+        self.backend_errors = Counter(
+            "rewardline_backend_errors", "Forward batches that failed in the backend", registry=r
+        )
         self.model_info = Info("rewardline_model", "The model being served", registry=r)
         self.serving = Gauge("rewardline_serving", "1 when the health status is SERVING", registry=r)
         # uncertainty services
-        self.uncertainty_std = Histogram("rewardline_uncertainty_std", "Distribution of Uncertainty.std", buckets=STD_BUCKETS, registry=r)
+        self.uncertainty_std = Histogram(
+            "rewardline_uncertainty_std", "Distribution of Uncertainty.std", buckets=STD_BUCKETS, registry=r
+        )
         self.ood = Counter("rewardline_out_of_distribution", "Rewards flagged out of distribution", registry=r)
         # judges
-        self.judge_unparsed = Counter("rewardline_judge_unparsed", "Judge outputs with no readable verdict or rating", registry=r)
-        self.judge_generated_tokens = Counter("rewardline_judge_generated_tokens", "Tokens judges generated (rationales)", registry=r)
+        self.judge_unparsed = Counter(
+            "rewardline_judge_unparsed", "Judge outputs with no readable verdict or rating", registry=r
+        )
+        self.judge_generated_tokens = Counter(
+            "rewardline_judge_generated_tokens", "Tokens judges generated (rationales)", registry=r
+        )
 
 
 def start_exporter(port: int, host: str = "0.0.0.0") -> None:

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Iterable, Self, Sequence, TypeVar
+from typing import BinaryIO, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,12 +86,16 @@ class ChildProcess:
             output = self._log_file or subprocess.DEVNULL
         on_main_thread = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(
-            self.command(), env=self.environment(), stdout=output, stderr=output,
-            start_new_session=True, preexec_fn=_die_with_parent if on_main_thread else None,
+            self.command(),
+            env=self.environment(),
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if on_main_thread else None,
         )
         return self.process
 
-    def start(self, timeout: float = 180.0) -> "Self":
+    def start(self, timeout: float = 180.0) -> Self:
         self.spawn()
         try:
             self.wait_ready(timeout)
@@ -120,7 +125,7 @@ class ChildProcess:
             self.process.kill()
             self.process.wait()
 
-    def __enter__(self) -> "Self":
+    def __enter__(self) -> Self:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,8 +163,18 @@ class ServiceProcess(ChildProcess):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "rewardline.services", "serve", self.kind, *self.args,
-            "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+            sys.executable,
+            "-m",
+            "rewardline.services",
+            "serve",
+            self.kind,
+            *self.args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
         ]
 
     def environment(self) -> dict[str, str]:

@@ -12,9 +12,10 @@ refused with INVALID_ARGUMENT naming the sample.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -51,7 +52,9 @@ def chat_text(
     return text
 
 
-def decoded_text(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+def decoded_text(
+    tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], skip_special_tokens: bool = False
+) -> str:
     """One sequence of token ids as text."""
     text = tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
     assert isinstance(text, str)  # one sequence decodes to one string; the library's annotation covers batches
@@ -87,7 +90,9 @@ class InputRenderer:
         if self.use_chat_template:
             return chat_text(self.tokenizer, conversation(sample))
         if sample.messages:
-            raise invalid_argument(f"sample {sample.id!r}: messages need a chat template and this model's tokenizer has none")
+            raise invalid_argument(
+                f"sample {sample.id!r}: messages need a chat template and this model's tokenizer has none"
+            )
         return sample.prompt + sample.response
 
     def _prefix_text(self, sample: pb.Sample) -> str:
@@ -106,14 +111,14 @@ class InputRenderer:
         head = 0
         while head < len(ids) and ids[head] in self._special_ids and head < 4:
             head += 1
-        response_text = full_text[len(prefix_text):] if full_text.startswith(prefix_text) else full_text
+        response_text = full_text[len(prefix_text) :] if full_text.startswith(prefix_text) else full_text
         response_tokens = len(self._encode([response_text])[0])
         budget = self.max_length - head
         if response_tokens > budget:
             raise invalid_argument(
                 f"{label}: the response alone is {response_tokens} tokens and cannot fit max_length={self.max_length}"
             )
-        return RenderedInput(tuple(ids[:head] + ids[len(ids) - budget:]), truncated=True)
+        return RenderedInput(tuple(ids[:head] + ids[len(ids) - budget :]), truncated=True)
 
     def render(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
         """One entry per sample: its tokens, or the error that sample alone earns."""

@@ -7,7 +7,8 @@ a Reward carries. Kinds that cannot compare two responses leave ``compare`` to r
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import grpc
 
@@ -57,10 +58,14 @@ class Scorer(Protocol):
 
 
 def unimplemented_compare(kind_name: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.UNIMPLEMENTED, f"Compare is served by judge services; this is a {kind_name} service")
+    return ServiceError(
+        grpc.StatusCode.UNIMPLEMENTED, f"Compare is served by judge services; this is a {kind_name} service"
+    )
 
 
-def classifier_info(config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str) -> pb.GetInfoResponse:
+def classifier_info(
+    config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str
+) -> pb.GetInfoResponse:
     """The GetInfo fields every sequence-classification kind (reward, uncertainty) fills alike."""
     return pb.GetInfoResponse(
         model_name=config.name,

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,10 +39,12 @@ READINESS_POLL_S = 1.0
 
 
 def warmup_request() -> pb.ScoreRequest:
-    return pb.ScoreRequest(samples=[
-        pb.Sample(id="warmup-0", prompt="Warm-up: what is 1 + 1?", response="2"),
-        pb.Sample(id="warmup-1", prompt="Warm-up.", response="A longer warm-up response, so that two lengths run."),
-    ])
+    return pb.ScoreRequest(
+        samples=[
+            pb.Sample(id="warmup-0", prompt="Warm-up: what is 1 + 1?", response="2"),
+            pb.Sample(id="warmup-1", prompt="Warm-up.", response="A longer warm-up response, so that two lengths run."),
+        ]
+    )
 
 
 class RewardServer:
@@ -68,9 +70,7 @@ class RewardServer:
         self.server = grpc.aio.server(options=options)
         pb_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (REWARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection.enable_server_reflection((REWARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
@@ -88,23 +88,37 @@ class RewardServer:
         start_exporter(self.config.metrics_port, self.config.host)
         await self._set_health(False)
         await self.server.start()
-        log.info("listening", extra={"port": self.port, "metrics_port": self.config.metrics_port, "kind": self.config.kind})
+        log.info(
+            "listening", extra={"port": self.port, "metrics_port": self.config.metrics_port, "kind": self.config.kind}
+        )
         started = time.monotonic()
         scorer = await asyncio.get_running_loop().run_in_executor(None, self.loader, self.config)
         self.servicer.attach(scorer)
         info = scorer.info()
-        self.metrics.model_info.info({
-            "name": info.model_name, "revision": info.revision, "kind": pb.ModelKind.Name(info.kind),
-            "backend": info.backend, "device": info.device, "dtype": info.dtype, "version": __version__,
-        })
+        self.metrics.model_info.info(
+            {
+                "name": info.model_name,
+                "revision": info.revision,
+                "kind": pb.ModelKind.Name(info.kind),
+                "backend": info.backend,
+                "device": info.device,
+                "dtype": info.dtype,
+                "version": __version__,
+            }
+        )
         ready = await scorer.ready()
         if ready:
             await self._warm_up()
         else:  # a remote backend (Triton) that is down: serve NOT_SERVING until _watch_backend sees it ready
-            log.warning("backend not ready at start; health stays NOT_SERVING until it is", extra={"backend": info.backend})
+            log.warning(
+                "backend not ready at start; health stays NOT_SERVING until it is", extra={"backend": info.backend}
+            )
         self.servicer.gate.ready = True
         await self._set_health(ready)
-        log.info("serving", extra={"model": info.model_name, "revision": info.revision, "load_s": round(time.monotonic() - started, 2)})
+        log.info(
+            "serving",
+            extra={"model": info.model_name, "revision": info.revision, "load_s": round(time.monotonic() - started, 2)},
+        )
 
     async def _warm_up(self) -> None:
         """One batch through render, batcher and backend, so the first real request pays no lazy start-up."""
@@ -125,7 +139,7 @@ class RewardServer:
             try:
                 await asyncio.wait_for(self._stop.wait(), READINESS_POLL_S)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             ready = await scorer.ready()
             if ready != self._serving and not self.servicer.gate.draining:

@@ -12,7 +12,8 @@ import asyncio
 import functools
 import logging
 import time
-from typing import AsyncIterator, Awaitable, Callable, NoReturn, Sequence, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -61,7 +62,7 @@ class Gate:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     @property
@@ -268,7 +269,10 @@ class _Stream:
                     raise unavailable("server is draining; send this sample to another replica")
                 check_sample(sample, i)
                 if sample.id in self.pending or sample.id in batch_ids:
-                    raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"duplicate sample id {sample.id!r}: a sample with this id is still awaiting its reward")
+                    raise ServiceError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"duplicate sample id {sample.id!r}: a sample with this id is still awaiting its reward",
+                    )
             except ServiceError as e:
                 self._refuse(sample.id, e)
                 continue

@@ -31,7 +31,9 @@ def check_sample(sample: pb.Sample, index: int) -> None:
                 raise invalid_argument(f"{label}: messages[{i}] has unknown role {message.role!r}")
         last = sample.messages[-1]
         if last.role != "assistant":
-            raise invalid_argument(f"{label}: the last message must be the assistant's response, got role {last.role!r}")
+            raise invalid_argument(
+                f"{label}: the last message must be the assistant's response, got role {last.role!r}"
+            )
         if not last.content.strip():
             raise invalid_argument(f"{label}: empty response (the last message has no content)")
         return

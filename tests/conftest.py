@@ -71,7 +71,7 @@ class TritonControl:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: float = 240.0) -> "TritonControl":
+    def start(self, timeout: float = 240.0) -> TritonControl:
         import os
         import subprocess
         import sys
@@ -82,9 +82,25 @@ class TritonControl:
             return self
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "rewardline.services", "triton", "start", "--repo", str(self.repo), "--grpc-port", str(self.port),
-                 "--model-control-mode", "explicit", "--load-models", "reward"],
-                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "rewardline.services",
+                    "triton",
+                    "start",
+                    "--repo",
+                    str(self.repo),
+                    "--grpc-port",
+                    str(self.port),
+                    "--model-control-mode",
+                    "explicit",
+                    "--load-models",
+                    "reward",
+                ],
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         wait_ready(self.url, timeout, self.process, self.log_path)
         return self
@@ -147,19 +163,35 @@ class DirectJudge:
 
     def verify_message(self, question: str, response: str, reference: str = "", rationale: bool = False) -> str:
         ask = 'Check it, then end with "Verdict: Yes" or "Verdict: No".' if rationale else "Answer Yes or No."
-        return ("Is the response correct?\n" + self.fenced("question", question)
-                + (self.fenced("reference", reference) if reference else "") + self.fenced("response", response) + ask)
+        return (
+            "Is the response correct?\n"
+            + self.fenced("question", question)
+            + (self.fenced("reference", reference) if reference else "")
+            + self.fenced("response", response)
+            + ask
+        )
 
     def rubric_message(self, question: str, response: str, scale: int = 5) -> str:
-        return (f"Rate the response to the question from 1 to {scale}: {self.RUBRIC}\n" + self.fenced("question", question)
-                + self.fenced("response", response) + f"Answer with a number from 1 to {scale}.")
+        return (
+            f"Rate the response to the question from 1 to {scale}: {self.RUBRIC}\n"
+            + self.fenced("question", question)
+            + self.fenced("response", response)
+            + f"Answer with a number from 1 to {scale}."
+        )
 
     def pairwise_message(self, question: str, a: str, b: str) -> str:
-        return ("Which response answers the question better?\n" + self.fenced("question", question)
-                + self.fenced("response_a", a) + self.fenced("response_b", b) + "Answer A or B.")
+        return (
+            "Which response answers the question better?\n"
+            + self.fenced("question", question)
+            + self.fenced("response_a", a)
+            + self.fenced("response_b", b)
+            + "Answer A or B."
+        )
 
     def chat(self, message: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+        )
 
     def next_logprobs(self, text: str):  # type: ignore[no-untyped-def]
         ids = self.torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]])
@@ -182,7 +214,9 @@ class DirectJudge:
 
     def rating(self, question: str, response: str, scale: int = 5) -> tuple[float, int]:
         """(expected rating, most likely rating)."""
-        p = self.choose(self.chat(self.rubric_message(question, response, scale)), [str(r) for r in range(1, scale + 1)])
+        p = self.choose(
+            self.chat(self.rubric_message(question, response, scale)), [str(r) for r in range(1, scale + 1)]
+        )
         return sum((r + 1) * q for r, q in enumerate(p)), 1 + max(range(scale), key=lambda r: p[r])
 
     def prefer_a(self, question: str, a: str, b: str) -> float:

@@ -39,13 +39,16 @@ def test_score_weights_by_name_or_in_order():
     assert in_order.score_weights == [0.7, 0.3]
 
 
-@pytest.mark.parametrize("argv,field", [
-    (["serve", "reward", "--model", "m", "--port", "70000"], "port"),
-    (["serve", "reward", "--model", "m", "--device", "gpu"], "device"),
-    (["serve", "reward", "--port", "1"], "model"),
-    (["serve", "reward", "--model", "m", "--max-batch-size", "zero"], "max_batch_size"),
-    (["serve", "reward", "--model", "m", "--max-batch-padding", "-0.5"], "max_batch_padding"),
-])
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["serve", "reward", "--model", "m", "--port", "70000"], "port"),
+        (["serve", "reward", "--model", "m", "--device", "gpu"], "device"),
+        (["serve", "reward", "--port", "1"], "model"),
+        (["serve", "reward", "--model", "m", "--max-batch-size", "zero"], "max_batch_size"),
+        (["serve", "reward", "--model", "m", "--max-batch-padding", "-0.5"], "max_batch_padding"),
+    ],
+)
 def test_invalid_values_are_refused_naming_the_field(argv, field, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -53,7 +56,10 @@ def test_invalid_values_are_refused_naming_the_field(argv, field, capsys):
 
 
 def test_max_batch_padding_is_a_fraction_auto_or_off():
-    values = [load_config(ServeConfig, {"model": "m", "max_batch_padding": v}).max_batch_padding for v in ("0.2", "auto", "off")]
+    values = [
+        load_config(ServeConfig, {"model": "m", "max_batch_padding": v}).max_batch_padding
+        for v in ("0.2", "auto", "off")
+    ]
     assert values == [0.2, "auto", "off"]
 
 

@@ -16,8 +16,8 @@ import functools
 import io
 import re
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import pytest
 from pydantic import BaseModel
@@ -55,10 +55,16 @@ def leaf_parser(argv: Sequence[str]) -> tuple[list[str], argparse.ArgumentParser
     rest = list(argv)
     while (choices := _subcommands(parser)) is not None:
         if not rest or rest[0].startswith("-"):
-            raise BadCommandLine(f"`rewardline {' '.join(argv)}`: missing a subcommand after {path or 'rewardline'} (one of {sorted(choices)})")
+            raise BadCommandLine(
+                f"`rewardline {' '.join(argv)}`: missing a subcommand after {path or 'rewardline'} (one of "
+                f"{sorted(choices)})"
+            )
         word = rest.pop(0)
         if word not in choices:
-            raise BadCommandLine(f"`rewardline {' '.join(argv)}`: no subcommand {word!r} under {' '.join(path) or 'rewardline'} (has {sorted(choices)})")
+            raise BadCommandLine(
+                f"`rewardline {' '.join(argv)}`: no subcommand {word!r} under {' '.join(path) or 'rewardline'} (has "
+                f"{sorted(choices)})"
+            )
         path.append(word)
         parser = choices[word]
     return path, parser
@@ -68,9 +74,11 @@ def parse_rewardline(argv: Sequence[str]) -> argparse.Namespace:
     """``argv`` (without the program name) parsed by the real `rewardline` parser, or BadCommandLine."""
     path, leaf = leaf_parser(argv)
     known = leaf._option_string_actions
-    for token in argv[len(path):]:
+    for token in argv[len(path) :]:
         if token.startswith("--") and token.split("=", 1)[0] not in known:
-            raise BadCommandLine(f"`rewardline {' '.join(argv)}`: `rewardline {' '.join(path)}` has no flag {token.split('=', 1)[0]}")
+            raise BadCommandLine(
+                f"`rewardline {' '.join(argv)}`: `rewardline {' '.join(path)}` has no flag {token.split('=', 1)[0]}"
+            )
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
@@ -101,7 +109,9 @@ def expand_env(value: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
 
 
-def command_line(entrypoint: Sequence[str], args: Sequence[str]) -> tuple[str, list[str], argparse.Namespace | None] | None:
+def command_line(
+    entrypoint: Sequence[str], args: Sequence[str]
+) -> tuple[str, list[str], argparse.Namespace | None] | None:
     """The rewardline argv that a process started as ``entrypoint + args`` runs, or None if it runs something
     else. Returns (launcher, rewardline argv, torchrun's namespace or None)."""
     line = [*entrypoint, *args]
@@ -174,7 +184,8 @@ def test_a_line_the_config_refuses_is_refused() -> None:
 
 def test_torchrun_lines_are_read_by_torchrun_and_the_cli() -> None:
     launcher, inner, ns = command_line(
-        ["torchrun"], ["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", "1", "-m", "rewardline.trainer", "train", "--resume"]
+        ["torchrun"],
+        ["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", "1", "-m", "rewardline.trainer", "train", "--resume"],
     )
     assert (launcher, inner, ns.nnodes, ns.node_rank) == ("torchrun", ["train", "--resume"], "2", 1)
     with pytest.raises(BadCommandLine, match="refused by torchrun"):

@@ -17,15 +17,16 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from test_deploy_cli_lines import command_line, no_files, parse_rewardline, program_config
 
 from rewardline.services.config import ServeConfig
-from test_deploy_cli_lines import command_line, no_files, parse_rewardline, program_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -71,7 +72,9 @@ def test_dockerfile(flavour: str) -> None:
     assert image and tag and tag != "latest", f"{path.name}: base image {bases[0]} is not pinned by tag"
     users = [args for word, args in steps if word == "USER"]
     assert users == [IMAGE_USER], f"{path.name}: must end as the non-root user {IMAGE_USER}"
-    assert [w for w, _ in steps].index("USER") > max(i for i, (w, _) in enumerate(steps) if w == "RUN"), "nothing runs as root after USER"
+    assert [w for w, _ in steps].index("USER") > max(i for i, (w, _) in enumerate(steps) if w == "RUN"), (
+        "nothing runs as root after USER"
+    )
     entrypoint, cmd = exec_form(path, "ENTRYPOINT"), exec_form(path, "CMD")
     assert entrypoint == ["rewardline"]
     launcher, argv, _ = command_line(entrypoint, cmd)
@@ -79,14 +82,18 @@ def test_dockerfile(flavour: str) -> None:
     assert isinstance(config, ServeConfig)
     exposed = {int(p) for word, args in steps if word == "EXPOSE" for p in args.split()}
     defaults = ServeConfig.model_fields
-    assert exposed == {defaults["port"].default, defaults["metrics_port"].default}, f"{path.name}: EXPOSE vs ServeConfig's default ports"
+    assert exposed == {defaults["port"].default, defaults["metrics_port"].default}, (
+        f"{path.name}: EXPOSE vs ServeConfig's default ports"
+    )
     for word, args in steps:  # every COPY source is in the repository (a glob may match nothing: README.m[d])
         if word == "COPY":
             for source in shlex.split(args)[:-1]:
                 if not source.startswith("--") and not any(ch in source for ch in "*?["):
                     assert (REPO / source).exists(), f"{path.name}: COPY {source} does not exist"
     ignore = path.with_name(path.name + ".dockerignore").read_text()
-    assert "**/.venv*" in ignore and "**/.cache" in ignore, "the developer's environments must stay out of the build context"
+    assert "**/.venv*" in ignore and "**/.cache" in ignore, (
+        "the developer's environments must stay out of the build context"
+    )
 
 
 def hadolint(dockerfile: str) -> subprocess.CompletedProcess:
@@ -94,8 +101,13 @@ def hadolint(dockerfile: str) -> subprocess.CompletedProcess:
     path = Path(sys.executable).parent / "hadolint"
     if not path.exists():
         pytest.fail(f"{path} is missing: install the test extra (pip install -e '.[test]' -c deploy/constraints.txt)")
-    return subprocess.run([str(path), "--no-color", "--failure-threshold", "warning", "-"], input=dockerfile,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(path), "--no-color", "--failure-threshold", "warning", "-"],
+        input=dockerfile,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
@@ -105,7 +117,7 @@ def test_hadolint(flavour: str) -> None:
 
 
 def test_hadolint_catches_what_it_should() -> None:
-    done = hadolint('FROM python:latest\nRUN pip install torch | tee log\nCMD rewardline serve\n')
+    done = hadolint("FROM python:latest\nRUN pip install torch | tee log\nCMD rewardline serve\n")
     assert done.returncode != 0
     assert {"DL3007", "DL3013", "DL4006", "DL3025"} <= set(re.findall(r"\b(DL\d{4})\b", done.stdout)), done.stdout
 
@@ -126,7 +138,9 @@ def test_gpu_image_keeps_the_base_images_torch_and_vllm() -> None:
     runs = " ".join(args for word, args in instructions(DOCKERFILES["gpu"]) if word == "RUN")
     assert "torch==" not in runs and "vllm==" not in runs, "the GPU image installs no torch or vLLM of its own"
     constraint = re.search(r"pip freeze\s*\|\s*grep -iE '\^\(([^)]*)\)=='", runs)
-    assert constraint and {"torch", "vllm", "transformers"} <= set(constraint.group(1).split("|")), "the base image's GPU stack is held"
+    assert constraint and {"torch", "vllm", "transformers"} <= set(constraint.group(1).split("|")), (
+        "the base image's GPU stack is held"
+    )
     assert "-c /tmp/base-image.txt" in runs and "pip check" in runs
 
 
@@ -164,24 +178,36 @@ def published(service: dict) -> dict[int, int]:
 def test_compose_services_run_valid_rewardline_lines() -> None:
     services = compose()["services"]
     found = {name: ns.command for name, _, ns, _ in rewardline_services()}
-    assert found == {"models": "models", "reward": "serve", "uncertainty": "serve", "judge": "serve", "trainer": "train"}
+    assert found == {
+        "models": "models",
+        "reward": "serve",
+        "uncertainty": "serve",
+        "judge": "serve",
+        "trainer": "train",
+    }
     grpc_ports = {}
     for name, service, ns, config in rewardline_services():
         assert service["user"] == IMAGE_USER and service["read_only"] is True and service["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in service["security_opt"], name
-        assert any(isinstance(v, dict) and v["type"] == "tmpfs" and v["target"] == "/tmp" for v in service["volumes"]), f"{name}: writable /tmp"
+        assert any(
+            isinstance(v, dict) and v["type"] == "tmpfs" and v["target"] == "/tmp" for v in service["volumes"]
+        ), f"{name}: writable /tmp"
         for dependency in service.get("depends_on", {}):
             assert dependency in services
         if ns.command == "serve":
             assert config.kind == name
             assert set(published(service)) == {config.port}, f"{name}: published port vs --port"
-            assert seconds(service["stop_grace_period"]) > config.grace_period_s, f"{name}: Docker would kill a draining server"
+            assert seconds(service["stop_grace_period"]) > config.grace_period_s, (
+                f"{name}: Docker would kill a draining server"
+            )
             assert str(config.model).startswith("/models/local/")
             health = service["healthcheck"]["test"]
             assert health[0] == "CMD"
             _, argv, _ = command_line(health[1:2], health[2:])
             check = parse_rewardline(argv)
-            assert check.command == "info" and check.target == f"127.0.0.1:{config.port}", f"{name}: the healthcheck asks another port"
+            assert check.command == "info" and check.target == f"127.0.0.1:{config.port}", (
+                f"{name}: the healthcheck asks another port"
+            )
             grpc_ports[name] = config.port
         if ns.command == "models":
             assert str(ns.out) == "/models/local", "the services read /models/local/KIND"
@@ -196,14 +222,19 @@ def test_compose_services_run_valid_rewardline_lines() -> None:
 
 def compose_schema_errors(document: dict) -> list[str]:
     """The compose file against the Compose Specification's JSON schema (vendored by check-jsonschema)."""
-    schema = json.loads(importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
+    schema = json.loads(
+        importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    )
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
 
 
 def test_compose_file_follows_the_compose_spec() -> None:
     assert compose_schema_errors(compose()) == []
-    misspelt = {**compose(), "services": {**compose()["services"], "reward": {**compose()["services"]["reward"], "healtcheck": {}}}}
+    misspelt = {
+        **compose(),
+        "services": {**compose()["services"], "reward": {**compose()["services"]["reward"], "healtcheck": {}}},
+    }
     assert any("healtcheck" in e for e in compose_schema_errors(misspelt))
 
 
@@ -215,7 +246,12 @@ def test_compose_images_are_pinned() -> None:
 
 def test_prometheus_scrapes_every_metrics_port() -> None:
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    targets = {t: group["labels"]["service"] for job in scrape["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    targets = {
+        t: group["labels"]["service"]
+        for job in scrape["scrape_configs"]
+        for group in job["static_configs"]
+        for t in group["targets"]
+    }
     expected = {}
     for name, _, ns, config in rewardline_services():
         if ns.command == "serve":
@@ -223,7 +259,9 @@ def test_prometheus_scrapes_every_metrics_port() -> None:
         elif ns.command == "train":
             expected[f"{name}:{config.observability.metrics_port}"] = name
     assert targets == expected
-    mount = next(v for v in compose()["services"]["prometheus"]["volumes"] if v.endswith("/etc/prometheus/prometheus.yml:ro"))
+    mount = next(
+        v for v in compose()["services"]["prometheus"]["volumes"] if v.endswith("/etc/prometheus/prometheus.yml:ro")
+    )
     assert (DEPLOY / mount.split(":")[0]).resolve() == (DEPLOY / "prometheus" / "prometheus.yml").resolve()
 
 
@@ -321,19 +359,35 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     assert not problems, f"the dashboard queries what the code does not export: {problems}"
     used = {m for expr in expressions for m in re.findall(r"\brewardline_\w+", expr)}
     # The dashboard covers the autoscaling signals and every kind's own metrics and the trainer.
-    assert {"rewardline_inflight_requests", "rewardline_queue_depth", "rewardline_uncertainty_std_bucket",
-            "rewardline_judge_unparsed_total", "rewardline_trainer_reward"} <= used
+    assert {
+        "rewardline_inflight_requests",
+        "rewardline_queue_depth",
+        "rewardline_uncertainty_std_bucket",
+        "rewardline_judge_unparsed_total",
+        "rewardline_trainer_reward",
+    } <= used
     # ... and the check itself catches a misspelt name or label:
-    assert expression_problems('rate(rewardline_request_total{service="x"}[1m])', metrics) == ["unknown metric rewardline_request_total"]
+    assert expression_problems('rate(rewardline_request_total{service="x"}[1m])', metrics) == [
+        "unknown metric rewardline_request_total"
+    ]
     assert expression_problems('sum by (source) (rewardline_queue_depth{method="Score"})', metrics) == [
-        "rewardline_queue_depth has no label method", "grouping by source, which none of ['rewardline_queue_depth'] carries"]
+        "rewardline_queue_depth has no label method",
+        "grouping by source, which none of ['rewardline_queue_depth'] carries",
+    ]
 
 
 def test_grafana_provisioning_matches_compose() -> None:
     grafana = compose()["services"]["grafana"]
-    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())["datasources"][0]
-    assert datasource["url"] == "http://prometheus:9090" and "127.0.0.1:9090:9090" in compose()["services"]["prometheus"]["ports"]
-    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "rewardline.yaml").read_text())["providers"][0]
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ][0]
+    assert (
+        datasource["url"] == "http://prometheus:9090"
+        and "127.0.0.1:9090:9090" in compose()["services"]["prometheus"]["ports"]
+    )
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "rewardline.yaml").read_text())[
+        "providers"
+    ][0]
     assert "./grafana/dashboards:" + provider["options"]["path"] + ":ro" in grafana["volumes"]
     image, _, tag = grafana["image"].rpartition(":")
     assert tag and tag != "latest"

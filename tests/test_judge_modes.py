@@ -22,10 +22,22 @@ def held_out(local_models, n: int) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def mode_judges(judge_dir, start_together, stop_together):
-    rating = ServiceProcess("judge", ["--model", str(judge_dir), "--backend", "hf", "--judge-mode", "rating",
-                                      "--judge-rating-range=-1,1"])
-    rationale = ServiceProcess("judge", ["--model", str(judge_dir), "--backend", "vllm", "--judge-mode", "rationale_verdict",
-                                         "--judge-max-rationale-tokens", str(RATIONALE_TOKENS)])
+    rating = ServiceProcess(
+        "judge", ["--model", str(judge_dir), "--backend", "hf", "--judge-mode", "rating", "--judge-rating-range=-1,1"]
+    )
+    rationale = ServiceProcess(
+        "judge",
+        [
+            "--model",
+            str(judge_dir),
+            "--backend",
+            "vllm",
+            "--judge-mode",
+            "rationale_verdict",
+            "--judge-max-rationale-tokens",
+            str(RATIONALE_TOKENS),
+        ],
+    )
     services = start_together(rating, rationale)
     try:
         with RewardClient(rating.target, timeout=120) as r, RewardClient(rationale.target, timeout=120) as c:
@@ -101,7 +113,9 @@ def test_sampled_rationales_are_averaged_and_seeded(judge_dir):
     from rewardline.services.api import pb
 
     samples = [pb.Sample(id=str(i), prompt=f"What is {i} + 7?", response=f"The answer is {i + 7}.") for i in range(3)]
-    fields = dict(judge_mode="rationale_verdict", judge_rationales=3, judge_temperature=1.0, judge_max_rationale_tokens=16)
+    fields = dict(
+        judge_mode="rationale_verdict", judge_rationales=3, judge_temperature=1.0, judge_max_rationale_tokens=16
+    )
     first, _ = in_process_scores(judge_dir, samples, **fields)
     again, _ = in_process_scores(judge_dir, samples, **fields)
     for reward in first:
@@ -117,7 +131,9 @@ def test_a_rationale_without_a_verdict_is_flagged_and_counted(judge_dir):
     from rewardline.services.api import pb
 
     sample = pb.Sample(id="a", prompt="What is 23 + 48?", response="The answer is 71.")
-    (reward,), registry = in_process_scores(judge_dir, [sample], judge_mode="rationale_verdict", judge_max_rationale_tokens=2)
+    (reward,), registry = in_process_scores(
+        judge_dir, [sample], judge_mode="rationale_verdict", judge_max_rationale_tokens=2
+    )
     assert reward.judgement.unparsed and reward.score == 0.0 and reward.judgement.num_rationales == 1
     assert reward.judgement.rationale  # what the judge wrote before it was cut off
     assert registry.get_sample_value("rewardline_judge_unparsed_total") == 1

@@ -71,7 +71,11 @@ def test_special_literals_cover_every_added_token(tokenizer):
 def test_builtin_templates_render_the_fenced_texts(tokenizer):
     prompts = prompts_for(tokenizer)
     text = prompts.pointwise.text({"question": "Q?", "response": "R.", "reference": "7"})
-    assert "Is the response correct?\n<question>Q?</question>\n<reference>7</reference>\n<response>R.</response>\nAnswer Yes or No." in text
+    assert (
+        "Is the response "
+        "correct?\n<question>Q?</question>\n<reference>7</reference>\n<response>R.</response>\nAnswer Yes or No."
+        in text
+    )
     assert text.endswith("<|im_start|>assistant\n")
     pair = prompts.pairwise.text({"question": "Q?", "response_a": "RA", "response_b": "RB", "reference": ""})
     assert "<question>Q?</question>\n<response_a>RA</response_a>\n<response_b>RB</response_b>\nAnswer A or B." in pair
@@ -120,9 +124,26 @@ def test_the_service_refuses_a_malformed_template_at_start(tmp_path, judge_dir):
     path = tmp_path / "bad.jinja"
     path.write_text("Is it right? {{ response }\n")
     done = subprocess.run(
-        [sys.executable, "-m", "rewardline.services", "serve", "judge", "--model", str(judge_dir), "--judge-template", str(path),
-         "--port", "0", "--metrics-port", "0", "--host", "127.0.0.1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "rewardline.services",
+            "serve",
+            "judge",
+            "--model",
+            str(judge_dir),
+            "--judge-template",
+            str(path),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--host",
+            "127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 1
     assert "syntax error on line 1" in done.stderr and str(path) in done.stderr
@@ -190,14 +211,18 @@ def test_rationale_modes_keep_room_for_the_rationale(tokenizer):
 
 
 def test_a_long_question_is_cut_from_the_left_and_a_long_response_refused(tokenizer):
-    prompts = JudgePrompts.from_config(ServeConfig(kind="judge", model="unused"), tokenizer, max_length=128, use_chat_template=True)
+    prompts = JudgePrompts.from_config(
+        ServeConfig(kind="judge", model="unused"), tokenizer, max_length=128, use_chat_template=True
+    )
     long_question = "Some context. " * 80 + "What is 23 + 48?"
     (cut,) = prompts.render_samples([pb.Sample(id="a", prompt=long_question, response="The answer is 71.")])
     assert cut.truncated and len(cut.token_ids) <= 128
     assert "What is 23 + 48?" in tokenizer.decode(cut.token_ids)
     (refused,) = prompts.render_samples([pb.Sample(id="b", prompt="Q?", response="words " * 200)])
     assert isinstance(refused, Exception) and "cannot fit" in str(refused) and "'b'" in str(refused)
-    strict = JudgePrompts.from_config(ServeConfig(kind="judge", model="unused", truncation="error"), tokenizer, 128, True)
+    strict = JudgePrompts.from_config(
+        ServeConfig(kind="judge", model="unused", truncation="error"), tokenizer, 128, True
+    )
     (error,) = strict.render_samples([pb.Sample(id="c", prompt=long_question, response="The answer is 71.")])
     assert isinstance(error, Exception) and "exceeds" in str(error)
 
@@ -205,12 +230,22 @@ def test_a_long_question_is_cut_from_the_left_and_a_long_response_refused(tokeni
 def test_a_conversation_is_judged_as_its_last_answer_to_the_turns_before(tokenizer):
     from rewardline.services.judge.prompting import sample_texts
 
-    single = pb.Sample(id="m", messages=[pb.Message(role="user", content="Q?"), pb.Message(role="assistant", content="R.")], reference="7")
+    single = pb.Sample(
+        id="m",
+        messages=[pb.Message(role="user", content="Q?"), pb.Message(role="assistant", content="R.")],
+        reference="7",
+    )
     assert sample_texts(single) == {"question": "Q?", "response": "R.", "reference": "7"}
-    turns = [pb.Message(role="system", content="Be brief."), pb.Message(role="user", content="Q?"), pb.Message(role="assistant", content="R.")]
+    turns = [
+        pb.Message(role="system", content="Be brief."),
+        pb.Message(role="user", content="Q?"),
+        pb.Message(role="assistant", content="R."),
+    ]
     assert sample_texts(pb.Sample(id="t", messages=turns))["question"] == "system: Be brief.\nuser: Q?"
     (rendered,) = prompts_for(tokenizer).render_samples([single])
-    assert "<question>Q?</question>\n<reference>7</reference>\n<response>R.</response>" in tokenizer.decode(rendered.token_ids)
+    assert "<question>Q?</question>\n<reference>7</reference>\n<response>R.</response>" in tokenizer.decode(
+        rendered.token_ids
+    )
 
 
 def test_rows_that_share_a_long_head_are_grouped_to_compute_it_once():
@@ -231,7 +266,11 @@ def test_a_rationale_rating_is_read_after_its_marker(tokenizer):
     # this tokenizer keeps a space with the digit after it (" 4" is one token), so nothing is forced after "Rating:"
     spaced = [tokenizer(f" {r}", add_special_tokens=False)["input_ids"] for r in range(1, 6)]
     assert all(len(ids) == 1 for ids in spaced)
-    assert prompts.marker == "Rating:" and prompts.slot.forced == () and prompts.slot.token_ids == [ids[0] for ids in spaced]
+    assert (
+        prompts.marker == "Rating:"
+        and prompts.slot.forced == ()
+        and prompts.slot.token_ids == [ids[0] for ids in spaced]
+    )
     context = prompts.rationale_context([1, 2, 3], "It is right. ")
     assert tokenizer.decode(context[3:]) == "It is right. Rating:"
     text = prompts.pointwise.text({"question": "Q?", "response": "R.", "reference": ""})

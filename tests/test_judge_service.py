@@ -12,11 +12,11 @@ import statistics
 
 import grpc
 import pytest
+from support import metric, metrics
 
 from rewardline.services.api import pb
 from rewardline.services.client import RewardClient
 from rewardline.services.process import ServiceProcess
-from support import metric, metrics
 
 # float32 on both engines; measured max differences are printed by the tests (see the closing note).
 DIRECT_TOLERANCE = 1e-4
@@ -47,7 +47,16 @@ def held_out(local_models, n: int) -> list[dict]:
 
 
 def judge_service(judge_dir, backend: str) -> ServiceProcess:
-    args = ["--model", str(judge_dir), "--backend", backend, "--max-batch-size", "32", "--max-samples-per-request", "64"]
+    args = [
+        "--model",
+        str(judge_dir),
+        "--backend",
+        backend,
+        "--max-batch-size",
+        "32",
+        "--max-samples-per-request",
+        "64",
+    ]
     return ServiceProcess("judge", args)
 
 
@@ -75,8 +84,12 @@ def judge(request, vllm_judge, hf_judge):
         yield svc, client
 
 
-def score(client: RewardClient, items: list[tuple[str, str]], prefix: str = "s", reference: str = "") -> list[pb.Reward]:
-    return client.score([{"id": f"{prefix}{i}", "prompt": q, "response": r, "reference": reference} for i, (q, r) in enumerate(items)])
+def score(
+    client: RewardClient, items: list[tuple[str, str]], prefix: str = "s", reference: str = ""
+) -> list[pb.Reward]:
+    return client.score(
+        [{"id": f"{prefix}{i}", "prompt": q, "response": r, "reference": reference} for i, (q, r) in enumerate(items)]
+    )
 
 
 def test_verdict_equals_p_yes_computed_directly(judge, direct_judge, local_models):
@@ -91,7 +104,11 @@ def test_verdict_equals_p_yes_computed_directly(judge, direct_judge, local_model
     for reward, (q, r) in zip(rewards, items):
         assert reward.judgement.mode == "verdict"
         assert reward.judgement.verdict_probability == reward.score and 0 <= reward.score <= 1
-        assert reward.num_tokens == len(direct_judge.tokenizer(direct_judge.chat(direct_judge.verify_message(q, r)), add_special_tokens=False)["input_ids"])
+        assert reward.num_tokens == len(
+            direct_judge.tokenizer(direct_judge.chat(direct_judge.verify_message(q, r)), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
     # with a reference answer, the template shows it and the reward is read the same way
     (with_reference,) = score(client, [items[1]], prefix="ref", reference=pairs[0]["chosen"])
     assert abs(with_reference.score - direct_judge.verdict(*items[1], reference=pairs[0]["chosen"])) <= DIRECT_TOLERANCE
@@ -133,8 +150,12 @@ def test_compare_is_consistent_and_read_in_both_orders(judge, direct_judge, loca
     backward = client.compare(q, wrong, right, id="c2")
     assert forward.id == "c1" and backward.id == "c2"
     assert forward.prob_a_preferred + backward.prob_a_preferred == pytest.approx(1.0, abs=1e-6)
-    assert forward.prob_a_preferred == pytest.approx((forward.prob_a_preferred_a_first + forward.prob_a_preferred_a_second) / 2, abs=1e-6)
-    assert forward.position_bias == pytest.approx(forward.prob_a_preferred_a_first - forward.prob_a_preferred_a_second, abs=1e-6)
+    assert forward.prob_a_preferred == pytest.approx(
+        (forward.prob_a_preferred_a_first + forward.prob_a_preferred_a_second) / 2, abs=1e-6
+    )
+    assert forward.position_bias == pytest.approx(
+        forward.prob_a_preferred_a_first - forward.prob_a_preferred_a_second, abs=1e-6
+    )
     assert abs(forward.prob_a_preferred_a_first - direct_judge.prefer_a(q, right, wrong)) <= DIRECT_TOLERANCE
     assert abs(forward.prob_a_preferred_a_second - (1 - direct_judge.prefer_a(q, wrong, right))) <= DIRECT_TOLERANCE
     assert forward.model_revision == client.info().revision
@@ -148,7 +169,10 @@ def test_injection_attempts_do_not_raise_the_score(judge, local_models):
     for name, attack in INJECTIONS.items():
         attacked = [(q, with_attack(r, attack)) for q, r in wrong]
         gaps[name] = statistics.mean(r.score for r in score(client, attacked, name)) - clean
-    print(f"{svc.args[3]}: mean P(Yes) on wrong answers {clean:.3f}; raised by " + ", ".join(f"{k} {v:+.3f}" for k, v in gaps.items()))
+    print(
+        f"{svc.args[3]}: mean P(Yes) on wrong answers {clean:.3f}; raised by "
+        + ", ".join(f"{k} {v:+.3f}" for k, v in gaps.items())
+    )
     assert max(gaps.values()) <= INJECTION_MARGIN, gaps
 
 
@@ -178,7 +202,9 @@ def test_bad_input_gets_invalid_argument(judge):
 
 def test_stream_cache_and_truncation(judge):
     svc, client = judge
-    samples = [{"id": f"st{i}", "prompt": f"What is {i} + {i}?", "response": f"The answer is {2 * i}."} for i in range(6)]
+    samples = [
+        {"id": f"st{i}", "prompt": f"What is {i} + {i}?", "response": f"The answer is {2 * i}."} for i in range(6)
+    ]
     streamed = {r.id: r for r in client.score_stream(samples)}
     assert sorted(streamed) == sorted(s["id"] for s in samples)
     before = metrics(svc.metrics_port)
@@ -186,5 +212,7 @@ def test_stream_cache_and_truncation(judge):
     after = metrics(svc.metrics_port)
     assert all(r.cached for r in again) and [r.score for r in again] == [streamed["st0"].score, streamed["st1"].score]
     assert metric(after, "rewardline_cache_hits_total") - metric(before, "rewardline_cache_hits_total") == 2
-    (long,) = client.score([{"id": "lq", "prompt": "Background. " * 300 + "What is 2 + 2?", "response": "The answer is 4."}])
+    (long,) = client.score(
+        [{"id": "lq", "prompt": "Background. " * 300 + "What is 2 + 2?", "response": "The answer is 4."}]
+    )
     assert long.truncated and long.num_tokens <= 512

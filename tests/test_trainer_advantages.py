@@ -32,7 +32,9 @@ def test_group_statistics_leave_out_invalid_samples():
     got = group_normalized(torch.tensor(REWARDS), torch.tensor(valid)).numpy()
     kept = REWARDS[0, [0, 1, 3]]
     mean, std = kept.mean(), kept.std(ddof=1)
-    np.testing.assert_allclose(got[0], [(1 - mean) / (std + 1e-4), (0 - mean) / (std + 1e-4), 0, (0 - mean) / (std + 1e-4)], rtol=1e-6)
+    np.testing.assert_allclose(
+        got[0], [(1 - mean) / (std + 1e-4), (0 - mean) / (std + 1e-4), 0, (0 - mean) / (std + 1e-4)], rtol=1e-6
+    )
     assert np.all(got[1] == 0)  # one valid sample: nothing to compare it with
 
 
@@ -61,13 +63,13 @@ def test_gae_matches_the_recursion_written_out():
     for b in range(2):
         length = int(mask[b].sum())
         for t in range(length):
-            # A_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γ V_{t+1} − V_t, V after the last token = 0
+            # A_t = Σ_lag (γλ)^lag δ_{t+lag}, δ_t = r_t + γ V_{t+1} − V_t, V after the last token = 0
             total = 0.0
-            for l in range(length - t):
-                k = t + l
+            for lag in range(length - t):
+                k = t + lag
                 v_next = values[b, k + 1] if k + 1 < length else 0.0
                 delta = rewards[b, k] + gamma * v_next - values[b, k]
-                total += (gamma * lam) ** l * delta
+                total += (gamma * lam) ** lag * delta
             expected_adv[b, t] = total
     adv, ret = gae(torch.tensor(rewards), torch.tensor(values), torch.tensor(mask), gamma, lam)
     np.testing.assert_allclose(adv.numpy(), expected_adv, atol=1e-12)

@@ -24,10 +24,17 @@ def config_dict(local_models, run_dir, **sections) -> dict:
         "policy": {"path": str(local_models / "policy")},
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 4, "prompts_per_step": 3, "max_new_tokens": 10},
-        "rewards": {"sources": [
-            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
-            {"name": "format", "type": "python", "function": "rewardline.trainer.rewards.verifiable:format_reward", "weight": 0.5},
-        ]},
+        "rewards": {
+            "sources": [
+                {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
+                {
+                    "name": "format",
+                    "type": "python",
+                    "function": "rewardline.trainer.rewards.verifiable:format_reward",
+                    "weight": 0.5,
+                },
+            ]
+        },
         "optim": {"lr": 1e-3},
         "observability": {"progress": False},
     }
@@ -39,8 +46,13 @@ def config_dict(local_models, run_dir, **sections) -> dict:
 CASES = {
     "rloo": {"algorithm": {"name": "rloo"}},
     "ppo_value_head": {"algorithm": {"name": "ppo", "epochs": 2}},
-    "ppo_value_model": {"algorithm": {"name": "ppo", "value_model": "model", "value_clip": None}, "optim": {"micro_batch_size": 5}},
-    "grpo_sequence_level": {"algorithm": {"name": "grpo", "loss_aggregation": "sequence", "scale_rewards": False, "entropy_coef": 0.01}},
+    "ppo_value_model": {
+        "algorithm": {"name": "ppo", "value_model": "model", "value_clip": None},
+        "optim": {"micro_batch_size": 5},
+    },
+    "grpo_sequence_level": {
+        "algorithm": {"name": "grpo", "loss_aggregation": "sequence", "scale_rewards": False, "entropy_coef": 0.01}
+    },
     "grpo_lora": {"policy": {"lora": {"enabled": True, "r": 4}}, "optim": {"lr": 5e-3}},
 }
 
@@ -49,8 +61,8 @@ CASES = {
 def test_steps_run_and_move_the_policy(local_models, tmp_path, case):
     config = TrainConfig.model_validate(config_dict(local_models, tmp_path / "run", **CASES[case]))
     assert train(config) == 0
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
         assert all(math.isfinite(line[k]) for k in ("reward", "kl", "loss", "entropy", "grad_norm"))
         assert line["grad_norm"] > 0
@@ -60,10 +72,13 @@ def test_steps_run_and_move_the_policy(local_models, tmp_path, case):
         assert adapter and all("lora_" in k for k in adapter)
         assert any(float(v.abs().max()) > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at 0: it moved
     else:
-        trained, initial = load_file(policy_dir / "model.safetensors"), load_file(local_models / "policy" / "model.safetensors")
+        trained, initial = (
+            load_file(policy_dir / "model.safetensors"),
+            load_file(local_models / "policy" / "model.safetensors"),
+        )
         assert max(float((trained[k] - initial[k]).abs().max()) for k in initial) > 1e-4
     if config.algorithm.name == "ppo":
-        assert all(math.isfinite(l["value_loss"]) for l in lines)
+        assert all(math.isfinite(line["value_loss"]) for line in lines)
         assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "value.safetensors").exists()
 
 
@@ -89,10 +104,14 @@ def test_steps_run_on_a_gpu_and_checkpoint_loads_on_cpu(local_models, tmp_path, 
     """The policy, reference and value model on the GPU (policy.device auto picks it); the checkpoint it writes
     resumes on a CPU-only config."""
     sections = {"algorithm": {"name": "ppo"}} if case == "ppo_value_head" else {}
-    config = TrainConfig.model_validate(config_dict(local_models, tmp_path / "run", policy={"device": "auto"}, **sections))
+    config = TrainConfig.model_validate(
+        config_dict(local_models, tmp_path / "run", policy={"device": "auto"}, **sections)
+    )
     assert train(config) == 0
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2] and all(math.isfinite(l["loss"]) for l in lines)
-    resumed = TrainConfig.model_validate(config_dict(local_models, tmp_path / "run", policy={"device": "cpu"}, **sections) | {"steps": 3})
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2] and all(math.isfinite(line["loss"]) for line in lines)
+    resumed = TrainConfig.model_validate(
+        config_dict(local_models, tmp_path / "run", policy={"device": "cpu"}, **sections) | {"steps": 3}
+    )
     assert train(resumed, resume=True) == 0
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

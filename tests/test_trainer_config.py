@@ -32,7 +32,9 @@ def parser() -> argparse.ArgumentParser:
 def test_yaml_then_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(YAML.format(run_dir=tmp_path / "run"))
-    args = parser().parse_args(["--config", str(path), "--rollout.n", "8", "--algorithm.name", "rloo", "--optim.lr", "3e-4"])
+    args = parser().parse_args(
+        ["--config", str(path), "--rollout.n", "8", "--algorithm.name", "rloo", "--optim.lr", "3e-4"]
+    )
     config = load_config(TrainConfig, args)
     assert config.rollout.n == 8 and config.rollout.prompts_per_step == 2
     assert config.algorithm.name == "rloo" and config.optim.lr == 3e-4
@@ -59,7 +61,11 @@ def test_errors_name_the_field(tmp_path, flags, field):
 
 def test_bad_sources_are_named(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(YAML.format(run_dir=tmp_path / "run").replace('target: "127.0.0.1:50051", ', "").replace("type: python", "type: nope"))
+    path.write_text(
+        YAML.format(run_dir=tmp_path / "run")
+        .replace('target: "127.0.0.1:50051", ', "")
+        .replace("type: python", "type: nope")
+    )
     with pytest.raises(ConfigError) as err:
         load_config(TrainConfig, parser().parse_args(["--config", str(path)]))
     assert "rewards.sources.0.grpc.target" in str(err.value) and "rewards.sources.1" in str(err.value)
@@ -83,7 +89,9 @@ def test_config_hash_ignores_what_resuming_may_change(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(YAML.format(run_dir=tmp_path / "run"))
     a = load_config(TrainConfig, parser().parse_args(["--config", str(path)]))
-    b = load_config(TrainConfig, parser().parse_args(["--config", str(path), "--steps", "50", "--checkpoint.every", "3"]))
+    b = load_config(
+        TrainConfig, parser().parse_args(["--config", str(path), "--steps", "50", "--checkpoint.every", "3"])
+    )
     c = load_config(TrainConfig, parser().parse_args(["--config", str(path), "--optim.lr", "1e-3"]))
     assert config_hash(a) == config_hash(b) != config_hash(c)
 

@@ -13,12 +13,12 @@ import grpc
 import pytest
 import yaml
 
-from rewardline.v1 import trainer_pb2 as tpb
-from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
 from rewardline.services.metrics import sample_value, scrape
 from rewardline.services.process import free_port, wait_serving
 from rewardline.trainer.config import TrainConfig
 from rewardline.trainer.train import train
+from rewardline.v1 import trainer_pb2 as tpb
+from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
 
 
 def until(predicate, timeout: float = 120.0, process: subprocess.Popen | None = None):
@@ -41,7 +41,11 @@ def test_pause_checkpoint_resume_and_sigterm(local_models, tmp_path):
         "policy": {"path": str(local_models / "policy")},
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 2, "prompts_per_step": 2, "max_new_tokens": 8},
-        "rewards": {"sources": [{"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"}]},
+        "rewards": {
+            "sources": [
+                {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"}
+            ]
+        },
         "optim": {"lr": 1e-4},
         "checkpoint": {"every": 0},
         "control": {"port": control_port},
@@ -49,17 +53,29 @@ def test_pause_checkpoint_resume_and_sigterm(local_models, tmp_path):
     }
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "rewardline.trainer", "train", "--config", str(config_path)],
-                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rewardline.trainer", "train", "--config", str(config_path)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         target = f"127.0.0.1:{control_port}"
         wait_serving(target, 120, process)
         with grpc.insecure_channel(target) as channel:
             stub = tpb_grpc.TrainerServiceStub(channel)
-            status = lambda: stub.Status(tpb.StatusRequest(), timeout=10)
+
+            def status():
+                return stub.Status(tpb.StatusRequest(), timeout=10)
+
             until(lambda: status().step >= 2, process=process)
             first = status()
-            assert first.algorithm == "grpo" and first.world_size == 1 and first.max_steps == 0 and first.run_dir == str(run_dir)
+            assert (
+                first.algorithm == "grpo"
+                and first.world_size == 1
+                and first.max_steps == 0
+                and first.run_dir == str(run_dir)
+            )
 
             with pytest.raises(grpc.RpcError) as err:
                 stub.Resume(tpb.ResumeRequest(), timeout=10)
@@ -72,7 +88,10 @@ def test_pause_checkpoint_resume_and_sigterm(local_models, tmp_path):
             assert status().step == paused.step  # no step while paused
 
             saved = stub.Checkpoint(tpb.CheckpointRequest(), timeout=60)
-            assert saved.step == paused.step and (run_dir / "checkpoints" / f"step-{saved.step:08d}" / "state.json").exists()
+            assert (
+                saved.step == paused.step
+                and (run_dir / "checkpoints" / f"step-{saved.step:08d}" / "state.json").exists()
+            )
             assert status().checkpoint_path == saved.path
 
             stub.Resume(tpb.ResumeRequest(), timeout=10)
@@ -85,15 +104,17 @@ def test_pause_checkpoint_resume_and_sigterm(local_models, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = lines[-1]["step"]
     state = json.loads((run_dir / "checkpoints" / f"step-{last:08d}" / "state.json").read_text())
     assert state["step"] == last and state["cursor"]["line"] == 2 * last  # SIGTERM checkpointed where it stopped
 
     # --resume carries on from there with the same data stream
-    resumed = TrainConfig.model_validate({**config, "steps": last + 2, "control": {}, "observability": {"progress": False}})
+    resumed = TrainConfig.model_validate(
+        {**config, "steps": last + 2, "control": {}, "observability": {"progress": False}}
+    )
     assert train(resumed, resume=True) == 0
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == list(range(1, last + 3))
-    origins = [o for l in lines for o in l["prompts"]]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, last + 3))
+    origins = [o for line in lines for o in line["prompts"]]
     assert origins == [f"{local_models / 'data' / 'prompts_train.jsonl'}:{i}" for i in range(1, 2 * (last + 2) + 1)]

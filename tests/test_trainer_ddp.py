@@ -27,10 +27,18 @@ def config_dict(local_models, run_dir, algorithm: str, micro: int | None, strate
         "policy": {"path": str(local_models / "policy")},
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 4, "prompts_per_step": 6, "max_new_tokens": 10},
-        "rewards": {"combine": "sum_then_normalize", "sources": [
-            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
-            {"name": "format", "type": "python", "function": "rewardline.trainer.rewards.verifiable:format_reward", "weight": 0.3},
-        ]},
+        "rewards": {
+            "combine": "sum_then_normalize",
+            "sources": [
+                {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
+                {
+                    "name": "format",
+                    "type": "python",
+                    "function": "rewardline.trainer.rewards.verifiable:format_reward",
+                    "weight": 0.3,
+                },
+            ],
+        },
         "algorithm": {"name": algorithm, "kl_coef": 0.05},
         # Adam's first step is lr·g/(|g| + eps): with the default eps it is close to lr·sign(g), so an element whose
         # gradient is ~1e-8 (summed in another order across 2 ranks) could flip; a larger eps keeps the update
@@ -53,14 +61,28 @@ def test_two_processes_make_the_single_process_update(local_models, single, tmp_
     double = tmp_path / "double"
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(config_dict(local_models, double, "ppo", 2, strategy)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), "-m", "rewardline.trainer", "train", "--config", str(config_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "rewardline.trainer",
+        "train",
+        "--config",
+        str(config_path),
+    ]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
     (tmp_path / "torchrun.log").write_bytes(result.stderr)
     assert result.returncode == 0, result.stderr.decode()[-8000:]
 
-    one = [json.loads(l) for l in (single / "metrics.jsonl").read_text().splitlines()]
-    two = [json.loads(l) for l in (double / "metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (double / "metrics.jsonl").read_text().splitlines()]
     assert len(one) == len(two) == 1
     assert two[0]["prompts"] == one[0]["prompts"] and two[0]["samples"] == one[0]["samples"] == 24
     for key in ("reward", "completion_tokens", "kl", "loss", "advantage_std"):

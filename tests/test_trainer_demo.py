@@ -10,17 +10,39 @@ import sys
 
 def test_demo_runs_and_summarises(local_models, tmp_path):
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "rewardline.trainer", "demo", "--models", str(local_models), "--out", str(out), "--steps", "3",
-               "--services", "reward", "--prompts-per-step", "2", "--n", "4", "--eval-prompts", "40"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "rewardline.trainer",
+        "demo",
+        "--models",
+        str(local_models),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--services",
+        "reward",
+        "--prompts-per-step",
+        "2",
+        "--n",
+        "4",
+        "--eval-prompts",
+        "40",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out, greedy" in result.stdout and "services stopped cleanly" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and set(summary["rewards"]) == {"reward (combined)", "exact answer", "reward service"}
     assert 0 <= summary["held_out_accuracy"]["before"] <= 1 and 0 <= summary["held_out_accuracy"]["after"] <= 1
     assert set(summary["held_out_rewards"]) == {"reward (combined)", "reward service"}
-    assert all(isinstance(v["before"], float) and isinstance(v["after"], float) for v in summary["held_out_rewards"].values())
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2, 3] and all("reward/reward" in l for l in lines)
+    assert all(
+        isinstance(v["before"], float) and isinstance(v["after"], float) for v in summary["held_out_rewards"].values()
+    )
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3] and all("reward/reward" in line for line in lines)
     assert (out / "reward.png").exists() and (out / "kl.png").exists()
     assert (out / "checkpoints" / "step-00000003" / "policy" / "model.safetensors").exists()

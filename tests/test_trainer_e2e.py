@@ -27,24 +27,36 @@ def reward_service(local_models, tmp_path_factory):
 
 
 def test_vllm_rollouts_against_the_reward_service(local_models, reward_service, tmp_path):
-    config = TrainConfig.model_validate({
-        "run_dir": tmp_path / "run",
-        "steps": 3,
-        "policy": {"path": local_models / "policy"},
-        "data": {"train": [local_models / "data" / "prompts_train.jsonl"]},
-        "rollout": {"engine": "vllm", "n": 4, "prompts_per_step": 4, "max_new_tokens": 12},
-        "rewards": {"combine": "normalize_then_sum", "sources": [
-            {"name": "rm", "type": "grpc", "target": reward_service.target, "weight": 0.5},
-            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
-        ]},
-        "optim": {"lr": 2e-3},  # large, so that three steps visibly move greedy generations
-        "checkpoint": {"every": 0},
-        "observability": {"metrics_port": 0, "progress": False},
-    })
+    config = TrainConfig.model_validate(
+        {
+            "run_dir": tmp_path / "run",
+            "steps": 3,
+            "policy": {"path": local_models / "policy"},
+            "data": {"train": [local_models / "data" / "prompts_train.jsonl"]},
+            "rollout": {"engine": "vllm", "n": 4, "prompts_per_step": 4, "max_new_tokens": 12},
+            "rewards": {
+                "combine": "normalize_then_sum",
+                "sources": [
+                    {"name": "rm", "type": "grpc", "target": reward_service.target, "weight": 0.5},
+                    {
+                        "name": "exact",
+                        "type": "python",
+                        "function": "rewardline.trainer.rewards.verifiable:exact_answer",
+                    },
+                ],
+            },
+            "optim": {"lr": 2e-3},  # large, so that three steps visibly move greedy generations
+            "checkpoint": {"every": 0},
+            "observability": {"metrics_port": 0, "progress": False},
+        }
+    )
     trainer = Trainer(config)
     trainer.setup()
     try:
-        prompts = [json.loads(l)["prompt"] for l in (local_models / "data" / "prompts_test.jsonl").read_text().splitlines()[:40]]
+        prompts = [
+            json.loads(line)["prompt"]
+            for line in (local_models / "data" / "prompts_test.jsonl").read_text().splitlines()[:40]
+        ]
         prompt_ids = [encode_prompt(trainer.tokenizer, p, config.rollout) for p in prompts]
         before = trainer.engine.greedy(prompt_ids, 12)
         initial = {k: v.clone() for k, v in trainer.policy_module.policy.state_dict().items()}
@@ -60,8 +72,8 @@ def test_vllm_rollouts_against_the_reward_service(local_models, reward_service, 
         assert after != before
 
         # every step is in metrics.jsonl, with the combined reward and each source's
-        lines = [json.loads(l) for l in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [l["step"] for l in lines] == [1, 2, 3]
+        lines = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [line["step"] for line in lines] == [1, 2, 3]
         for line in lines:
             assert line["samples"] == 16 and line["valid_samples"] == 16
             assert isinstance(line["reward"], float) and "reward/rm" in line and 0 <= line["reward/exact"] <= 1
@@ -69,7 +81,10 @@ def test_vllm_rollouts_against_the_reward_service(local_models, reward_service, 
         # the Prometheus exporter says the same
         snapshot = scrape(trainer.metrics_port)
         assert sample_value(snapshot, "rewardline_trainer_step") == 3
-        assert abs(sample_value(snapshot, "rewardline_trainer_source_reward", source="exact") - lines[-1]["reward/exact"]) < 1e-6
+        assert (
+            abs(sample_value(snapshot, "rewardline_trainer_source_reward", source="exact") - lines[-1]["reward/exact"])
+            < 1e-6
+        )
         assert sample_value(snapshot, "rewardline_trainer_samples_total") == 48
         # plots and the final checkpoint, loadable as a Hugging Face model equal to the trained policy
         assert (config.run_dir / "reward.png").stat().st_size > 0 and (config.run_dir / "kl.png").stat().st_size > 0

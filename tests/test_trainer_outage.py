@@ -14,10 +14,10 @@ import time
 import grpc
 import yaml
 
-from rewardline.v1 import trainer_pb2 as tpb
-from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
 from rewardline.services.metrics import sample_value, scrape
 from rewardline.services.process import ServiceProcess, free_port, wait_serving
+from rewardline.v1 import trainer_pb2 as tpb
+from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
 
 
 def until(predicate, process: subprocess.Popen, timeout: float = 120.0):
@@ -40,22 +40,37 @@ def test_training_waits_for_a_reward_service_that_went_away(local_models, tmp_pa
         "policy": {"path": str(local_models / "policy")},
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 3, "prompts_per_step": 2, "max_new_tokens": 8},
-        "rewards": {"sources": [
-            {"name": "rm", "type": "grpc", "target": service.target, "reconnect_max_backoff_s": 0.5, "error_score": -5.0},
-            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
-        ]},
+        "rewards": {
+            "sources": [
+                {
+                    "name": "rm",
+                    "type": "grpc",
+                    "target": service.target,
+                    "reconnect_max_backoff_s": 0.5,
+                    "error_score": -5.0,
+                },
+                {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
+            ]
+        },
         "checkpoint": {"every": 0},
         "control": {"port": control_port},
         "observability": {"metrics_port": metrics_port, "progress": False},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    trainer = subprocess.Popen([sys.executable, "-m", "rewardline.trainer", "train", "--config", str(tmp_path / "run.yaml")],
-                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "rewardline.trainer", "train", "--config", str(tmp_path / "run.yaml")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_serving(f"127.0.0.1:{control_port}", 120, trainer)
         channel = grpc.insecure_channel(f"127.0.0.1:{control_port}")
         stub = tpb_grpc.TrainerServiceStub(channel)
-        status = lambda: stub.Status(tpb.StatusRequest(), timeout=10)
+
+        def status():
+            return stub.Status(tpb.StatusRequest(), timeout=10)
+
         until(lambda: status().step >= 2, trainer)
 
         service.kill()  # gone, with samples possibly in flight
@@ -88,9 +103,11 @@ def test_training_waits_for_a_reward_service_that_went_away(local_models, tmp_pa
 
     assert "reward source 'rm' is unavailable" in stderr and "training pauses until it is back" in stderr
     assert "reward source 'rm' is back" in stderr
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = lines[-1]["step"]
-    assert [l["step"] for l in lines] == list(range(1, last + 1))
-    assert all(l["samples"] == 6 and l["valid_samples"] == 6 and l["errors/rm"] == 0 for l in lines)  # none lost
+    assert [line["step"] for line in lines] == list(range(1, last + 1))
+    assert all(
+        line["samples"] == 6 and line["valid_samples"] == 6 and line["errors/rm"] == 0 for line in lines
+    )  # none lost
     state = json.loads((run_dir / "checkpoints" / f"step-{last:08d}" / "state.json").read_text())
     assert state["cursor"]["line"] == 2 * last  # the abandoned step's prompts come first after --resume

@@ -32,7 +32,9 @@ def test_reads_files_in_order_and_resumes_from_a_cursor(tmp_path):
 
 
 def test_bad_records_are_skipped_not_fatal(tmp_path):
-    (tmp_path / "a.jsonl").write_text('{"prompt": "ok"}\nnot json\n[1, 2]\n{"prompt": ""}\n{"answer": "3"}\n\n{"prompt": "ok2"}\n')
+    (tmp_path / "a.jsonl").write_text(
+        '{"prompt": "ok"}\nnot json\n[1, 2]\n{"prompt": ""}\n{"answer": "3"}\n\n{"prompt": "ok2"}\n'
+    )
     stream = PromptStream(DataConfig(train=[tmp_path / "a.jsonl"], loop=False))
     assert [r.prompt for r in stream.take(2)] == ["ok", "ok2"] and stream.skipped == 4
     with pytest.raises(NoMorePrompts):

@@ -30,10 +30,17 @@ def config_dict(local_models: Path, run_dir: Path) -> dict:
         "policy": {"path": str(local_models / "policy")},
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
         "rollout": {"engine": "hf", "n": 3, "prompts_per_step": 3, "max_new_tokens": 10},
-        "rewards": {"sources": [
-            {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
-            {"name": "format", "type": "python", "function": "rewardline.trainer.rewards.verifiable:format_reward", "weight": 0.2},
-        ]},
+        "rewards": {
+            "sources": [
+                {"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer"},
+                {
+                    "name": "format",
+                    "type": "python",
+                    "function": "rewardline.trainer.rewards.verifiable:format_reward",
+                    "weight": 0.2,
+                },
+            ]
+        },
         "algorithm": {"name": "grpo", "kl_coef": 0.05},
         "optim": {"lr": 5e-4, "schedule": "cosine", "warmup_steps": 3},
         "checkpoint": {"every": 4, "keep": 2},
@@ -42,7 +49,7 @@ def config_dict(local_models: Path, run_dir: Path) -> dict:
 
 
 def history(run_dir: Path) -> list[dict]:
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -51,15 +58,21 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def start(config_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "rewardline.trainer", "train", "--config", str(config_path), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rewardline.trainer", "train", "--config", str(config_path), *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(predicate, process: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if process.poll() is not None:
-            raise AssertionError(f"the run ended early ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
+            raise AssertionError(
+                f"the run ended early ({process.returncode}): {process.stderr.read().decode()[-2000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.02)

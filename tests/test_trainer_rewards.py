@@ -26,8 +26,12 @@ def answers(scores: dict[str, list], std=None, ood=None, errors=None):
         row = {}
         for name, values in scores.items():
             row[name] = SourceReward(
-                str(i), name, score=values[i], std=(std or {}).get(name, [None] * n)[i],
-                out_of_distribution=(ood or {}).get(name, [False] * n)[i], error=(errors or {}).get(name, [None] * n)[i],
+                str(i),
+                name,
+                score=values[i],
+                std=(std or {}).get(name, [None] * n)[i],
+                out_of_distribution=(ood or {}).get(name, [False] * n)[i],
+                error=(errors or {}).get(name, [None] * n)[i],
             )
         out.append(row)
     return out
@@ -39,8 +43,13 @@ def py(name, **kw):
 
 def test_weighted_sum_with_uncertainty_penalty_and_ood_mask():
     a, b = py("a", weight=2.0), py("b", weight=0.5, uncertainty_penalty=1.5, mask_out_of_distribution=True)
-    got = combine(answers({"a": [1.0, 0.0, 1.0], "b": [4.0, 2.0, 0.0]}, std={"b": [1.0, 0.0, 2.0]}, ood={"b": [False, False, True]}),
-                  [a, b], "sum")
+    got = combine(
+        answers(
+            {"a": [1.0, 0.0, 1.0], "b": [4.0, 2.0, 0.0]}, std={"b": [1.0, 0.0, 2.0]}, ood={"b": [False, False, True]}
+        ),
+        [a, b],
+        "sum",
+    )
     # b adjusted: 4 − 1.5·1 = 2.5, 2 − 0 = 2, masked
     np.testing.assert_allclose(got.reported[:2], [2 * 1 + 0.5 * 2.5, 2 * 0 + 0.5 * 2.0])
     assert got.valid.tolist() == [True, True, False] and math.isnan(got.reported[2]) and got.training[2] == 0
@@ -49,7 +58,9 @@ def test_weighted_sum_with_uncertainty_penalty_and_ood_mask():
 
 def test_errors_are_masked_or_given_the_error_score():
     masked, scored = py("m"), py("s", error_score=-1.0)
-    rows = answers({"m": [1.0, 0.0], "s": [0.5, 0.0]}, errors={"m": [None, "INVALID_ARGUMENT: empty"], "s": [None, "x"]})
+    rows = answers(
+        {"m": [1.0, 0.0], "s": [0.5, 0.0]}, errors={"m": [None, "INVALID_ARGUMENT: empty"], "s": [None, "x"]}
+    )
     got = combine(rows, [masked, scored], "sum")
     assert got.valid.tolist() == [True, False] and got.errors == {"m": 1, "s": 1}
     got = combine(rows, [scored], "sum")
@@ -60,7 +71,10 @@ def test_normalize_then_sum_and_sum_then_normalize():
     a, b = py("a", weight=1.0), py("b", weight=3.0)
     xa, xb = np.array([1.0, 2.0, 3.0, 6.0]), np.array([100.0, 300.0, 200.0, 400.0])
     rows = answers({"a": xa.tolist(), "b": xb.tolist()})
-    z = lambda x: (x - x.mean()) / (x.std() + 1e-6)
+
+    def z(x):
+        return (x - x.mean()) / (x.std() + 1e-6)
+
     np.testing.assert_allclose(combine(rows, [a, b], "normalize_then_sum").training, z(xa) + 3 * z(xb), rtol=1e-9)
     np.testing.assert_allclose(combine(rows, [a, b], "sum_then_normalize").training, z(xa + 3 * xb), rtol=1e-9)
     np.testing.assert_allclose(combine(rows, [a, b], "sum_then_normalize").reported, xa + 3 * xb)
@@ -92,7 +106,9 @@ def test_python_source_through_the_hub():
         hub.submit(batch)
         got = hub.wait([s.id for s in batch], timeout=60)
         assert [got[s.id]["exact"].score for s in batch] == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
-        assert all(got[s.id]["broken"].error for s in batch)  # a failing function refuses its samples, nothing else breaks
+        assert all(
+            got[s.id]["broken"].error for s in batch
+        )  # a failing function refuses its samples, nothing else breaks
         # a late, repeated answer is dropped, not counted into anything
         hub.deliver(SourceReward("p0", "exact", score=5.0))
         assert metrics.duplicate_rewards.labels("exact")._value.get() == 1
@@ -114,7 +130,9 @@ def reward_service(local_models, tmp_path_factory):
 
 def test_grpc_source_scores_equal_the_services_unary_scores(reward_service):
     metrics = TrainerMetrics()
-    hub = RewardHub([make_source(GrpcSourceConfig(name="rm", target=reward_service.target, max_samples_per_request=3))], metrics)
+    hub = RewardHub(
+        [make_source(GrpcSourceConfig(name="rm", target=reward_service.target, max_samples_per_request=3))], metrics
+    )
     hub.start()
     try:
         batch = samples("g", 10, correct=False) + [ScoringSample("empty", "What is 1 + 1?", "", answer="2")]

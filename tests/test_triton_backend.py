@@ -17,13 +17,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import assert_close, samples, short_pairs
 
 from rewardline.services.api import pb, pb_grpc
 from rewardline.services.backends.triton import TritonClassifier, TritonSampleError
 from rewardline.services.client import AsyncRewardClient, RewardClient
 from rewardline.services.errors import ServiceError
 from rewardline.services.process import ServiceProcess, wait_serving
-from support import assert_close, samples, short_pairs
 
 MAX_LENGTH = 128
 
@@ -57,12 +57,29 @@ def stack(reward_dir, triton, tmp_path_factory):
     """Our service on the triton backend, started while Triton is down; then Triton. Yields what was seen
     before Triton came up, and the service."""
     triton.stop()
-    args = ["--model", str(reward_dir), "--backend", "triton", "--triton-url", triton.url, "--triton-model", "reward",
-            "--max-length", str(MAX_LENGTH), "--max-batch-size", "16", "--triton-concurrency", "3",
-            "--triton-timeout-s", "60"]
+    args = [
+        "--model",
+        str(reward_dir),
+        "--backend",
+        "triton",
+        "--triton-url",
+        triton.url,
+        "--triton-model",
+        "reward",
+        "--max-length",
+        str(MAX_LENGTH),
+        "--max-batch-size",
+        "16",
+        "--triton-concurrency",
+        "3",
+        "--triton-timeout-s",
+        "60",
+    ]
     service = ServiceProcess("reward", args, log_path=tmp_path_factory.mktemp("svc") / "service.log")
     log = open(service.log_path, "ab")
-    service.process = subprocess.Popen(service.command(), env=service.env, stdout=log, stderr=log, start_new_session=True)
+    service.process = subprocess.Popen(
+        service.command(), env=service.env, stdout=log, stderr=log, start_new_session=True
+    )
     try:
         before = {}
         deadline = time.monotonic() + 120
@@ -149,7 +166,11 @@ def test_concurrent_requests_and_streams_get_their_own_rewards(target, reference
 BAD_REQUESTS = [
     ("empty batch", [], "no samples"),
     ("empty response", [pb.Sample(id="e", prompt="p", response="  ")], "'e': empty response"),
-    ("response that cannot fit", [pb.Sample(id="huge", prompt="p", response="seven " * 400)], "'huge': the response alone is"),
+    (
+        "response that cannot fit",
+        [pb.Sample(id="huge", prompt="p", response="seven " * 400)],
+        "'huge': the response alone is",
+    ),
 ]
 
 
@@ -273,6 +294,7 @@ def test_stopped_triton_turns_health_not_serving_and_a_restart_brings_it_back(st
     comes back on the same port. The service turns NOT_SERVING and answers UNAVAILABLE, then serves again
     without a restart; the source reports the outage, holds its samples and resends them."""
     from test_triton_reward_source import arithmetic, source_config
+
     from rewardline.trainer.observability import TrainerMetrics
     from rewardline.trainer.rewards import make_source
     from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout

@@ -14,7 +14,12 @@ from rewardline.services.cli import main
 from rewardline.services.modeling import weights_revision
 from rewardline.services.triton.config import TritonRepoConfig, TritonStartConfig
 from rewardline.services.triton.launcher import (
-    STUB, assemble_backend_dir, find_install, inspect_python_env, server_command, server_environment,
+    STUB,
+    assemble_backend_dir,
+    find_install,
+    inspect_python_env,
+    server_command,
+    server_environment,
 )
 from rewardline.services.triton.repository import MODEL_PY, build_repository
 
@@ -33,8 +38,24 @@ def params(config: model_config_pb2.ModelConfig) -> dict[str, str]:
 def test_build_repo_command_writes_a_repository_triton_can_read(local_models, tmp_path, capsys):
     reward = local_models / "reward"
     out = tmp_path / "repo"
-    code = main(["triton", "build-repo", "--model", str(reward), "--out", str(out), "--name", "rm",
-                 "--max-batch-size", "32", "--preferred-batch-sizes", "8,16", "--max-queue-delay-us", "250"])
+    code = main(
+        [
+            "triton",
+            "build-repo",
+            "--model",
+            str(reward),
+            "--out",
+            str(out),
+            "--name",
+            "rm",
+            "--max-batch-size",
+            "32",
+            "--preferred-batch-sizes",
+            "8,16",
+            "--max-queue-delay-us",
+            "250",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert capsys.readouterr().out.strip() == str(out / "rm")
     config = parse(out / "rm" / "config.pbtxt")
@@ -42,7 +63,9 @@ def test_build_repo_command_writes_a_repository_triton_can_read(local_models, tm
     inputs = {i.name: i for i in config.input}
     assert sorted(inputs) == ["attention_mask", "input_ids"]
     for tensor in inputs.values():
-        assert tensor.data_type == model_config_pb2.TYPE_INT64 and list(tensor.dims) == [-1] and tensor.allow_ragged_batch
+        assert (
+            tensor.data_type == model_config_pb2.TYPE_INT64 and list(tensor.dims) == [-1] and tensor.allow_ragged_batch
+        )
     (logits,) = config.output
     assert logits.name == "logits" and logits.data_type == model_config_pb2.TYPE_FP32 and list(logits.dims) == [1]
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
@@ -53,13 +76,20 @@ def test_build_repo_command_writes_a_repository_triton_can_read(local_models, tm
     assert p["model_dir"] == str(reward.resolve())
     assert p["rewardline_revision"] == weights_revision(reward)
     assert p["pad_token_id"].isdigit() and p["dtype"] == "float32"
-    assert (out / "rm" / "1" / "model.py").read_bytes() == MODEL_PY.read_bytes() == (REPO / "deploy" / "triton" / "model.py").read_bytes()
+    assert (
+        (out / "rm" / "1" / "model.py").read_bytes()
+        == MODEL_PY.read_bytes()
+        == (REPO / "deploy" / "triton" / "model.py").read_bytes()
+    )
 
 
 def test_gpu_variant_and_copied_weights(local_models, tmp_path):
     reward = local_models / "reward"
-    target = build_repository(TritonRepoConfig(model=reward, out=tmp_path, instance_kind="gpu", instances=2,
-                                               dtype="bfloat16", copy_model=True))
+    target = build_repository(
+        TritonRepoConfig(
+            model=reward, out=tmp_path, instance_kind="gpu", instances=2, dtype="bfloat16", copy_model=True
+        )
+    )
     assert target.name == "reward"
     config = parse(target / "config.pbtxt")
     (group,) = config.instance_group
@@ -79,7 +109,9 @@ def test_build_repo_refusals(local_models, tmp_path):
     assert build_repository(TritonRepoConfig(model=reward, out=tmp_path, force=True, max_batch_size=4)).is_dir()
     assert parse(tmp_path / "reward" / "config.pbtxt").max_batch_size == 4
     with pytest.raises(ValueError, match="preferred batch sizes"):
-        build_repository(TritonRepoConfig(model=reward, out=tmp_path, name="x", max_batch_size=8, preferred_batch_sizes=[16]))
+        build_repository(
+            TritonRepoConfig(model=reward, out=tmp_path, name="x", max_batch_size=8, preferred_batch_sizes=[16])
+        )
     (tmp_path / "pickled").mkdir()
     (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises((OSError, ValueError)):
@@ -89,7 +121,21 @@ def test_build_repo_refusals(local_models, tmp_path):
 
 
 def test_build_repo_command_rejects_a_bad_name_and_a_missing_model(local_models, tmp_path, capsys):
-    assert main(["triton", "build-repo", "--model", str(local_models / "reward"), "--out", str(tmp_path), "--name", "has space"]) == 2
+    assert (
+        main(
+            [
+                "triton",
+                "build-repo",
+                "--model",
+                str(local_models / "reward"),
+                "--out",
+                str(tmp_path),
+                "--name",
+                "has space",
+            ]
+        )
+        == 2
+    )
     assert "name" in capsys.readouterr().err
     assert main(["triton", "build-repo", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
     assert "rewardline triton build-repo:" in capsys.readouterr().err
@@ -100,7 +146,9 @@ def test_start_assembles_the_backend_directory_and_environment(tmp_path):
     stub_python = inspect_python_env(REPO / ".venv-triton")
     assert stub_python.version == f"{sys.version_info[0]}.{sys.version_info[1]}"
     backends = assemble_backend_dir(install, stub_python.version, tmp_path)
-    assert sorted(p.name for p in (backends / "python").iterdir()) == sorted(["libtriton_python.so", "triton_python_backend_utils.py", STUB])
+    assert sorted(p.name for p in (backends / "python").iterdir()) == sorted(
+        ["libtriton_python.so", "triton_python_backend_utils.py", STUB]
+    )
     assert assemble_backend_dir(install, stub_python.version, tmp_path) == backends  # reused, not rebuilt
     env = server_environment(install, stub_python, base={"PATH": "/usr/bin", "PYTHONPATH": "/elsewhere"})
     assert env["LD_LIBRARY_PATH"].split(":")[:2] == [str(stub_python.libdir), str(install.libs)]
@@ -109,7 +157,9 @@ def test_start_assembles_the_backend_directory_and_environment(tmp_path):
     assert cmd[0] == str(install.binary)
     assert "--grpc-port=9001" in cmd and "--allow-http=false" in cmd and "--metrics-port=9002" in cmd
     assert not any(c.startswith("--model-control-mode") for c in cmd)
-    explicit = server_command(TritonStartConfig(repo=tmp_path, model_control_mode="explicit", load_models=["a", "b"]), install, backends)
+    explicit = server_command(
+        TritonStartConfig(repo=tmp_path, model_control_mode="explicit", load_models=["a", "b"]), install, backends
+    )
     assert "--model-control-mode=explicit" in explicit and "--load-model=a" in explicit and "--load-model=b" in explicit
     everything = server_command(TritonStartConfig(repo=tmp_path, model_control_mode="explicit"), install, backends)
     assert "--load-model=*" in everything
@@ -124,5 +174,10 @@ def test_start_refuses_an_environment_with_numpy_2():
 
 
 def test_start_command_reports_a_missing_stub_environment(tmp_path, capsys):
-    assert main(["triton", "start", "--repo", str(tmp_path), "--grpc-port", "1", "--python-env", str(tmp_path / "nothing")]) == 1
+    assert (
+        main(
+            ["triton", "start", "--repo", str(tmp_path), "--grpc-port", "1", "--python-env", str(tmp_path / "nothing")]
+        )
+        == 1
+    )
     assert "install.sh --test" in capsys.readouterr().err

@@ -26,13 +26,23 @@ def arithmetic(prefix: str, n: int) -> list[ScoringSample]:
     out = []
     for i in range(n):
         a, b = 10 + i, 3 * i
-        out.append(ScoringSample(f"{prefix}{i}", f"What is {a} + {b}?", f"The answer is {a + b + i % 2}.", answer=str(a + b)))
+        out.append(
+            ScoringSample(f"{prefix}{i}", f"What is {a} + {b}?", f"The answer is {a + b + i % 2}.", answer=str(a + b))
+        )
     return out
 
 
 def source_config(triton, local_models, **kw) -> TritonSourceConfig:
-    return TritonSourceConfig(name="rm", url=triton.url, model="reward", model_dir=local_models / "reward",
-                              max_length=128, max_batch_size=5, reconnect_max_backoff_s=0.5, **kw)
+    return TritonSourceConfig(
+        name="rm",
+        url=triton.url,
+        model="reward",
+        model_dir=local_models / "reward",
+        max_length=128,
+        max_batch_size=5,
+        reconnect_max_backoff_s=0.5,
+        **kw,
+    )
 
 
 def test_triton_source_rewards_equal_the_reference_and_bad_samples_are_refused(running_triton, local_models, reference):
@@ -48,9 +58,9 @@ def test_triton_source_rewards_equal_the_reference_and_bad_samples_are_refused(r
         got = hub.wait([s.id for s in batch + bad], timeout=120)
     finally:
         hub.close()
-    np.testing.assert_allclose([got[s.id]["rm"].score for s in batch],
-                               [reference.score(s.prompt, s.completion) for s in batch], atol=1e-4)
+    np.testing.assert_allclose(
+        [got[s.id]["rm"].score for s in batch], [reference.score(s.prompt, s.completion) for s in batch], atol=1e-4
+    )
     assert got["empty"]["rm"].error.startswith("INVALID_ARGUMENT") and "empty response" in got["empty"]["rm"].error
     assert got["huge"]["rm"].error.startswith("INVALID_ARGUMENT")
     assert metrics.reward_errors.labels("rm")._value.get() == 2
-

@@ -20,6 +20,7 @@ from statistics import NormalDist
 import grpc
 import numpy as np
 import pytest
+from support import InProcessRewardModel, assert_close, metric, metrics
 
 from rewardline.services.api import pb, pb_grpc
 from rewardline.services.client import RewardClient
@@ -27,7 +28,6 @@ from rewardline.services.config import ServeConfig
 from rewardline.services.process import ServiceProcess, start_all
 from rewardline.services.uncertainty.model_format import SPEC_FILE, read_spec
 from rewardline.services.uncertainty.scorer import UncertaintyScorer
-from support import InProcessRewardModel, assert_close, metric, metrics
 from rewardline.trainer.reward_modeling.assemble import RMEnsembleConfig, assemble_checkpoint_ensemble
 from rewardline.trainer.reward_modeling.rm_train import RMTrainConfig, TrainedModel, save_and_calibrate, train_model
 
@@ -62,8 +62,15 @@ def kinds(local_models, tmp_path_factory) -> dict[str, Kind]:
     lines = (local_models / "data" / "prefs_train.jsonl").read_text().splitlines()
     (root / "prefs.jsonl").write_text("\n".join(lines[:240]) + "\n")
     (root / "heldout.jsonl").write_text("\n".join(lines[240:300]) + "\n")
-    common = dict(data=root / "prefs.jsonl", base=local_models / "reward", freeze_backbone=True, steps=30,
-                  batch_size=64, heldout_fraction=0.25, device="cpu")
+    common = dict(
+        data=root / "prefs.jsonl",
+        base=local_models / "reward",
+        freeze_backbone=True,
+        steps=30,
+        batch_size=64,
+        heldout_fraction=0.25,
+        device="cpu",
+    )
 
     def train(name: str, **extra: object) -> TrainedModel:
         config = RMTrainConfig(**common, out=root / name, **extra)
@@ -74,14 +81,22 @@ def kinds(local_models, tmp_path_factory) -> dict[str, Kind]:
     out = {
         "ensemble": Kind("ensemble", root / "ensemble", [train("ensemble", kind="ensemble", members=3)], []),
         # a URME-like pair of Gaussian heads over two attributes, served with a weighted combination
-        "gaussian": Kind("gaussian", root / "gaussian",
-                         [train("gaussian", kind="gaussian", members=2, attributes=["score", "format"])],
-                         ["--score-weights", ",".join(f"{k}={v}" for k, v in GAUSSIAN_WEIGHTS.items())]),
-        "quantile": Kind("quantile", root / "quantile", [train("quantile", kind="quantile", quantile_levels=LEVELS)], []),
+        "gaussian": Kind(
+            "gaussian",
+            root / "gaussian",
+            [train("gaussian", kind="gaussian", members=2, attributes=["score", "format"])],
+            ["--score-weights", ",".join(f"{k}={v}" for k, v in GAUSSIAN_WEIGHTS.items())],
+        ),
+        "quantile": Kind(
+            "quantile", root / "quantile", [train("quantile", kind="quantile", quantile_levels=LEVELS)], []
+        ),
     }
     members = [train(f"member{i}", kind="scalar", seed=i) for i in range(2)]
-    assemble_checkpoint_ensemble(RMEnsembleConfig(members=[root / "member0", root / "member1"],
-                                                  data=root / "heldout.jsonl", out=root / "checkpoints"))
+    assemble_checkpoint_ensemble(
+        RMEnsembleConfig(
+            members=[root / "member0", root / "member1"], data=root / "heldout.jsonl", out=root / "checkpoints"
+        )
+    )
     out["checkpoint_ensemble"] = Kind("checkpoint_ensemble", root / "checkpoints", members, [])
     return out
 
@@ -89,8 +104,11 @@ def kinds(local_models, tmp_path_factory) -> dict[str, Kind]:
 @pytest.fixture(scope="module")
 def services(kinds):
     """The four services, started side by side (each loads and warms up on its own process)."""
-    procs = {name: ServiceProcess("uncertainty", ["--model", str(k.model_dir), "--max-length", "256", *k.args])
-             for name, k in kinds.items()}
+    procs = {
+        name: ServiceProcess("uncertainty", ["--model", str(k.model_dir), "--max-length", "256", *k.args])
+        for name, k in kinds.items()
+    }
+
     def stop(p: ServiceProcess) -> None:
         try:
             p.stop()
@@ -117,7 +135,7 @@ def as_samples(texts: list[tuple[str, str]], prefix: str) -> list[dict]:
     return [{"id": f"{prefix}{i}", "prompt": p, "response": r} for i, (p, r) in enumerate(texts)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def in_process(model_dir: Path) -> InProcessRewardModel:
     return InProcessRewardModel(model_dir)
 
@@ -148,8 +166,14 @@ def reference(kind: Kind, prompt: str, response: str) -> dict:
     else:
         members = heads[:, 0, :] @ w
     epistemic = float(np.std(members))
-    return {"score": float(np.mean(members)), "members": members, "epistemic": epistemic, "aleatoric": float(aleatoric),
-            "std": float(np.hypot(epistemic, aleatoric)), "quantiles": quantiles}
+    return {
+        "score": float(np.mean(members)),
+        "members": members,
+        "epistemic": epistemic,
+        "aleatoric": float(aleatoric),
+        "std": float(np.hypot(epistemic, aleatoric)),
+        "quantiles": quantiles,
+    }
 
 
 @pytest.mark.parametrize("name", ["ensemble", "gaussian", "quantile", "checkpoint_ensemble"])
@@ -254,8 +278,15 @@ def test_bad_input_and_compare_are_refused_as_by_the_reward_service(services, cl
         stub.Compare(pb.CompareRequest(id="c", prompt="p", response_a="a", response_b="b"), timeout=30)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     channel.close()
-    got = {r.id: r for r in clients["ensemble"].score_stream(
-        [{"id": "good", "prompt": "What is 1 + 1?", "response": "The answer is 2."}, {"id": "bad", "prompt": "p", "response": ""}])}
+    got = {
+        r.id: r
+        for r in clients["ensemble"].score_stream(
+            [
+                {"id": "good", "prompt": "What is 1 + 1?", "response": "The answer is 2."},
+                {"id": "bad", "prompt": "p", "response": ""},
+            ]
+        )
+    }
     assert got["bad"].HasField("error") and not got["good"].HasField("error")
     assert got["good"].uncertainty.std > 0
     assert clients["ensemble"].health() == "SERVING"
@@ -296,7 +327,8 @@ def test_a_plain_reward_model_is_not_served_as_an_uncertainty_model(local_models
 
 def test_a_checkpoint_ensemble_is_refused_on_the_triton_backend(kinds):
     """Triton serves the one model --triton-model names; K members would all be that one model."""
-    config = ServeConfig(kind="uncertainty", model=kinds["checkpoint_ensemble"].model_dir, backend="triton",
-                         triton_url="127.0.0.1:1")
+    config = ServeConfig(
+        kind="uncertainty", model=kinds["checkpoint_ensemble"].model_dir, backend="triton", triton_url="127.0.0.1:1"
+    )
     with pytest.raises(ValueError, match="one model per member"):
         UncertaintyScorer.load(config)

@@ -4,11 +4,11 @@ started for real and used through gRPC. Rewards must equal transformers' own for
 from __future__ import annotations
 
 import pytest
+from support import InProcessRewardModel, assert_close, samples, short_pairs
 
 from rewardline.services.api import pb
 from rewardline.services.client import RewardClient
 from rewardline.services.process import ServiceProcess
-from support import InProcessRewardModel, assert_close, samples, short_pairs
 
 MAX_LENGTH = 128
 
@@ -16,10 +16,14 @@ MAX_LENGTH = 128
 @pytest.fixture(scope="module")
 def services(local_models, reward_dir, start_together, stop_together):
     """The reward kind and the uncertainty kind, both on vLLM, started together."""
-    reward = ServiceProcess("reward", ["--model", str(reward_dir), "--backend", "vllm", "--max-length", str(MAX_LENGTH),
-                                       "--max-batch-size", "16"])
-    uncertainty = ServiceProcess("uncertainty", ["--model", str(local_models / "uncertainty"), "--backend", "vllm",
-                                                 "--max-length", str(MAX_LENGTH)])
+    reward = ServiceProcess(
+        "reward",
+        ["--model", str(reward_dir), "--backend", "vllm", "--max-length", str(MAX_LENGTH), "--max-batch-size", "16"],
+    )
+    uncertainty = ServiceProcess(
+        "uncertainty",
+        ["--model", str(local_models / "uncertainty"), "--backend", "vllm", "--max-length", str(MAX_LENGTH)],
+    )
     start_together(reward, uncertainty)
     yield {"reward": reward, "uncertainty": uncertainty}
     assert stop_together(reward, uncertainty) == [0, 0]
@@ -49,7 +53,9 @@ def test_get_info_says_vllm(client):
 
 
 def test_a_long_prompt_is_cut_and_the_service_goes_on(client, reference):
-    (cut,) = client.score([{"id": "long", "prompt": "What is 3 + 4? " + "seven plus three is ten " * 60, "response": "7"}])
+    (cut,) = client.score(
+        [{"id": "long", "prompt": "What is 3 + 4? " + "seven plus three is ten " * 60, "response": "7"}]
+    )
     assert cut.truncated and cut.num_tokens == MAX_LENGTH
     pair = short_pairs(reference, 1, MAX_LENGTH, seed=4)[0]
     (again,) = client.score(samples([pair]))

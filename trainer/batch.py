@@ -9,8 +9,8 @@ nothing the model computes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -29,13 +29,28 @@ class Batch:
     def completion_width(self) -> int:
         return self.completion_ids.shape[1]
 
-    def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
-                                              self.completion_ids, self.completion_mask)))
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            *(
+                t.to(device)
+                for t in (
+                    self.input_ids,
+                    self.attention_mask,
+                    self.position_ids,
+                    self.completion_ids,
+                    self.completion_mask,
+                )
+            )
+        )
 
-    def rows(self, index: slice) -> "Batch":
-        return Batch(self.input_ids[index], self.attention_mask[index], self.position_ids[index],
-                     self.completion_ids[index], self.completion_mask[index])
+    def rows(self, index: slice) -> Batch:
+        return Batch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.position_ids[index],
+            self.completion_ids[index],
+            self.completion_mask[index],
+        )
 
 
 def build_batch(completions: Sequence[Completion], valid: Sequence[bool], pad_id: int) -> Batch:
@@ -51,4 +66,10 @@ def build_batch(completions: Sequence[Completion], valid: Sequence[bool], pad_id
         completion_mask.append([float(keep)] * len(tokens) + [0.0] * right)
     attention_mask = torch.tensor(attention)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return Batch(torch.tensor(input_ids), attention_mask, position_ids, torch.tensor(completion_ids), torch.tensor(completion_mask))
+    return Batch(
+        torch.tensor(input_ids),
+        attention_mask,
+        position_ids,
+        torch.tensor(completion_ids),
+        torch.tensor(completion_mask),
+    )

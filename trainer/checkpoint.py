@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from rewardline.trainer.prompts import Cursor
 from rewardline.trainer.distributed import is_sharded, load_full_state
 from rewardline.trainer.policy import PolicyModule
+from rewardline.trainer.prompts import Cursor
 
 log = logging.getLogger(__name__)
 PREFIX = "step-"
@@ -104,10 +104,20 @@ def save(
         },
         tmp / "trainer_state.pt",
     )
-    (tmp / "state.json").write_text(json.dumps({
-        "step": state.step, "cursor": state.cursor.model_dump(), "config_hash": state.config_hash,
-        "world_size": state.world_size, "strategy": state.strategy, "time": time.time(),
-    }, indent=2) + "\n")
+    (tmp / "state.json").write_text(
+        json.dumps(
+            {
+                "step": state.step,
+                "cursor": state.cursor.model_dump(),
+                "config_hash": state.config_hash,
+                "world_size": state.world_size,
+                "strategy": state.strategy,
+                "time": time.time(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob(f"{PREFIX}*"), key=lambda p: int(p.name[len(PREFIX) :]))[:-keep]:
@@ -129,7 +139,9 @@ def load(path: Path, module: PolicyModule, optimizer: torch.optim.Optimizer, sch
         load_full_state(module, optimizer, full, state["optimizer"])
     else:
         _load_unsharded(path, module)
-        set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            module, optimizer, optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True)
+        )
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return TrainingState(state["step"], Cursor(**state["cursor"]), state["config_hash"])

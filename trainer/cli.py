@@ -55,17 +55,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     models = sub.add_parser("models", help="small local models and data (no download)")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    build = models_sub.add_parser("build", help="build (or reuse) the local models and data under --out",
-                                  description="Build the small local models and data sets; unchanged steps are reused.")
-    build.add_argument("--out", type=Path, default=DEFAULT_MODELS, help=f"directory to build into (default: {DEFAULT_MODELS})")
+    build = models_sub.add_parser(
+        "build",
+        help="build (or reuse) the local models and data under --out",
+        description="Build the small local models and data sets; unchanged steps are reused.",
+    )
+    build.add_argument(
+        "--out", type=Path, default=DEFAULT_MODELS, help=f"directory to build into (default: {DEFAULT_MODELS})"
+    )
     build.add_argument("--force", action="store_true", help="rerun every step, even those whose key is unchanged")
     add_config_flags(build, ModelsBuildConfig)
     build.set_defaults(handler=_models_build)
 
     from rewardline.trainer.config import TrainConfig
 
-    train = sub.add_parser("train", help="the online RL training daemon (GRPO, RLOO, PPO)", description=TRAIN_DESCRIPTION,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = sub.add_parser(
+        "train",
+        help="the online RL training daemon (GRPO, RLOO, PPO)",
+        description=TRAIN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run_dir")
     add_config_flags(train, TrainConfig, skip={"rewards.sources"})
     train.set_defaults(handler=_train)
@@ -77,4 +86,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from rewardline.trainer.reward_modeling.cli import add_rm_commands  # rm train / eval / ensemble / calibrate
 
     add_rm_commands(sub)
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,7 +35,8 @@ class PolicyConfig(_Section):
     path: Path = Field(..., description="the policy: a Hugging Face causal LM directory (safetensors)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights and compute dtype")
     device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="where the policy, reference and value model train: cpu, cuda, cuda:N; auto: this process's GPU "
         "(LOCAL_RANK under torchrun) when CUDA is available, else cpu",
     )
@@ -65,14 +66,18 @@ class RolloutConfig(_Section):
 
 class DataConfig(_Section):
     train: list[Path] = Field([], description="prompt JSONL files, read in order (comma-separated)")
-    watch_dir: Path | None = Field(None, description="a directory whose new *.jsonl files (by name) are read as they arrive")
+    watch_dir: Path | None = Field(
+        None, description="a directory whose new *.jsonl files (by name) are read as they arrive"
+    )
     poll_s: float = Field(2.0, gt=0, description="how often the watched directory is listed when idle")
     prompt_field: str = Field("prompt", description="the JSON key of the prompt")
     answer_field: str = Field("answer", description="the JSON key of the reference answer (optional in records)")
-    loop: bool = Field(True, description="start over from the first file when every file is read (else wait for new files)")
+    loop: bool = Field(
+        True, description="start over from the first file when every file is read (else wait for new files)"
+    )
 
     @model_validator(mode="after")
-    def _has_prompts(self) -> "DataConfig":
+    def _has_prompts(self) -> DataConfig:
         if not self.train and self.watch_dir is None:
             raise ValueError("give prompt files (data.train) or a directory to watch (data.watch_dir)")
         return self
@@ -82,9 +87,14 @@ class _SourceBase(_Section):
     name: str = Field(..., min_length=1, description="the source's name in metrics and logs")
     weight: float = Field(1.0, description="weight in the combined reward")
     uncertainty_penalty: float = Field(0.0, ge=0, description="λ in score − λ·std for sources that report uncertainty")
-    mask_out_of_distribution: bool = Field(False, description="leave samples this source flags out of distribution out of the loss")
+    mask_out_of_distribution: bool = Field(
+        False, description="leave samples this source flags out of distribution out of the loss"
+    )
     error_score: float | None = Field(
-        None, description="the score of a sample this source refused (e.g. an empty response); None: leave it out of the loss"
+        None,
+        description=(
+            "the score of a sample this source refused (e.g. an empty response); None: leave it out of the loss"
+        ),
     )
 
 
@@ -112,19 +122,29 @@ class TritonSourceConfig(_SourceBase):
     type: Literal["triton"] = "triton"
     url: str = Field(..., min_length=1, description="host:port of Triton's gRPC endpoint")
     model: str = Field(..., min_length=1, description="the model's name in Triton")
-    model_dir: Path = Field(..., description="the model directory Triton serves (tokenizer, chat template, config, weights' revision)")
-    max_length: int | None = Field(None, gt=0, description="longest input in tokens; longer prompts are cut from the left (default: the model's)")
-    chat_template: Literal["auto", "on", "off"] = Field("auto", description="render with the tokenizer's chat template (auto: when it has one)")
-    score_weights: dict[str, float] | list[float] | None = Field(None, description="multi-attribute models: weights of the outputs in the score (default: the first)")
+    model_dir: Path = Field(
+        ..., description="the model directory Triton serves (tokenizer, chat template, config, weights' revision)"
+    )
+    max_length: int | None = Field(
+        None, gt=0, description="longest input in tokens; longer prompts are cut from the left (default: the model's)"
+    )
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto", description="render with the tokenizer's chat template (auto: when it has one)"
+    )
+    score_weights: dict[str, float] | list[float] | None = Field(
+        None, description="multi-attribute models: weights of the outputs in the score (default: the first)"
+    )
     max_batch_size: int = Field(32, gt=0, description="samples per Triton call")
     concurrency: int = Field(4, gt=0, description="Triton calls in flight (its dynamic batcher merges them)")
     timeout_s: float = Field(60.0, gt=0, description="deadline of one Triton call")
-    reconnect_max_backoff_s: float = Field(5.0, gt=0, description="longest wait between readiness checks while Triton is away")
+    reconnect_max_backoff_s: float = Field(
+        5.0, gt=0, description="longest wait between readiness checks while Triton is away"
+    )
 
 
 # Another source type (a Triton one, say) is a config class here, added to this union, and an entry in
 # trainer/rewards/__init__.py: SOURCE_TYPES.
-RewardSourceConfig = Annotated[Union[GrpcSourceConfig, PythonSourceConfig, TritonSourceConfig], Field(discriminator="type")]
+RewardSourceConfig = Annotated[GrpcSourceConfig | PythonSourceConfig | TritonSourceConfig, Field(discriminator="type")]
 
 
 class RewardsConfig(_Section):
@@ -135,11 +155,15 @@ class RewardsConfig(_Section):
         "sum_then_normalize: z-score the weighted sum",
     )
     max_wait_s: float | None = Field(
-        None, gt=0, description="give up (exit 1) after waiting this long for one step's rewards (None: wait for the sources to come back)"
+        None,
+        gt=0,
+        description=(
+            "give up (exit 1) after waiting this long for one step's rewards (None: wait for the sources to come back)"
+        ),
     )
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "RewardsConfig":
+    def _unique_names(self) -> RewardsConfig:
         names = [s.name for s in self.sources]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -154,13 +178,17 @@ class AlgorithmConfig(_Section):
     kl_coef: float = Field(0.04, ge=0, description="β of the KL term to the reference (k3 estimator)")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
     loss_aggregation: Literal["token", "sequence"] = Field(
-        "token", description="token: mean over every completion token of the batch; sequence: mean of per-sequence means"
+        "token",
+        description="token: mean over every completion token of the batch; sequence: mean of per-sequence means",
     )
     epochs: int = Field(1, gt=0, description="optimisation passes over each batch of rollouts")
     scale_rewards: bool = Field(True, description="GRPO: divide group-centred rewards by the group's std")
     # PPO
     value_model: Literal["head", "model"] = Field(
-        "head", description="PPO: a value head on the policy's hidden states, or a separate value model (from the policy's weights)"
+        "head",
+        description=(
+            "PPO: a value head on the policy's hidden states, or a separate value model (from the policy's weights)"
+        ),
     )
     gamma: float = Field(1.0, ge=0, le=1, description="PPO: discount")
     lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE λ")
@@ -175,9 +203,13 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (comma-separated)")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (None: off)")
-    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate schedule after warm-up")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning-rate schedule after warm-up"
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
-    micro_batch_size: int | None = Field(None, gt=0, description="sequences per forward/backward (None: the whole local batch)")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="sequences per forward/backward (None: the whole local batch)"
+    )
 
 
 class CheckpointConfig(_Section):
@@ -193,22 +225,31 @@ class ObservabilityConfig(_Section):
 
 
 class ControlConfig(_Section):
-    port: int | None = Field(None, ge=0, le=65535, description="gRPC TrainerService port (None: no control API; 0: any free port)")
+    port: int | None = Field(
+        None, ge=0, le=65535, description="gRPC TrainerService port (None: no control API; 0: any free port)"
+    )
     host: str = Field("127.0.0.1", description="address of the control API")
 
 
 class DistributedConfig(_Section):
     backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto", description="torch.distributed backend under torchrun; auto: nccl when the policy is on a GPU, else gloo"
+        "auto",
+        description="torch.distributed backend under torchrun; auto: nccl when the policy is on a GPU, else gloo",
     )
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="under torchrun: ddp (every rank holds the model) or fsdp (FSDP2: parameters, gradients and optimizer state sharded)"
+        "ddp",
+        description=(
+            "under torchrun: ddp (every rank holds the model) or fsdp (FSDP2: parameters, gradients and optimizer "
+            "state sharded)"
+        ),
     )
 
 
 class TrainConfig(_Section):
     run_dir: Path = Field(Path("runs/train"), description="checkpoints, metrics.jsonl and plots go here")
-    steps: int | None = Field(None, gt=0, description="stop after this many steps (None: run until stopped, as a daemon)")
+    steps: int | None = Field(
+        None, gt=0, description="stop after this many steps (None: run until stopped, as a daemon)"
+    )
     seed: int = Field(0, description="seeds sampling, data-independent randomness and initialisation")
     threads: int | None = Field(1, gt=0, description="torch threads per process (None: torch's default)")
     log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
@@ -224,7 +265,7 @@ class TrainConfig(_Section):
     distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> TrainConfig:
         if self.algorithm.name in ("grpo", "rloo") and self.rollout.n < 2:
             raise ValueError(f"rollout.n: {self.algorithm.name} compares samples of one prompt, so it needs n >= 2")
         if self.policy.reference == "adapters_off" and not self.policy.lora.enabled:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,8 +34,15 @@ class CheckpointRequest:
 class Control:
     """The state the API reports and the requests it leaves for the training loop (thread-safe)."""
 
-    def __init__(self, run_dir: str, config_hash: str, algorithm: str, world_size: int, max_steps: int | None,
-                 waiting_for: Callable[[], list[str]] = list) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        config_hash: str,
+        algorithm: str,
+        world_size: int,
+        max_steps: int | None,
+        waiting_for: Callable[[], list[str]] = list,
+    ) -> None:
         self.lock = threading.Lock()
         self.state: int = tpb.TRAINER_STATE_STARTING
         self.step = 0
@@ -76,10 +83,18 @@ class Control:
             if self.state == tpb.TRAINER_STATE_RUNNING and waiting:
                 state = tpb.TrainerState.Name(tpb.TRAINER_STATE_WAITING_FOR_REWARDS)
             return tpb.StatusResponse(
-                state=state, step=self.step, max_steps=self.max_steps, reward=self.reward, kl=self.kl,
-                checkpoint_step=self.checkpoint_step, checkpoint_path=self.checkpoint_path,
-                waiting_for_sources=waiting, run_dir=self.run_dir, config_hash=self.config_hash,
-                algorithm=self.algorithm, world_size=self.world_size,
+                state=state,
+                step=self.step,
+                max_steps=self.max_steps,
+                reward=self.reward,
+                kl=self.kl,
+                checkpoint_step=self.checkpoint_step,
+                checkpoint_path=self.checkpoint_path,
+                waiting_for_sources=waiting,
+                run_dir=self.run_dir,
+                config_hash=self.config_hash,
+                algorithm=self.algorithm,
+                world_size=self.world_size,
             )
 
 
@@ -118,7 +133,10 @@ class TrainerServicer(tpb_grpc.TrainerServiceServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the trainer is stopping")
             c.checkpoints.append(pending)
         if not pending.done.wait(context.time_remaining()):
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the checkpoint is not written yet; it will be at the next step boundary")
+            context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the checkpoint is not written yet; it will be at the next step boundary",
+            )
         return tpb.CheckpointResponse(step=pending.step, path=pending.path)
 
 
@@ -128,12 +146,14 @@ class ControlServer:
         tpb_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(control), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((TRAINER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (TRAINER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port} for the control API")
 
-    def start(self) -> "ControlServer":
+    def start(self) -> ControlServer:
         self.server.start()
         for name in ("", TRAINER_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -16,8 +16,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,7 +33,9 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: Path = Field(Path(".cache/models"), description="where the local models are built (reused when current)")
-    out: Path = Field(Path("runs/demo"), description="the run directory: metrics.jsonl, plots, checkpoints, service logs")
+    out: Path = Field(
+        Path("runs/demo"), description="the run directory: metrics.jsonl, plots, checkpoints, service logs"
+    )
     steps: int = Field(600, gt=0, description="training steps")
     engine: Literal["vllm", "hf"] = Field("vllm", description="rollout engine: vllm (the CPU build) or hf")
     prompts_per_step: int = Field(8, gt=0, description="prompts per step")
@@ -40,10 +43,15 @@ class DemoConfig(BaseModel):
     lr: float = Field(5e-5, gt=0, description="learning rate")
     kl_coef: float = Field(0.04, ge=0, description="β of the KL to the reference")
     scale_rewards: bool = Field(
-        False, description="divide group-centred rewards by the group's std (GRPO) or not (Dr. GRPO; steadier with noisy learned rewards)"
+        False,
+        description=(
+            "divide group-centred rewards by the group's std (GRPO) or not (Dr. GRPO; steadier with noisy learned "
+            "rewards)"
+        ),
     )
     services: list[str] = Field(
-        ["reward", "uncertainty", "judge"], description="services to start when their kind and local model exist (comma-separated)"
+        ["reward", "uncertainty", "judge"],
+        description="services to start when their kind and local model exist (comma-separated)",
     )
     eval_prompts: int = Field(500, gt=0, description="held-out prompts for greedy accuracy before and after")
     seed: int = Field(0, description="training seed")
@@ -60,7 +68,10 @@ class DemoConfig(BaseModel):
 # without (single runs that also differed in weights or learning rate: indicative, not a measurement).
 SOURCES: dict[str, tuple[dict, list[str]]] = {
     "reward": ({"weight": 0.1, "error_score": -5.0}, []),
-    "uncertainty": ({"weight": 0.1, "uncertainty_penalty": 1.0, "mask_out_of_distribution": True, "error_score": -5.0}, ["--max-length", "256"]),
+    "uncertainty": (
+        {"weight": 0.1, "uncertainty_penalty": 1.0, "mask_out_of_distribution": True, "error_score": -5.0},
+        ["--max-length", "256"],
+    ),
     "judge": ({"weight": 0.25, "error_score": 0.0}, ["--backend", "hf"]),
 }
 
@@ -78,7 +89,9 @@ def _service_plan(config: DemoConfig, models: Path) -> list[str]:
     return out
 
 
-def held_out(model, tokenizer, prompts: list[str], answers: list, sources: list, targets: dict[str, str]) -> dict[str, float]:
+def held_out(
+    model, tokenizer, prompts: list[str], answers: list, sources: list, targets: dict[str, str]
+) -> dict[str, float]:
     """Greedy answers to the same held-out problems, scored by every source and combined as in training
     (weights, uncertainty penalty): unlike per-step training means, free of which prompts a step drew."""
     from rewardline.services.client import RewardClient
@@ -90,7 +103,8 @@ def held_out(model, tokenizer, prompts: list[str], answers: list, sources: list,
     responses = sft.generate_greedy(model, tokenizer, prompts, max_new_tokens=12)
     ids = [str(i) for i in range(len(prompts))]
     answers_by_source: list[dict[str, SourceReward]] = [
-        {"exact": SourceReward(i, "exact", score=float(task.is_correct(r, a)))} for i, r, a in zip(ids, responses, answers)
+        {"exact": SourceReward(i, "exact", score=float(task.is_correct(r, a)))}
+        for i, r, a in zip(ids, responses, answers)
     ]
     for name, target in targets.items():
         scorable = [i for i, r in enumerate(responses) if r.strip()]  # the service refuses empty responses
@@ -99,8 +113,12 @@ def held_out(model, tokenizer, prompts: list[str], answers: list, sources: list,
         with RewardClient(target, timeout=300) as client:
             for start in range(0, len(scorable), 64):
                 chunk = scorable[start : start + 64]
-                rewards = client.score([{"id": ids[i], "prompt": prompts[i], "response": responses[i], "reference": str(answers[i])}
-                                        for i in chunk])
+                rewards = client.score(
+                    [
+                        {"id": ids[i], "prompt": prompts[i], "response": responses[i], "reference": str(answers[i])}
+                        for i in chunk
+                    ]
+                )
                 for i, reward in zip(chunk, rewards):
                     answers_by_source[i][name] = from_pb(reward, name)
     combined = combine(answers_by_source, sources, "sum")
@@ -132,8 +150,12 @@ def run_demo(config: DemoConfig) -> int:
     kinds = _service_plan(config, models)
 
     print(f"[2/5] starting {', '.join(kinds) or 'no'} service(s) on loopback (rewardline serve KIND)")
-    services = {kind: ServiceProcess(kind, ["--model", str(models / kind), *SOURCES[kind][1]], log_path=out / f"{kind}-service.log")
-                for kind in kinds}
+    services = {
+        kind: ServiceProcess(
+            kind, ["--model", str(models / kind), *SOURCES[kind][1]], log_path=out / f"{kind}-service.log"
+        )
+        for kind in kinds
+    }
     start_all(services.values(), timeout=300)
     try:
         for kind, svc in services.items():
@@ -141,31 +163,60 @@ def run_demo(config: DemoConfig) -> int:
         tokenizer = AutoTokenizer.from_pretrained(models / "policy")
         prompts, answers = task_data.read_prompts(models / "data" / "prompts_test.jsonl")
         prompts, answers = prompts[: config.eval_prompts], answers[: config.eval_prompts]
-        sources = [{"name": "exact", "type": "python", "function": "rewardline.trainer.rewards.verifiable:exact_answer", "weight": 1.0}]
-        sources += [{"name": kind, "type": "grpc", "target": svc.target, **SOURCES[kind][0]} for kind, svc in services.items()]
+        sources = [
+            {
+                "name": "exact",
+                "type": "python",
+                "function": "rewardline.trainer.rewards.verifiable:exact_answer",
+                "weight": 1.0,
+            }
+        ]
+        sources += [
+            {"name": kind, "type": "grpc", "target": svc.target, **SOURCES[kind][0]} for kind, svc in services.items()
+        ]
         targets = {kind: svc.target for kind, svc in services.items()}
-        source_configs = TrainConfig.model_validate({"policy": {"path": "."}, "data": {"train": ["."]},
-                                                     "rewards": {"sources": sources}}).rewards.sources
-        print(f"[3/5] the policy before training: greedy answers to {len(prompts)} held-out problems, checked and scored")
-        before = held_out(AutoModelForCausalLM.from_pretrained(models / "policy"), tokenizer, prompts, answers, source_configs, targets)
+        source_configs = TrainConfig.model_validate(
+            {"policy": {"path": "."}, "data": {"train": ["."]}, "rewards": {"sources": sources}}
+        ).rewards.sources
+        print(
+            f"[3/5] the policy before training: greedy answers to {len(prompts)} held-out problems, checked and scored"
+        )
+        before = held_out(
+            AutoModelForCausalLM.from_pretrained(models / "policy"),
+            tokenizer,
+            prompts,
+            answers,
+            source_configs,
+            targets,
+        )
         print(f"      accuracy {before['accuracy']:.3f}, combined reward {before['combined']:.3f}")
 
-        train_config = TrainConfig.model_validate({
-            "run_dir": out,
-            "steps": config.steps,
-            "seed": config.seed,
-            "log_level": config.log_level,
-            "policy": {"path": models / "policy"},
-            "data": {"train": [models / "data" / "prompts_train.jsonl"]},
-            "rollout": {"engine": config.engine, "n": config.n, "prompts_per_step": config.prompts_per_step, "max_new_tokens": 12},
-            "rewards": {"combine": "normalize_then_sum", "sources": sources},
-            "algorithm": {"name": "grpo", "kl_coef": config.kl_coef, "scale_rewards": config.scale_rewards},
-            "optim": {"lr": config.lr},
-            "checkpoint": {"every": 0, "keep": 1},
-            "observability": {"plot_every": 25, "progress": True},
-        })
-        print(f"[4/5] GRPO: {config.steps} steps × {config.prompts_per_step} prompts × {config.n} samples, {config.engine} rollouts, "
-              f"rewards: {', '.join(str(s['name']) for s in sources)}")
+        train_config = TrainConfig.model_validate(
+            {
+                "run_dir": out,
+                "steps": config.steps,
+                "seed": config.seed,
+                "log_level": config.log_level,
+                "policy": {"path": models / "policy"},
+                "data": {"train": [models / "data" / "prompts_train.jsonl"]},
+                "rollout": {
+                    "engine": config.engine,
+                    "n": config.n,
+                    "prompts_per_step": config.prompts_per_step,
+                    "max_new_tokens": 12,
+                },
+                "rewards": {"combine": "normalize_then_sum", "sources": sources},
+                "algorithm": {"name": "grpo", "kl_coef": config.kl_coef, "scale_rewards": config.scale_rewards},
+                "optim": {"lr": config.lr},
+                "checkpoint": {"every": 0, "keep": 1},
+                "observability": {"plot_every": 25, "progress": True},
+            }
+        )
+        print(
+            f"[4/5] GRPO: {config.steps} steps × {config.prompts_per_step} prompts × {config.n} samples, "
+            f"{config.engine} rollouts, "
+            f"rewards: {', '.join(str(s['name']) for s in sources)}"
+        )
         trainer = Trainer(train_config)
         trained = time.monotonic()
         code = trainer.run()
@@ -185,16 +236,29 @@ def run_demo(config: DemoConfig) -> int:
     return 0
 
 
-def _summary(history: list[dict], kinds: list[str], before: dict, after: dict, train_s: float, total_s: float, out: Path) -> dict:
-    rows = {"reward (combined)": "reward", "exact answer": "reward/exact", **{f"{k} service": f"reward/{k}" for k in kinds}}
-    windows = {f"{end}_{k}": history[:k] if end == "first" else history[-k:] for k in (10, 50) for end in ("first", "last")}
+def _summary(
+    history: list[dict], kinds: list[str], before: dict, after: dict, train_s: float, total_s: float, out: Path
+) -> dict:
+    rows = {
+        "reward (combined)": "reward",
+        "exact answer": "reward/exact",
+        **{f"{k} service": f"reward/{k}" for k in kinds},
+    }
+    windows = {
+        f"{end}_{k}": history[:k] if end == "first" else history[-k:] for k in (10, 50) for end in ("first", "last")
+    }
     return {
         "steps": len(history),
-        "rewards": {label: {name: _mean([h.get(key) for h in part]) for name, part in windows.items()} for label, key in rows.items()},
+        "rewards": {
+            label: {name: _mean([h.get(key) for h in part]) for name, part in windows.items()}
+            for label, key in rows.items()
+        },
         "kl_last_10": _mean([h.get("kl") for h in history[-10:]]),
         "held_out_accuracy": {"before": before["accuracy"], "after": after["accuracy"]},
-        "held_out_rewards": {label: {"before": before[key], "after": after[key]}
-                             for label, key in {"reward (combined)": "combined", **{f"{k} service": k for k in kinds}}.items()},
+        "held_out_rewards": {
+            label: {"before": before[key], "after": after[key]}
+            for label, key in {"reward (combined)": "combined", **{f"{k} service": k for k in kinds}}.items()
+        },
         "seconds_per_step": _mean([h["step_s"] for h in history]),
         "tokens_per_s": _mean([h["tokens_per_s"] for h in history]),
         "reward_wait_share": sum(h["reward_wait_s"] for h in history) / max(sum(h["step_s"] for h in history), 1e-9),
@@ -205,20 +269,33 @@ def _summary(history: list[dict], kinds: list[str], before: dict, after: dict, t
 
 
 def _table(s: dict) -> str:
-    lines = ["", f"{'mean per step':<22} {'first 10':>9} {'last 10':>9} {'change':>8}   {'first 50':>9} {'last 50':>9} {'change':>8}"]
+    lines = [
+        "",
+        f"{'mean per step':<22} {'first 10':>9} {'last 10':>9} {'change':>8}   {'first 50':>9} {'last 50':>9} "
+        f"{'change':>8}",
+    ]
     for label, r in s["rewards"].items():
-        lines.append(f"{label:<22} {r['first_10']:>9.3f} {r['last_10']:>9.3f} {r['last_10'] - r['first_10']:>+8.3f}   "
-                     f"{r['first_50']:>9.3f} {r['last_50']:>9.3f} {r['last_50'] - r['first_50']:>+8.3f}")
+        lines.append(
+            f"{label:<22} {r['first_10']:>9.3f} {r['last_10']:>9.3f} {r['last_10'] - r['first_10']:>+8.3f}   "
+            f"{r['first_50']:>9.3f} {r['last_50']:>9.3f} {r['last_50'] - r['first_50']:>+8.3f}"
+        )
     acc = s["held_out_accuracy"]
-    lines += ["", f"{'held-out, greedy':<22} {'before':>9} {'after':>9} {'change':>8}   (the same test problems before and after training)",
-              f"{'accuracy':<22} {acc['before']:>9.3f} {acc['after']:>9.3f} {acc['after'] - acc['before']:>+8.3f}"]
+    lines += [
+        "",
+        f"{'held-out, greedy':<22} {'before':>9} {'after':>9} {'change':>8}   (the same test problems before and "
+        "after training)",
+        f"{'accuracy':<22} {acc['before']:>9.3f} {acc['after']:>9.3f} {acc['after'] - acc['before']:>+8.3f}",
+    ]
     for label, r in s["held_out_rewards"].items():
         lines.append(f"{label:<22} {r['before']:>9.3f} {r['after']:>9.3f} {r['after'] - r['before']:>+8.3f}")
     lines += [
         "",
-        f"{s['steps']} steps in {s['train_s']:.0f} s ({s['seconds_per_step']:.2f} s/step, {s['tokens_per_s']:.0f} generated tokens/s, "
-        f"{100 * s['reward_wait_share']:.0f}% of step time waiting for rewards); KL to the reference {s['kl_last_10']:.4f}; "
+        f"{s['steps']} steps in {s['train_s']:.0f} s ({s['seconds_per_step']:.2f} s/step, {s['tokens_per_s']:.0f} "
+        "generated tokens/s, "
+        f"{100 * s['reward_wait_share']:.0f}% of step time waiting for rewards); KL to the reference "
+        f"{s['kl_last_10']:.4f}; "
         f"{s['total_s']:.0f} s in all",
-        f"metrics.jsonl, reward.png, kl.png, summary.json and the final checkpoint are in {s['out']}; services stopped cleanly",
+        f"metrics.jsonl, reward.png, kl.png, summary.json and the final checkpoint are in {s['out']}; services "
+        "stopped cleanly",
     ]
     return "\n".join(lines)

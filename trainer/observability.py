@@ -16,33 +16,73 @@ class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.step = Gauge("rewardline_trainer_step", "Optimizer steps taken", registry=r)
-        self.reward = Gauge("rewardline_trainer_reward", "Mean combined reward of the last step (weighted sum of source scores)", registry=r)
-        self.source_reward = Gauge("rewardline_trainer_source_reward", "Mean score of each reward source in the last step", ["source"], registry=r)
+        self.reward = Gauge(
+            "rewardline_trainer_reward",
+            "Mean combined reward of the last step (weighted sum of source scores)",
+            registry=r,
+        )
+        self.source_reward = Gauge(
+            "rewardline_trainer_source_reward",
+            "Mean score of each reward source in the last step",
+            ["source"],
+            registry=r,
+        )
         self.kl = Gauge("rewardline_trainer_kl", "Mean per-token KL to the reference (k3) in the last step", registry=r)
         self.entropy = Gauge("rewardline_trainer_entropy", "Mean per-token policy entropy in the last step", registry=r)
-        self.clip_fraction = Gauge("rewardline_trainer_clip_fraction", "Fraction of tokens whose ratio was clipped in the last step", registry=r)
-        self.advantage_mean = Gauge("rewardline_trainer_advantage_mean", "Mean advantage over valid samples in the last step", registry=r)
-        self.advantage_std = Gauge("rewardline_trainer_advantage_std", "Std of the advantages in the last step", registry=r)
+        self.clip_fraction = Gauge(
+            "rewardline_trainer_clip_fraction",
+            "Fraction of tokens whose ratio was clipped in the last step",
+            registry=r,
+        )
+        self.advantage_mean = Gauge(
+            "rewardline_trainer_advantage_mean", "Mean advantage over valid samples in the last step", registry=r
+        )
+        self.advantage_std = Gauge(
+            "rewardline_trainer_advantage_std", "Std of the advantages in the last step", registry=r
+        )
         self.loss = Gauge("rewardline_trainer_loss", "Total loss of the last step", registry=r)
-        self.tokens_per_second = Gauge("rewardline_trainer_tokens_per_second", "Completion tokens generated per second of step time", registry=r)
-        self.step_seconds = Histogram("rewardline_trainer_step_seconds", "Wall time of a training step", buckets=STEP_BUCKETS, registry=r)
+        self.tokens_per_second = Gauge(
+            "rewardline_trainer_tokens_per_second", "Completion tokens generated per second of step time", registry=r
+        )
+        self.step_seconds = Histogram(
+            "rewardline_trainer_step_seconds", "Wall time of a training step", buckets=STEP_BUCKETS, registry=r
+        )
         self.reward_wait_seconds = Counter(
-            "rewardline_trainer_reward_wait_seconds", "Time spent waiting for rewards after generation had finished", registry=r
+            "rewardline_trainer_reward_wait_seconds",
+            "Time spent waiting for rewards after generation had finished",
+            registry=r,
         )
         self.waiting_for_source = Gauge(
-            "rewardline_trainer_waiting_for_source", "1 while a reward source is unreachable and training waits for it", ["source"], registry=r
+            "rewardline_trainer_waiting_for_source",
+            "1 while a reward source is unreachable and training waits for it",
+            ["source"],
+            registry=r,
         )
-        self.source_outages = Counter("rewardline_trainer_source_outages", "Times a reward source became unreachable", ["source"], registry=r)
+        self.source_outages = Counter(
+            "rewardline_trainer_source_outages", "Times a reward source became unreachable", ["source"], registry=r
+        )
         self.duplicate_rewards = Counter(
-            "rewardline_trainer_duplicate_rewards", "Rewards received again for a sample already answered (ignored)", ["source"], registry=r
+            "rewardline_trainer_duplicate_rewards",
+            "Rewards received again for a sample already answered (ignored)",
+            ["source"],
+            registry=r,
         )
-        self.reward_errors = Counter("rewardline_trainer_reward_errors", "Samples a source refused or failed to score", ["source"], registry=r)
+        self.reward_errors = Counter(
+            "rewardline_trainer_reward_errors", "Samples a source refused or failed to score", ["source"], registry=r
+        )
         self.out_of_distribution = Counter(
-            "rewardline_trainer_out_of_distribution", "Samples a source flagged out of distribution", ["source"], registry=r
+            "rewardline_trainer_out_of_distribution",
+            "Samples a source flagged out of distribution",
+            ["source"],
+            registry=r,
         )
         self.samples = Counter("rewardline_trainer_samples", "Completions generated", registry=r)
-        self.generated_tokens = Counter("rewardline_trainer_generated_tokens", "Completion tokens generated", registry=r)
-        self.paused = Gauge("rewardline_trainer_paused", "1 while training is paused through the control API", registry=r)
+        self.generated_tokens = Counter(
+            "rewardline_trainer_generated_tokens", "Completion tokens generated", registry=r
+        )
+        self.paused = Gauge(
+            "rewardline_trainer_paused", "1 while training is paused through the control API", registry=r
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Starts the /metrics exporter; returns the port (0 picks a free one)."""

@@ -9,7 +9,9 @@ the rollout engine and `save_pretrained` readers expect.
 from __future__ import annotations
 
 import copy
-from typing import Any, ContextManager, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,10 +38,16 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(
-        self, hidden: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+        self,
+        hidden: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
     ) -> torch.Tensor:
         if self.backbone is not None:
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+            hidden = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            ).last_hidden_state
         assert hidden is not None
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
@@ -56,8 +64,13 @@ class PolicyModule(nn.Module):
         """Logits (B, C, vocab) and values (B, C) at the C positions that predict the completion tokens
         (trainer.batch's layout: the completion is the last C columns)."""
         needs_hidden = self.value is not None and self.value.backbone is None
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=needs_hidden, logits_to_keep=completion_width + 1)
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=needs_hidden,
+            logits_to_keep=completion_width + 1,
+        )
         logits = out.logits[:, :-1]
         values = None
         keep = slice(-(completion_width + 1), -1)
@@ -76,8 +89,11 @@ def load_policy(config: TrainConfig) -> PolicyModule:
 
         lora = config.policy.lora
         adapters = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]  # peft annotates an int; any positive number scales
-            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,  # type: ignore[arg-type]  # peft annotates an int; any positive number scales
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, adapters)
     value = None
@@ -97,7 +113,7 @@ def base_model(model: PolicyModel) -> PreTrainedModel:
     return base
 
 
-def adapters_disabled(policy: PolicyModel) -> ContextManager[None]:
+def adapters_disabled(policy: PolicyModel) -> AbstractContextManager[None]:
     """The LoRA base model for the time of a ``with``: the policy with its adapters switched off."""
     from peft import PeftModel
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -43,7 +44,9 @@ class NoMorePrompts(Exception):
 
 
 class PromptStream:
-    def __init__(self, config: DataConfig, cursor: Cursor | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, config: DataConfig, cursor: Cursor | None = None, should_stop: Callable[[], bool] = lambda: False
+    ) -> None:
         self.config = config
         self.cursor = cursor or Cursor()
         self.should_stop = should_stop
@@ -97,7 +100,9 @@ class PromptStream:
             with open(path, "rb") as f:
                 f.seek(self.cursor.offset)
                 raw = f.readline()
-            complete = raw.endswith(b"\n") or (raw and not self._is_watched(path))  # a static file's last line needs no newline
+            complete = raw.endswith(b"\n") or (
+                raw and not self._is_watched(path)
+            )  # a static file's last line needs no newline
             if complete:
                 line = self.cursor.line + 1
                 self.cursor = self.cursor.model_copy(update={"offset": self.cursor.offset + len(raw), "line": line})

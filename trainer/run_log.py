@@ -23,7 +23,7 @@ class MetricsLog:
             if resume_step is None:
                 self.path.unlink()  # a fresh run in an old directory starts a new history
             else:
-                lines = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+                lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
                 self.history = [r for r in lines if r.get("step", 0) <= resume_step]
                 self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
@@ -51,7 +51,9 @@ def _panel(ax, history: list[dict[str, Any]], key: str, label: str) -> None:
     if steps:
         line = ax.plot(steps, values, alpha=0.3, linewidth=1)[0]
         window = max(1, len(values) // 20)
-        ax.plot(steps, _smooth(values, window), color=line.get_color(), linewidth=2, label=f"{label} (mean of {window})")
+        ax.plot(
+            steps, _smooth(values, window), color=line.get_color(), linewidth=2, label=f"{label} (mean of {window})"
+        )
         ax.legend(loc="best", fontsize=8)
     ax.set_ylabel(label, fontsize=8)
     ax.grid(alpha=0.3)
@@ -65,8 +67,10 @@ def write_plots(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     sources = sorted({k for r in history for k in r if k.startswith("reward/")})
-    panels = {"reward.png": [("reward", "combined reward"), *[(k, k.removeprefix("reward/")) for k in sources]],
-              "kl.png": [("kl", "KL to the reference (k3, per token)")]}
+    panels = {
+        "reward.png": [("reward", "combined reward"), *[(k, k.removeprefix("reward/")) for k in sources]],
+        "kl.png": [("kl", "KL to the reference (k3, per token)")],
+    }
     written = []
     for name, keys in panels.items():
         fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.2 + 1.8 * len(keys)), dpi=100, sharex=True, squeeze=False)

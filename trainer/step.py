@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +24,19 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rewardline.trainer.algorithms.advantages import gae, group_normalized, leave_one_out, whiten
-from rewardline.trainer.algorithms.losses import aggregate, clipped_surrogate, entropy_from_logits, k3_kl, token_logprobs, value_loss
+from rewardline.trainer.algorithms.losses import (
+    aggregate,
+    clipped_surrogate,
+    entropy_from_logits,
+    k3_kl,
+    token_logprobs,
+    value_loss,
+)
 from rewardline.trainer.batch import Batch, build_batch
 from rewardline.trainer.config import TrainConfig
-from rewardline.trainer.prompts import PromptRecord
 from rewardline.trainer.distributed import World, all_reduce_sum, all_reduce_sums, global_moments, gradient_sync
 from rewardline.trainer.policy import PolicyModule, adapters_disabled, policy_weights
+from rewardline.trainer.prompts import PromptRecord
 from rewardline.trainer.rewards.base import ScoringSample
 from rewardline.trainer.rewards.combine import combine
 from rewardline.trainer.rewards.hub import RewardHub
@@ -62,7 +69,9 @@ def rollout_requests(ctx: StepContext, step: int, records: Sequence[PromptRecord
             continue
         ids = encode_prompt(ctx.tokenizer, record.prompt, ctx.config.rollout)
         seed = derive_seed(ctx.config.seed, step, index)
-        out.append(RolloutRequest(f"s{step}-g{index}", index, record.prompt, tuple(ids), seed, record.answer, record.metadata))
+        out.append(
+            RolloutRequest(f"s{step}-g{index}", index, record.prompt, tuple(ids), seed, record.answer, record.metadata)
+        )
     return out
 
 
@@ -78,12 +87,19 @@ def micro_batches(size: int, micro: int | None) -> list[slice]:
 def completion_logprobs(model: nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
     """log π(token) of each completion token under a plain causal LM (the reference)."""
     width = batch.completion_width
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, logits_to_keep=width + 1)
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=width + 1,
+    )
     return token_logprobs(out.logits[:, :-1] / temperature, batch.completion_ids)
 
 
 @torch.no_grad()
-def sampling_policy_outputs(ctx: StepContext, batch: Batch, temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sampling_policy_outputs(
+    ctx: StepContext, batch: Batch, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities and values of the policy that generated the batch (before this step's update)."""
     logps, values = [], []
     for part in micro_batches(batch.input_ids.shape[0], ctx.config.optim.micro_batch_size):
@@ -147,7 +163,9 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
     valid = torch.tensor(rewards.valid, device=ctx.device)
     returns = None
     if algo.name == "grpo":
-        per_sample = group_normalized(training_rewards.view(-1, n), valid.view(-1, n), scale=algo.scale_rewards).reshape(-1)
+        per_sample = group_normalized(
+            training_rewards.view(-1, n), valid.view(-1, n), scale=algo.scale_rewards
+        ).reshape(-1)
         advantages = per_sample[:, None] * mask
     elif algo.name == "rloo":
         per_sample = leave_one_out(training_rewards.view(-1, n), valid.view(-1, n)).reshape(-1)
@@ -156,7 +174,9 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         assert old_values is not None
         advantages, returns = gae(final_token_rewards(training_rewards, mask), old_values, mask, algo.gamma, algo.lam)
         if algo.whiten_advantages:
-            count, total, squares = all_reduce_sum([float(mask.sum()), float((advantages * mask).sum()), float((advantages**2 * mask).sum())], world)
+            count, total, squares = all_reduce_sum(
+                [float(mask.sum()), float((advantages * mask).sum()), float((advantages**2 * mask).sum())], world
+            )
             mean = total / max(count, 1)
             std = max(squares / max(count, 1) - mean**2, 0.0) ** 0.5
             advantages = whiten(advantages, mask, torch.tensor(mean), torch.tensor(std))
@@ -191,14 +211,17 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
                 loss = aggregate(per_token, m, algo.loss_aggregation, normalizer) * world.size
                 loss.backward()
             with torch.no_grad():
-                add(sums, {
-                    "kl": float((kl * m).sum()) / algo.epochs,
-                    "entropy": float((entropy * m).sum()) / algo.epochs,
-                    "clipped": float((clipped * m).sum()) / algo.epochs,
-                    "value_loss": float((v_loss * m).sum()) / algo.epochs,
-                    "value_clipped": float((v_clipped * m).sum()) / algo.epochs,
-                    "loss": float(loss) / world.size / algo.epochs,
-                })
+                add(
+                    sums,
+                    {
+                        "kl": float((kl * m).sum()) / algo.epochs,
+                        "entropy": float((entropy * m).sum()) / algo.epochs,
+                        "clipped": float((clipped * m).sum()) / algo.epochs,
+                        "value_loss": float((v_loss * m).sum()) / algo.epochs,
+                        "value_clipped": float((v_clipped * m).sum()) / algo.epochs,
+                        "loss": float(loss) / world.size / algo.epochs,
+                    },
+                )
         params = [p for p in ctx.module.parameters() if p.requires_grad]
         if cfg.optim.max_grad_norm is not None:
             grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)))
@@ -216,15 +239,18 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
     # Figures of the whole global batch: this rank's sums, reduced across ranks by name.
     reported = np.nan_to_num(rewards.reported)
     adv = per_sample_advantages(advantages, mask)
-    add(sums, {
-        "valid": float(rewards.valid.sum()),
-        "reward": float(reported[rewards.valid].sum()),
-        "samples": float(len(completions)),
-        "completion_tokens": float(sum(len(c.token_ids) for c in completions)),
-        "advantage": float(adv.sum()),
-        "advantage_squared": float((adv**2).sum()),
-        "advantage_count": float(adv.size),
-    })
+    add(
+        sums,
+        {
+            "valid": float(rewards.valid.sum()),
+            "reward": float(reported[rewards.valid].sum()),
+            "samples": float(len(completions)),
+            "completion_tokens": float(sum(len(c.token_ids) for c in completions)),
+            "advantage": float(adv.sum()),
+            "advantage_squared": float((adv**2).sum()),
+            "advantage_count": float(adv.size),
+        },
+    )
     for source in cfg.rewards.sources:
         scores = rewards.per_source[source.name]
         sums[f"reward/{source.name}"] = float(np.nansum(scores))
@@ -242,7 +268,8 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         "clip_fraction": reduced["clipped"] / token_count,
         "loss": reduced["loss"],
         "advantage_mean": adv_mean,
-        "advantage_std": max(reduced["advantage_squared"] / max(reduced["advantage_count"], 1) - adv_mean**2, 0.0) ** 0.5,
+        "advantage_std": max(reduced["advantage_squared"] / max(reduced["advantage_count"], 1) - adv_mean**2, 0.0)
+        ** 0.5,
         "grad_norm": grad_norm,
         "lr": float(ctx.scheduler.get_last_lr()[0]),
         "samples": reduced["samples"],

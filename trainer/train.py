@@ -22,21 +22,21 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, get_scheduler
 
-from rewardline.v1 import trainer_pb2 as tpb
 from rewardline.services.config_loading import ConfigError, dump_config
+from rewardline.services.modeling import load_tokenizer
 from rewardline.trainer import checkpoint, distributed
 from rewardline.trainer.config import TrainConfig, config_hash
 from rewardline.trainer.control import Control, ControlServer
-from rewardline.trainer.prompts import Cursor, NoMorePrompts, PromptStream
 from rewardline.trainer.observability import TrainerMetrics
-from rewardline.services.modeling import load_tokenizer
 from rewardline.trainer.policy import DTYPES, PolicyModule, base_model, load_policy, load_reference, policy_weights
+from rewardline.trainer.prompts import Cursor, NoMorePrompts, PromptStream
 from rewardline.trainer.rewards import make_source
-from rewardline.trainer.rewards.python_source import import_function
 from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
+from rewardline.trainer.rewards.python_source import import_function
 from rewardline.trainer.rollout.base import RolloutEngine
 from rewardline.trainer.run_log import MetricsLog, write_plots
 from rewardline.trainer.step import StepContext, run_step
+from rewardline.v1 import trainer_pb2 as tpb
 
 log = logging.getLogger(__name__)
 PAUSE_POLL_S = 0.2
@@ -75,13 +75,19 @@ def make_engine(config: TrainConfig, module: PolicyModule, tokenizer) -> Rollout
     return HFEngine(module.policy, tokenizer, config.rollout)
 
 
-def make_optimizer(config: TrainConfig, module: PolicyModule) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(
+    config: TrainConfig, module: PolicyModule
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     o = config.optim
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     total = config.steps or 10**9
-    scheduler = get_scheduler(o.schedule if o.schedule != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=o.warmup_steps, num_training_steps=total)
+    scheduler = get_scheduler(
+        o.schedule if o.schedule != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=o.warmup_steps,
+        num_training_steps=total,
+    )
     return optimizer, scheduler
 
 
@@ -121,26 +127,35 @@ class Trainer:
         if self.reference is not None:
             self.reference.to(self.device)
         if c.rollout.prompts_per_step < self.world.size:
-            raise ConfigError(f"rollout.prompts_per_step: {c.rollout.prompts_per_step} prompts cannot give each of the "
-                              f"{self.world.size} processes a group")
+            raise ConfigError(
+                f"rollout.prompts_per_step: {c.rollout.prompts_per_step} prompts cannot give each of the "
+                f"{self.world.size} processes a group"
+            )
         fsdp = self.world.distributed and c.distributed.strategy == "fsdp"
         self.strategy = c.distributed.strategy if self.world.distributed else "single"
         if fsdp:
             if c.rollout.prompts_per_step % self.world.size:
-                raise ConfigError(f"rollout.prompts_per_step: FSDP needs it divisible by the {self.world.size} processes "
-                                  "(every rank must run the same number of forwards)")
+                raise ConfigError(
+                    f"rollout.prompts_per_step: FSDP needs it divisible by the {self.world.size} processes "
+                    "(every rank must run the same number of forwards)"
+                )
             distributed.shard(self.policy_module, list(base_model(self.policy_module.policy).get_decoder().layers))
         self.optimizer, self.scheduler = make_optimizer(c, self.policy_module)
         self.step, cursor = 0, Cursor()
         latest = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and latest is None:
-            log.warning("--resume: no checkpoint in the run directory; starting from the beginning", extra={"run_dir": str(self.run_dir)})
+            log.warning(
+                "--resume: no checkpoint in the run directory; starting from the beginning",
+                extra={"run_dir": str(self.run_dir)},
+            )
         if latest is not None:
             state = checkpoint.load(latest, self.policy_module, self.optimizer, self.scheduler)
             self.step, cursor = state.step, state.cursor
             if state.config_hash != self.hash:
-                log.warning("resuming with a configuration that differs from the checkpoint's",
-                            extra={"checkpoint_hash": state.config_hash, "config_hash": self.hash})
+                log.warning(
+                    "resuming with a configuration that differs from the checkpoint's",
+                    extra={"checkpoint_hash": state.config_hash, "config_hash": self.hash},
+                )
             log.warning(f"resumed from {latest} at step {self.step}", extra={"step": self.step, "path": str(latest)})
         self.module: torch.nn.Module = self.policy_module
         if self.world.distributed and not fsdp:
@@ -154,7 +169,9 @@ class Trainer:
             self.engine.load_weights(policy_weights(self.policy_module))
         self.hub = RewardHub([make_source(s) for s in c.rewards.sources], self.metrics)
         self.hub.start()
-        self.control = Control(str(self.run_dir), self.hash, c.algorithm.name, self.world.size, c.steps, lambda: self.hub.waiting_for)
+        self.control = Control(
+            str(self.run_dir), self.hash, c.algorithm.name, self.world.size, c.steps, lambda: self.hub.waiting_for
+        )
         self.control_server: ControlServer | None = None
         self.metrics_port: int | None = None
         if self.world.is_main:
@@ -163,7 +180,10 @@ class Trainer:
                 self.metrics_port = self.metrics.serve(c.observability.metrics_port, c.observability.metrics_host)
             if c.control.port is not None:
                 self.control_server = ControlServer(self.control, c.control.host, c.control.port).start()
-                log.warning(f"control API on {c.control.host}:{self.control_server.port}", extra={"port": self.control_server.port})
+                log.warning(
+                    f"control API on {c.control.host}:{self.control_server.port}",
+                    extra={"port": self.control_server.port},
+                )
         self.metrics.step.set(self.step)
         self.control.stepped(self.step, float("nan"), float("nan"))
         self.checkpointed_step = self.step if latest is not None else -1
@@ -179,14 +199,24 @@ class Trainer:
 
     def _flags(self) -> tuple[bool, bool, bool]:
         """(stop, pause, checkpoint) as rank 0 sees them, agreed by every rank."""
-        mine = [float(self.stop_signal is not None), float(self.control.pause_requested), float(bool(self.control.checkpoints))]
+        mine = [
+            float(self.stop_signal is not None),
+            float(self.control.pause_requested),
+            float(bool(self.control.checkpoints)),
+        ]
         stop, pause, ckpt = distributed.all_reduce_max(mine, self.world)
         return bool(stop), bool(pause), bool(ckpt)
 
     def loop(self) -> int:
         c = self.config
-        progress = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                        disable=not (c.observability.progress and self.world.is_main))
+        progress = tqdm(
+            total=c.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (c.observability.progress and self.world.is_main),
+        )
         self.control.set_state(tpb.TRAINER_STATE_RUNNING)
         try:
             while c.steps is None or self.step < c.steps:
@@ -230,8 +260,16 @@ class Trainer:
 
     def _context(self) -> StepContext:
         return StepContext(
-            self.config, self.world, self.tokenizer, self.module, self.policy_module, self.reference, self.optimizer,
-            self.scheduler, self.engine, self.hub,
+            self.config,
+            self.world,
+            self.tokenizer,
+            self.module,
+            self.policy_module,
+            self.reference,
+            self.optimizer,
+            self.scheduler,
+            self.engine,
+            self.hub,
             # Under DDP a step is never abandoned half-way (the ranks would disagree about it): stop at its end.
             should_stop=(lambda: self.stop_signal is not None) if not self.world.distributed else (lambda: False),
             device=self.device,
@@ -255,9 +293,16 @@ class Trainer:
     def _record(self, figures: dict[str, float], records, progress: tqdm) -> None:
         m = self.metrics
         m.step.set(self.step)
-        for key, gauge in (("reward", m.reward), ("kl", m.kl), ("entropy", m.entropy), ("clip_fraction", m.clip_fraction),
-                           ("advantage_mean", m.advantage_mean), ("advantage_std", m.advantage_std), ("loss", m.loss),
-                           ("tokens_per_s", m.tokens_per_second)):
+        for key, gauge in (
+            ("reward", m.reward),
+            ("kl", m.kl),
+            ("entropy", m.entropy),
+            ("clip_fraction", m.clip_fraction),
+            ("advantage_mean", m.advantage_mean),
+            ("advantage_std", m.advantage_std),
+            ("loss", m.loss),
+            ("tokens_per_s", m.tokens_per_second),
+        ):
             if math.isfinite(figures[key]):
                 gauge.set(figures[key])
         for source in self.config.rewards.sources:
@@ -270,8 +315,13 @@ class Trainer:
         self.control.stepped(self.step, figures["reward"], figures["kl"])
         if not self.world.is_main:
             return
-        record = {**{k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in figures.items()},
-                  "step": self.step, "epoch": self.data.cursor.epoch, "prompts": [r.origin for r in records], "time": time.time()}
+        record = {
+            **{k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in figures.items()},
+            "step": self.step,
+            "epoch": self.data.cursor.epoch,
+            "prompts": [r.origin for r in records],
+            "time": time.time(),
+        }
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.log.append(record)
         progress.update(1)
@@ -289,19 +339,27 @@ class Trainer:
         if self.world.is_main:
             previous = self.control.state
             self.control.set_state(tpb.TRAINER_STATE_STOPPING if self.stop_signal else previous)
-            path = checkpoint.save(self.run_dir, self.policy_module, self.tokenizer, optimizer_state, self.scheduler,
-                                   checkpoint.TrainingState(self.step, self.data.cursor, self.hash, self.world.size, self.strategy),
-                                   self.config.checkpoint.keep,
-                                   module_state=module_state)
+            path = checkpoint.save(
+                self.run_dir,
+                self.policy_module,
+                self.tokenizer,
+                optimizer_state,
+                self.scheduler,
+                checkpoint.TrainingState(self.step, self.data.cursor, self.hash, self.world.size, self.strategy),
+                self.config.checkpoint.keep,
+                module_state=module_state,
+            )
             self.control.checkpointed(self.step, str(path), requests)
         self.checkpointed_step = self.step
         if self.world.distributed:
             torch.distributed.barrier()
 
     def close(self) -> None:
-        for name, action in (("control API", lambda: self.control_server.stop() if self.control_server else None),
-                             ("reward sources", lambda: self.hub.close()),
-                             ("rollout engine", lambda: self.engine.close())):
+        for name, action in (
+            ("control API", lambda: self.control_server.stop() if self.control_server else None),
+            ("reward sources", lambda: self.hub.close()),
+            ("rollout engine", lambda: self.engine.close()),
+        ):
             try:
                 action()
             except AttributeError:

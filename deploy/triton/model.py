@@ -71,7 +71,10 @@ class TritonPythonModel:
     def _check(self, ids: np.ndarray, mask: np.ndarray) -> str | None:
         """Why this request cannot run, or None."""
         if ids.ndim != 2 or ids.shape != mask.shape:
-            return f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must have the same [batch, length] shape"
+            return (
+                f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must have the same [batch, "
+                "length] shape"
+            )
         if ids.shape[1] == 0:
             return "input_ids has no tokens"
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rewardline.services.config import ServeConfig
 
 
-def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrainedTokenizerBase") -> "ClassifierBackend":
+def make_classifier(config: ServeConfig, model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> ClassifierBackend:
     """The configured backend for a sequence-classification checkpoint (imported only when chosen)."""
     if config.backend == "hf":
         from rewardline.services.backends.hf import HFClassifier
@@ -25,8 +25,12 @@ def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrain
 
         assert config.triton_url is not None  # ServeConfig refuses backend triton without it
         return TritonClassifier(
-            model_dir, tokenizer, config.triton_url, config.triton_model or config.name,
-            timeout_s=config.triton_timeout_s, concurrency=config.triton_concurrency,
+            model_dir,
+            tokenizer,
+            config.triton_url,
+            config.triton_model or config.name,
+            timeout_s=config.triton_timeout_s,
+            concurrency=config.triton_concurrency,
         )
     if config.backend == "vllm":
         from rewardline.services.backends.vllm import VLLMClassifier
@@ -36,8 +40,8 @@ def make_classifier(config: "ServeConfig", model_dir: Path, tokenizer: "PreTrain
 
 
 def make_judge_backend(
-    config: "ServeConfig", model_dir: Path, tokenizer: "PreTrainedTokenizerBase", max_length: int
-) -> "JudgeBackend":
+    config: ServeConfig, model_dir: Path, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> JudgeBackend:
     """The configured engine for a causal-LM judge (imported only when chosen)."""
     if config.backend == "hf":
         from rewardline.services.backends.hf_causal import HFCausalLM

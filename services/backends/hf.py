@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,10 @@ class HFClassifier:
         # A new thread's OpenMP team follows OMP_NUM_THREADS, not the main thread's torch.set_num_threads:
         # carry the process's setting over to the thread that computes.
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="hf-forward", initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+            max_workers=1,
+            thread_name_prefix="hf-forward",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
         )
 
     def forward(self, batch: Sequence[Sequence[int]]) -> np.ndarray:

@@ -18,9 +18,9 @@ All work runs on one dedicated thread (torch releases the GIL in its kernels), s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -64,7 +64,10 @@ class HFCausalLM:
         # A new thread's OpenMP team follows OMP_NUM_THREADS, not the main thread's torch.set_num_threads:
         # apply the process's setting in the forward thread too.
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="hf-judge", initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+            max_workers=1,
+            thread_name_prefix="hf-judge",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
         )
 
     # -- batches -------------------------------------------------------------------------------------------
@@ -73,8 +76,8 @@ class HFCausalLM:
         input_ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(contexts), width), dtype=torch.long)
         for row, ids in enumerate(contexts):
-            input_ids[row, width - len(ids):] = torch.as_tensor(list(ids), dtype=torch.long)
-            mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.as_tensor(list(ids), dtype=torch.long)
+            mask[row, width - len(ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
@@ -102,12 +105,14 @@ class HFCausalLM:
         """Rows in group order: every group's shared head in one batch, its KV cache repeated for the group's
         rows, then every row's own tail in a second batch on those caches (two passes however many groups)."""
         heads, head_mask, head_positions = self._left_padded([contexts[rows[0]][:shared] for rows, shared in groups])
-        cache = self.model(input_ids=heads, attention_mask=head_mask, position_ids=head_positions, use_cache=True).past_key_values
+        cache = self.model(
+            input_ids=heads, attention_mask=head_mask, position_ids=head_positions, use_cache=True
+        ).past_key_values
         owner = torch.as_tensor([g for g, (rows, _) in enumerate(groups) for _ in rows], device=self.device)
         cache.batch_select_indices(owner)
         tails, tail_mask, _ = self._left_padded([contexts[i][shared:] for rows, shared in groups for i in rows])
         mask = torch.cat([head_mask[owner], tail_mask], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, heads.shape[1]:]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, heads.shape[1] :]
         logits = self.model(
             input_ids=tails, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
         ).logits
@@ -134,11 +139,11 @@ class HFCausalLM:
                 tokenizer=self.tokenizer,
                 pad_token_id=self.pad_id,
             )
-        new = output[:, input_ids.shape[1]:].tolist()
+        new = output[:, input_ids.shape[1] :].tolist()
         results: list[list[Generated]] = []
         for i in range(len(contexts)):
             row = []
-            for tokens in new[i * n:(i + 1) * n]:
+            for tokens in new[i * n : (i + 1) * n]:
                 kept = self._until_end(tokens)
                 row.append(Generated(decoded_text(self.tokenizer, kept, skip_special_tokens=True), len(kept)))
             results.append(row)
@@ -171,7 +176,9 @@ class HFCausalLM:
 MIN_SHARED_TOKENS = 16
 
 
-def prefix_groups(contexts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS) -> list[tuple[list[int], int]]:
+def prefix_groups(
+    contexts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS
+) -> list[tuple[list[int], int]]:
     """Groups of row indices whose contexts share a head worth computing once: (rows, shared length).
 
     Rows sorted by their tokens lie next to those they share most with. A group grows while taking the next row

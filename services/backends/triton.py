@@ -20,18 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from rewardline.services.errors import ServiceError
 from rewardline.services.backends.base import CostModel
+from rewardline.services.errors import ServiceError
 from rewardline.services.modeling import pad_id_for, weights_revision
 from rewardline.services.triton.protocol import (
-    ATTENTION_MASK, INPUT_IDS, LOGITS, channel_args, pad_batch, service_error, status_code,
+    ATTENTION_MASK,
+    INPUT_IDS,
+    LOGITS,
+    channel_args,
+    pad_batch,
+    service_error,
+    status_code,
 )
 
 log = logging.getLogger(__name__)
@@ -118,7 +125,11 @@ class TritonClassifier:
         logits = result.as_numpy(LOGITS)
         if logits is None or logits.shape != (len(chunk), self.num_outputs):
             shape = None if logits is None else list(logits.shape)
-            raise ServiceError(grpc.StatusCode.INTERNAL, f"Triton model {self.model!r} returned logits of shape {shape}, expected {[len(chunk), self.num_outputs]}")
+            raise ServiceError(
+                grpc.StatusCode.INTERNAL,
+                f"Triton model {self.model!r} returned logits of shape {shape}, expected "
+                f"{[len(chunk), self.num_outputs]}",
+            )
         return logits.astype(np.float32, copy=False)
 
     async def ready(self) -> bool:
@@ -149,14 +160,23 @@ class TritonClassifier:
         if LOGITS not in outputs:
             problems.append(f"it has no output named {LOGITS!r} (outputs: {sorted(outputs)})")
         elif outputs[LOGITS][-1:] not in ([self.num_outputs], [-1]):
-            problems.append(f"its {LOGITS!r} has dims {outputs[LOGITS]}, and the model directory's config has {self.num_outputs} labels")
-        remote_revision = config.parameters[REVISION_PARAMETER].string_value if REVISION_PARAMETER in config.parameters else ""
+            problems.append(
+                f"its {LOGITS!r} has dims {outputs[LOGITS]}, and the model directory's config has "
+                f"{self.num_outputs} labels"
+            )
+        remote_revision = (
+            config.parameters[REVISION_PARAMETER].string_value if REVISION_PARAMETER in config.parameters else ""
+        )
         if remote_revision and remote_revision != await self.revision():
-            problems.append(f"it serves weights revision {remote_revision} and the model directory holds {await self.revision()}")
+            problems.append(
+                f"it serves weights revision {remote_revision} and the model directory holds {await self.revision()}"
+            )
         if problems:
             if problems != self.mismatch:  # the server polls every second: say it once
-                log.error("Triton's model does not match the model directory; staying NOT_SERVING",
-                          extra={"triton": self.url, "model": self.model, "problems": problems})
+                log.error(
+                    "Triton's model does not match the model directory; staying NOT_SERVING",
+                    extra={"triton": self.url, "model": self.model, "problems": problems},
+                )
             self.mismatch = problems
             return False
         self.mismatch = []

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence, TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -36,7 +37,7 @@ T = TypeVar("T")
 CPU_JUDGE_BLOCK_SIZE = 32
 
 
-def engine_arguments(config: "ServeConfig", model_dir: Path, max_model_len: int | None, runner: str) -> dict[str, Any]:
+def engine_arguments(config: ServeConfig, model_dir: Path, max_model_len: int | None, runner: str) -> dict[str, Any]:
     from vllm.platforms import current_platform
 
     on_cpu = current_platform.device_type == "cpu"
@@ -67,7 +68,7 @@ def engine_arguments(config: "ServeConfig", model_dir: Path, max_model_len: int 
     return args
 
 
-def engine_threads(config: "ServeConfig") -> int:
+def engine_threads(config: ServeConfig) -> int:
     """Threads of the in-process engine: ``num_threads``, else as many as cores in ``vllm_cpu_threads_bind``, else
     the process's torch threads.
 
@@ -85,7 +86,7 @@ def engine_threads(config: "ServeConfig") -> int:
 
 
 def cpu_list(spec: str) -> list[int]:
-    """"0-3,6" -> [0, 1, 2, 3, 6] (the first NUMA node's list when several are given with "|")."""
+    """ "0-3,6" -> [0, 1, 2, 3, 6] (the first NUMA node's list when several are given with "|")."""
     cpus: list[int] = []
     for part in spec.split("|")[0].split(","):
         if "-" in part:
@@ -105,7 +106,7 @@ def _use_threads(count: int) -> None:
 class _Engine:
     """One ``vllm.LLM`` living on one thread: created there and called only there."""
 
-    def __init__(self, config: "ServeConfig", model_dir: Path, max_model_len: int | None, runner: str) -> None:
+    def __init__(self, config: ServeConfig, model_dir: Path, max_model_len: int | None, runner: str) -> None:
         configure_vllm(config.vllm_kv_cache_gib, config.vllm_cpu_threads_bind, config.log_level)
         self.threads = engine_threads(config)
         self._executor = ThreadPoolExecutor(
@@ -150,7 +151,7 @@ class VLLMJudge:
         self.dtype = engine.dtype
 
     @classmethod
-    def from_config(cls, config: "ServeConfig", model_dir: Path, max_length: int) -> "VLLMJudge":
+    def from_config(cls, config: ServeConfig, model_dir: Path, max_length: int) -> VLLMJudge:
         return cls(_Engine(config, model_dir, max_length, runner="generate"))
 
     def logprobs_sync(self, contexts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
@@ -170,7 +171,11 @@ class VLLMJudge:
         from vllm import SamplingParams
 
         params = SamplingParams(
-            n=n, temperature=temperature, max_tokens=max_tokens, stop=[stop], include_stop_str_in_output=True,
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=[stop],
+            include_stop_str_in_output=True,
             seed=seed if temperature > 0 else None,
         )
         outputs = self.engine.llm.generate(_prompts(contexts), params, use_tqdm=False)
@@ -206,7 +211,7 @@ class VLLMClassifier:
         self.num_outputs = num_outputs
 
     @classmethod
-    def from_config(cls, config: "ServeConfig", model_dir: Path) -> "VLLMClassifier":
+    def from_config(cls, config: ServeConfig, model_dir: Path) -> VLLMClassifier:
         from transformers import AutoConfig
 
         num_outputs = int(AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code).num_labels)
@@ -216,7 +221,9 @@ class VLLMClassifier:
         """Synchronous classify (the benchmark's in-process reference calls this directly)."""
         from vllm import PoolingParams
 
-        outputs = self.engine.llm.classify(_prompts(batch), pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        outputs = self.engine.llm.classify(
+            _prompts(batch), pooling_params=PoolingParams(use_activation=False), use_tqdm=False
+        )
         return np.asarray([o.outputs.probs for o in outputs], dtype=np.float32).reshape(len(batch), self.num_outputs)
 
     async def classify(self, batch: Sequence[Sequence[int]]) -> np.ndarray:

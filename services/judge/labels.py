@@ -13,8 +13,8 @@ first distinctive token, as GenRM and Prometheus implementations do.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 Encode = Callable[[str], list[int]]
 
@@ -61,7 +61,7 @@ def answer_slot(encode: Encode, classes: Sequence[Sequence[str]], lead: str = ""
                     f"the tokenizer merges the marker {lead!r} with the label {label!r} ({text!r}); "
                     "choose a marker that ends in punctuation"
                 )
-            continuations.append((k, ids[len(lead_ids):]))
+            continuations.append((k, ids[len(lead_ids) :]))
     forced = _common_prefix([ids for _, ids in continuations])
     first: list[set[int]] = [set() for _ in classes]
     for k, ids in continuations:

@@ -12,8 +12,9 @@ Rationale modes keep room for the rationale, the marker and the answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -74,7 +75,9 @@ class PromptRenderer:
         self.suffix = list(suffix)
         self.budget = max_length - len(self.suffix) - reserve
         if self.budget <= 0:
-            raise ValueError(f"max_length={max_length} leaves no room for a prompt (the answer needs {max_length - self.budget})")
+            raise ValueError(
+                f"max_length={max_length} leaves no room for a prompt (the answer needs {max_length - self.budget})"
+            )
 
     def text(self, texts: dict[str, str]) -> str:
         """The whole judge prompt as text: template, then the chat template (or a newline without one)."""
@@ -115,11 +118,14 @@ class PromptRenderer:
 
     def _truncate(self, item: dict[str, str], length: int, label: str) -> RenderedInput:
         if self.truncation == "error":
-            raise invalid_argument(f"{label}: the judge prompt is {length} tokens and exceeds the budget of {self.budget} (max_length={self.max_length})")
+            raise invalid_argument(
+                f"{label}: the judge prompt is {length} tokens and exceeds the budget of {self.budget} "
+                f"(max_length={self.max_length})"
+            )
         question_ids = self.tokenizer(item.get("question", ""), add_special_tokens=False)["input_ids"]
         for _ in range(_TRUNCATION_ROUNDS):
             keep = len(question_ids) - (length - self.budget)
-            question_ids = question_ids[len(question_ids) - keep:] if keep > 0 else []
+            question_ids = question_ids[len(question_ids) - keep :] if keep > 0 else []
             shorter = {**item, "question": decoded_text(self.tokenizer, question_ids)}
             (ids,) = self.encode([self.text(shorter)])
             length = len(ids)
@@ -146,8 +152,10 @@ class JudgePrompts:
     marker: str | None  # rationale modes
 
     @classmethod
-    def from_config(cls, config: ServeConfig, tokenizer: PreTrainedTokenizerBase, max_length: int, use_chat_template: bool) -> "JudgePrompts":
-        """Checks the templates and labels against this tokenizer; raises ``ValueError`` subclasses on anything wrong."""
+    def from_config(
+        cls, config: ServeConfig, tokenizer: PreTrainedTokenizerBase, max_length: int, use_chat_template: bool
+    ) -> JudgePrompts:
+        """Checks the templates and labels against this tokenizer; raises ``ValueError`` subclasses on any fault."""
         mode = config.judge_mode
         rationale = is_rationale_mode(mode)
         marker = (config.judge_marker or DEFAULT_MARKERS[mode]) if rationale else None
@@ -175,14 +183,40 @@ class JudgePrompts:
         template_spec = config.judge_template or ("rubric" if is_rating_mode(mode) else "verify")
         template = load_template(template_spec, pairwise=False, constants=constants, literals=literals)
         pair_constants = {"label_a": PAIR_LABELS[0], "label_b": PAIR_LABELS[1]}
-        pair_template = load_template(config.judge_pairwise_template, pairwise=True, constants=pair_constants, literals=literals)
+        pair_template = load_template(
+            config.judge_pairwise_template, pairwise=True, constants=pair_constants, literals=literals
+        )
         if rationale:
             assert marker is not None
-            reserve = config.judge_max_rationale_tokens + len(encode(marker)) + len(slot.forced) + 1 + RATIONALE_SLACK_TOKENS
-            pointwise = PromptRenderer(tokenizer, template, constants, literals, use_chat_template, max_length, config.truncation, (), reserve)
+            reserve = (
+                config.judge_max_rationale_tokens + len(encode(marker)) + len(slot.forced) + 1 + RATIONALE_SLACK_TOKENS
+            )
+            pointwise = PromptRenderer(
+                tokenizer, template, constants, literals, use_chat_template, max_length, config.truncation, (), reserve
+            )
         else:
-            pointwise = PromptRenderer(tokenizer, template, constants, literals, use_chat_template, max_length, config.truncation, slot.forced, 1)
-        pairwise = PromptRenderer(tokenizer, pair_template, pair_constants, literals, use_chat_template, max_length, config.truncation, pair_slot.forced, 1)
+            pointwise = PromptRenderer(
+                tokenizer,
+                template,
+                constants,
+                literals,
+                use_chat_template,
+                max_length,
+                config.truncation,
+                slot.forced,
+                1,
+            )
+        pairwise = PromptRenderer(
+            tokenizer,
+            pair_template,
+            pair_constants,
+            literals,
+            use_chat_template,
+            max_length,
+            config.truncation,
+            pair_slot.forced,
+            1,
+        )
         return cls(mode, tokenizer, pointwise, pairwise, slot, pair_slot, marker)
 
     @property
@@ -190,7 +224,9 @@ class JudgePrompts:
         return TRUNCATIONS[self.pointwise.truncation]
 
     def render_samples(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
-        return self.pointwise.render([sample_texts(s) for s in samples], [sample_label(s, i) for i, s in enumerate(samples)])
+        return self.pointwise.render(
+            [sample_texts(s) for s in samples], [sample_label(s, i) for i, s in enumerate(samples)]
+        )
 
     def render_pair(self, request: pb.CompareRequest) -> tuple[RenderedInput, RenderedInput]:
         """The pair shown A-first and B-first (the judge's "A" then means the request's B)."""
@@ -213,7 +249,12 @@ class JudgePrompts:
 
     def scope(self) -> str:
         """The part of the cache key the prompts decide (the mode and the scorer's settings are added there)."""
-        return "|".join([
-            self.mode, self.pointwise.template.name, self.pointwise.template.digest,
-            ",".join(map(str, self.slot.token_ids)), self.marker or "",
-        ])
+        return "|".join(
+            [
+                self.mode,
+                self.pointwise.template.name,
+                self.pointwise.template.digest,
+                ",".join(map(str, self.slot.token_ids)),
+                self.marker or "",
+            ]
+        )

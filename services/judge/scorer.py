@@ -14,16 +14,16 @@ Compare reads P("A") over A + B for the pair in both orders (directly, without r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from rewardline.services.api import pb
-from rewardline.services.config import ServeConfig
-from rewardline.services.errors import ServiceError, invalid_argument
 from rewardline.services.backends import make_judge_backend
 from rewardline.services.backends.base import JudgeBackend
+from rewardline.services.config import ServeConfig
+from rewardline.services.errors import ServiceError, invalid_argument
 from rewardline.services.judge.modes import (
     class_log_masses,
     is_rating_mode,
@@ -47,7 +47,9 @@ class JudgeScorer:
 
     kind = pb.MODEL_KIND_JUDGE
 
-    def __init__(self, config: ServeConfig, backend: JudgeBackend, prompts: JudgePrompts, revision: str, max_length: int) -> None:
+    def __init__(
+        self, config: ServeConfig, backend: JudgeBackend, prompts: JudgePrompts, revision: str, max_length: int
+    ) -> None:
         self.config = config
         self.backend = backend
         self.prompts = prompts
@@ -76,7 +78,7 @@ class JudgeScorer:
         )
 
     @classmethod
-    def load(cls, config: ServeConfig) -> "JudgeScorer":
+    def load(cls, config: ServeConfig) -> JudgeScorer:
         model_dir = Path(config.model)
         revision = weights_revision(model_dir)
         tokenizer = load_tokenizer(model_dir, config.trust_remote_code)
@@ -100,10 +102,17 @@ class JudgeScorer:
 
     def cache_scope(self) -> str:
         c = self.config
-        return "|".join([
-            self.prompts.scope(), str(c.judge_rating_scale), ",".join(map(str, c.judge_rating_range)),
-            str(c.judge_rationales), str(c.judge_max_rationale_tokens), str(c.judge_temperature), str(c.judge_seed),
-        ])
+        return "|".join(
+            [
+                self.prompts.scope(),
+                str(c.judge_rating_scale),
+                ",".join(map(str, c.judge_rating_range)),
+                str(c.judge_rationales),
+                str(c.judge_max_rationale_tokens),
+                str(c.judge_temperature),
+                str(c.judge_seed),
+            ]
+        )
 
     # -- scoring ---------------------------------------------------------------------------------------------
     async def score_batch(self, inputs: list[RenderedInput]) -> list[pb.Reward]:
@@ -116,8 +125,12 @@ class JudgeScorer:
         c = self.config
         assert self.prompts.marker is not None
         generated = await self.backend.generate(
-            [x.token_ids for x in inputs], n=c.judge_rationales, max_tokens=c.judge_max_rationale_tokens,
-            temperature=c.judge_temperature, stop=self.prompts.marker, seed=c.judge_seed,
+            [x.token_ids for x in inputs],
+            n=c.judge_rationales,
+            max_tokens=c.judge_max_rationale_tokens,
+            temperature=c.judge_temperature,
+            stop=self.prompts.marker,
+            seed=c.judge_seed,
         )
         contexts, owners = [], []
         parsed: list[list[tuple[str, bool]]] = []  # per input: (rationale before the marker, marker reached)
@@ -129,7 +142,9 @@ class JudgeScorer:
                     contexts.append(self.prompts.rationale_context(x.token_ids, rationale))
                     owners.append(i)
         token_ids = self.prompts.slot.token_ids
-        rows = await self.backend.next_token_logprobs(contexts, token_ids) if contexts else np.empty((0, len(token_ids)))
+        rows = (
+            await self.backend.next_token_logprobs(contexts, token_ids) if contexts else np.empty((0, len(token_ids)))
+        )
         readings: list[list[np.ndarray]] = [[] for _ in inputs]
         for owner, row in zip(owners, rows):
             readings[owner].append(self._distribution(row))
@@ -186,8 +201,12 @@ class JudgeScorer:
         p_a_second = 1.0 - verdict_probability(normalised(class_log_masses(rows[1], slot.classes, slot.token_ids)))
         averaged, bias = pairwise(p_a_first, p_a_second)
         return pb.CompareResponse(
-            id=request.id, prob_a_preferred=averaged, prob_a_preferred_a_first=p_a_first,
-            prob_a_preferred_a_second=p_a_second, position_bias=bias, model_revision=self.revision,
+            id=request.id,
+            prob_a_preferred=averaged,
+            prob_a_preferred_a_first=p_a_first,
+            prob_a_preferred_a_second=p_a_second,
+            position_bias=bias,
+            model_revision=self.revision,
         )
 
     async def ready(self) -> bool:
@@ -195,4 +214,3 @@ class JudgeScorer:
 
     async def close(self) -> None:
         await self.backend.close()
-

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -39,7 +40,9 @@ FENCE_TAGS = ("question", "reference", "response", "response_a", "response_b")
 ZERO_WIDTH_SPACE = "\u200b"
 
 # Any opening or closing tag of a fence field, whatever its case or spacing: "<response>", "</ Response >".
-_FENCE_TAG = re.compile(r"<(?=\s*/?\s*(?:" + "|".join(sorted(FENCE_TAGS, key=len, reverse=True)) + r")\b)", re.IGNORECASE)
+_FENCE_TAG = re.compile(
+    r"<(?=\s*/?\s*(?:" + "|".join(sorted(FENCE_TAGS, key=len, reverse=True)) + r")\b)", re.IGNORECASE
+)
 
 
 class TemplateError(ValueError):
@@ -88,13 +91,17 @@ class JudgeTemplate:
 def _environment() -> ImmutableSandboxedEnvironment:
     # Sandboxed: a user template is configuration, not code; StrictUndefined: a misspelt variable is an error
     # at start instead of an empty string in every prompt.
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    return ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+    )
 
 
 def read_template_source(spec: str) -> tuple[str, str]:
     """(name, source) of a built-in template name or a Jinja2 file path."""
     if spec in BUILTIN_TEMPLATES:
-        return spec, resources.files("rewardline.services.judge").joinpath("templates").joinpath(f"{spec}.jinja").read_text(encoding="utf-8")
+        return spec, resources.files("rewardline.services.judge").joinpath("templates").joinpath(
+            f"{spec}.jinja"
+        ).read_text(encoding="utf-8")
     path = Path(spec)
     if not path.is_file():
         raise TemplateError(

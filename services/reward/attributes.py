@@ -7,7 +7,7 @@ first attribute, or a weight vector given by name or in output order.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -31,7 +31,9 @@ def combination_weights(names: Sequence[str], weights: Sequence[float] | Mapping
     if isinstance(weights, Mapping):
         unknown = sorted(set(weights) - set(names))
         if unknown:
-            raise ValueError(f"score weights name unknown attributes {unknown}; the model's attributes are {list(names)}")
+            raise ValueError(
+                f"score weights name unknown attributes {unknown}; the model's attributes are {list(names)}"
+            )
         for i, name in enumerate(names):
             out[i] = float(weights.get(name, 0.0))
         return out

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from transformers import AutoConfig
@@ -25,8 +25,14 @@ class RewardScorer:
 
     kind = pb.MODEL_KIND_REWARD
 
-    def __init__(self, config: ServeConfig, backend: ClassifierBackend, renderer: InputRenderer, revision: str,
-                 id2label: dict | None) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        backend: ClassifierBackend,
+        renderer: InputRenderer,
+        revision: str,
+        id2label: dict | None,
+    ) -> None:
         self.backend = backend
         self.renderer = renderer
         self.revision = revision
@@ -42,7 +48,7 @@ class RewardScorer:
         self._info.score_weights.update({n: float(w) for n, w in zip(self.attributes, self.weights)})
 
     @classmethod
-    def load(cls, config: ServeConfig) -> "RewardScorer":
+    def load(cls, config: ServeConfig) -> RewardScorer:
         model_dir = Path(config.model)
         revision = weights_revision(model_dir)
         tokenizer = load_tokenizer(model_dir, config.trust_remote_code)

@@ -88,8 +88,9 @@ def find_install() -> TritonInstall:
             "(deploy/install.sh --test does) provides tritonserver"
         )
     package = Path(list(spec.submodule_search_locations)[0])
-    install = TritonInstall(package / "tritonserver", package.parent / "nvidia_pytriton.libs",
-                            importlib.metadata.version("nvidia-pytriton"))
+    install = TritonInstall(
+        package / "tritonserver", package.parent / "nvidia_pytriton.libs", importlib.metadata.version("nvidia-pytriton")
+    )
     if not install.binary.is_file():
         raise FileNotFoundError(f"nvidia-pytriton {install.version} has no tritonserver at {install.binary}")
     return install
@@ -108,13 +109,21 @@ def inspect_python_env(env: Path) -> StubPython:
     """Checks that ``env`` can run the stub with deploy/triton/model.py, and reads its version and lib dir."""
     python = env / "bin" / "python3"
     if not python.exists():
-        raise FileNotFoundError(f"no Python environment for Triton's stub at {env}; `bash deploy/install.sh --test` creates .venv-triton")
+        raise FileNotFoundError(
+            f"no Python environment for Triton's stub at {env}; `bash deploy/install.sh --test` creates .venv-triton"
+        )
     probe = subprocess.run([str(python), "-c", _STUB_PROBE], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
-        raise RuntimeError(f"{python} cannot run Triton's stub (needs numpy<2, torch, transformers, safetensors): {probe.stderr.strip()[-500:]}")
+        raise RuntimeError(
+            f"{python} cannot run Triton's stub (needs numpy<2, torch, transformers, safetensors): "
+            f"{probe.stderr.strip()[-500:]}"
+        )
     version, libdir, numpy_version, missing = (probe.stdout.splitlines() + [""] * 4)[:4]
     if int(numpy_version.split(".")[0]) >= 2:
-        raise RuntimeError(f"{env} has numpy {numpy_version}; this Triton build's Python backend needs numpy<2 (outputs come back empty)")
+        raise RuntimeError(
+            f"{env} has numpy {numpy_version}; this Triton build's Python backend needs numpy<2 (outputs come back "
+            "empty)"
+        )
     if missing:
         raise RuntimeError(f"{env} lacks {missing}, which deploy/triton/model.py imports")
     return StubPython(env, version, Path(libdir))
@@ -124,11 +133,15 @@ def assemble_backend_dir(install: TritonInstall, python_version: str, cache_dir:
     """A ``--backend-directory`` holding ``python/`` with the backend and the stub for ``python_version``."""
     stub = install.stub(python_version)
     if not stub.is_file():
-        raise FileNotFoundError(f"nvidia-pytriton {install.version} ships no Python-backend stub for Python {python_version}")
+        raise FileNotFoundError(
+            f"nvidia-pytriton {install.version} ships no Python-backend stub for Python {python_version}"
+        )
     sources = {name: install.python_backend / name for name in PYTHON_BACKEND_FILES} | {STUB: stub}
     backends = Path(cache_dir) / f"pytriton-{install.version}-py{python_version}" / "backends"
     python_dir = backends / "python"
-    if all((python_dir / n).is_file() and (python_dir / n).stat().st_size == s.stat().st_size for n, s in sources.items()):
+    if all(
+        (python_dir / n).is_file() and (python_dir / n).stat().st_size == s.stat().st_size for n, s in sources.items()
+    ):
         return backends
     backends.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".backends.", dir=backends.parent))
@@ -147,7 +160,9 @@ def assemble_backend_dir(install: TritonInstall, python_version: str, cache_dir:
     return backends
 
 
-def server_environment(install: TritonInstall, stub_python: StubPython, base: dict[str, str] | None = None) -> dict[str, str]:
+def server_environment(
+    install: TritonInstall, stub_python: StubPython, base: dict[str, str] | None = None
+) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     library_path = [str(stub_python.libdir), str(install.libs)]
     if env.get("LD_LIBRARY_PATH"):
@@ -168,7 +183,8 @@ def server_command(config: TritonStartConfig, install: TritonInstall, backend_di
         # The Python backend names its shared-memory regions with this prefix; a unique one lets several
         # servers share a machine (tests running beside each other).
         f"--backend-config=python,shm-region-prefix-name=rewardline_{uuid.uuid4().hex[:12]}_",
-        f"--grpc-address={config.host}", f"--grpc-port={config.grpc_port}",
+        f"--grpc-address={config.host}",
+        f"--grpc-port={config.grpc_port}",
         f"--exit-timeout-secs={config.exit_timeout_s}",
         f"--log-verbose={config.log_verbose}",
     ]
@@ -182,7 +198,11 @@ def server_command(config: TritonStartConfig, install: TritonInstall, backend_di
     if config.metrics_port is None:
         cmd.append("--allow-metrics=false")
     else:
-        cmd += [f"--metrics-address={config.host}", f"--metrics-port={config.metrics_port}", "--allow-gpu-metrics=false"]
+        cmd += [
+            f"--metrics-address={config.host}",
+            f"--metrics-port={config.metrics_port}",
+            "--allow-gpu-metrics=false",
+        ]
     return cmd
 
 
@@ -214,7 +234,9 @@ class TritonServer(ChildProcess):
         self.config = config
         self.install = find_install()
         self.stub_python = inspect_python_env(Path(config.python_env or default_python_env()))
-        self.backend_dir = assemble_backend_dir(self.install, self.stub_python.version, Path(config.cache_dir or default_cache_dir()))
+        self.backend_dir = assemble_backend_dir(
+            self.install, self.stub_python.version, Path(config.cache_dir or default_cache_dir())
+        )
 
     @property
     def url(self) -> str:

@@ -7,7 +7,7 @@ right-padded; ``logits`` FP32 [batch, num_outputs], raw.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 import numpy as np

@@ -84,7 +84,7 @@ class UncertaintySpec(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "UncertaintySpec":
+    def _consistent(self) -> UncertaintySpec:
         if self.format != FORMAT_VERSION:
             raise ValueError(f"format {self.format} is not supported (this rewardline reads format {FORMAT_VERSION})")
         if self.layout != LAYOUT:
@@ -94,7 +94,9 @@ class UncertaintySpec(BaseModel):
         levels = self.quantile_levels
         if self.kind == "quantile":
             if len(levels) < 2 or any(not 0 < q < 1 for q in levels) or any(a >= b for a, b in zip(levels, levels[1:])):
-                raise ValueError(f"quantile models need at least two levels, strictly ascending, in (0, 1); got {levels}")
+                raise ValueError(
+                    f"quantile models need at least two levels, strictly ascending, in (0, 1); got {levels}"
+                )
         elif levels:
             raise ValueError(f"quantile_levels are only for the quantile kind, not {self.kind}")
         expected = expected_parameters(self.kind, levels)
@@ -143,7 +145,9 @@ def read_spec(model_dir: Path) -> UncertaintySpec:
     """The model's spec; ValueError naming the file and the problem when it is missing or invalid."""
     path = spec_path(model_dir)
     if not path.is_file():
-        raise ValueError(f"{model_dir} is not an uncertainty model: {SPEC_FILE} is missing (see services/uncertainty/README.md)")
+        raise ValueError(
+            f"{model_dir} is not an uncertainty model: {SPEC_FILE} is missing (see services/uncertainty/README.md)"
+        )
     try:
         return UncertaintySpec.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as e:

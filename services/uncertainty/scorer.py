@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -27,8 +27,8 @@ from rewardline.services.modeling import load_tokenizer, weights_revision
 from rewardline.services.rendering import InputRenderer, RenderedInput, renderer_for
 from rewardline.services.reward.attributes import combination_weights
 from rewardline.services.scorer import classifier_info, unimplemented_compare
-from rewardline.services.uncertainty.outputs import HeadOutputs, head_outputs, split_outputs, stack_members
 from rewardline.services.uncertainty.model_format import UncertaintySpec, read_spec, spec_path
+from rewardline.services.uncertainty.outputs import HeadOutputs, head_outputs, split_outputs, stack_members
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -49,7 +49,9 @@ def shared_tokenizer(dirs: Sequence[Path], trust_remote_code: bool) -> PreTraine
     expected = tokenizer_fingerprint(first)
     for d in dirs[1:]:
         if tokenizer_fingerprint(load_tokenizer(d, trust_remote_code)) != expected:
-            raise ValueError(f"member {d} has a different tokenizer than {dirs[0]}: the members of an ensemble must share one")
+            raise ValueError(
+                f"member {d} has a different tokenizer than {dirs[0]}: the members of an ensemble must share one"
+            )
     return first
 
 
@@ -70,8 +72,14 @@ class UncertaintyScorer:
 
     kind = pb.MODEL_KIND_UNCERTAINTY
 
-    def __init__(self, config: ServeConfig, spec: UncertaintySpec, backends: list[ClassifierBackend],
-                 renderer: InputRenderer, revision: str) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        spec: UncertaintySpec,
+        backends: list[ClassifierBackend],
+        renderer: InputRenderer,
+        revision: str,
+    ) -> None:
         self.spec = spec
         self.layout = spec.head_layout()
         self.backends = backends
@@ -100,13 +108,15 @@ class UncertaintyScorer:
         self._info = info
 
     @classmethod
-    def load(cls, config: ServeConfig) -> "UncertaintyScorer":
+    def load(cls, config: ServeConfig) -> UncertaintyScorer:
         model_dir = Path(config.model)
         spec = read_spec(model_dir)
         dirs = spec.checkpoint_dirs(model_dir)
         if len(dirs) > 1 and config.backend == "triton":
-            raise ValueError("a checkpoint_ensemble runs one model per member, and the triton backend serves the one "
-                             "model named by --triton-model; serve it with --backend hf or vllm")
+            raise ValueError(
+                "a checkpoint_ensemble runs one model per member, and the triton backend serves the one "
+                "model named by --triton-model; serve it with --backend hf or vllm"
+            )
         for d in dirs:
             if not d.is_dir():
                 raise ValueError(f"member directory {d} listed in {spec_path(model_dir)} does not exist")
@@ -160,10 +170,16 @@ class UncertaintyScorer:
         )
         if out.quantiles is not None:
             uncertainty.quantiles.extend(
-                pb.Quantile(level=level, value=float(v)) for level, v in zip(self.spec.quantile_levels, out.quantiles[i])
+                pb.Quantile(level=level, value=float(v))
+                for level, v in zip(self.spec.quantile_levels, out.quantiles[i])
             )
-        reward = pb.Reward(score=float(out.score[i]), model_revision=self.revision, truncated=x.truncated,
-                           num_tokens=x.num_tokens, uncertainty=uncertainty)
+        reward = pb.Reward(
+            score=float(out.score[i]),
+            model_revision=self.revision,
+            truncated=x.truncated,
+            num_tokens=x.num_tokens,
+            uncertainty=uncertainty,
+        )
         if len(self.spec.attributes) > 1:
             reward.attributes.update({n: float(v) for n, v in zip(self.spec.attributes, out.attributes[i])})
         return reward
@@ -190,4 +206,3 @@ def _close_quietly(backend: ClassifierBackend) -> None:
         asyncio.run(backend.close())
     except Exception:
         pass
-

@@ -59,7 +59,9 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, (advantages + values) * mask
 
 
-def whiten(values: Tensor, mask: Tensor, mean: Tensor | None = None, std: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+def whiten(
+    values: Tensor, mask: Tensor, mean: Tensor | None = None, std: Tensor | None = None, eps: float = 1e-8
+) -> Tensor:
     """(x − mean) / std over the masked entries; pass ``mean``/``std`` computed over every rank under DDP."""
     mask = mask.to(values.dtype)
     if mean is None or std is None:

@@ -8,7 +8,7 @@ a config class in `rewardline.trainer.config` added to `RewardSourceConfig`, and
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from rewardline.trainer.config import RewardSourceConfig
 from rewardline.trainer.rewards.base import RewardSink, RewardSource, ScoringSample, SourceReward

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 
@@ -26,7 +26,11 @@ from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceRew
 log = logging.getLogger(__name__)
 
 # Per-sample errors that say "not now" rather than "never": the sample is sent again.
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], grpc.StatusCode.DEADLINE_EXCEEDED.value[0]}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE.value[0],
+    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+}
 RETRY_DELAY_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
 
@@ -87,7 +91,10 @@ class GrpcRewardSource:
             except asyncio.CancelledError:
                 raise
             if not self.closing:
-                log.info("score stream broke; reconnecting", extra={"source": self.name, "reason": reason, "pending": len(self.pending)})
+                log.info(
+                    "score stream broke; reconnecting",
+                    extra={"source": self.name, "reason": reason, "pending": len(self.pending)},
+                )
 
     async def _connect(self) -> bool:
         """Waits until the service answers SERVING; returns whether it had to report an outage."""

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
-from typing import Any, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from rewardline.trainer.observability import TrainerMetrics
 from rewardline.trainer.rewards.base import RewardSource, ScoringSample, SourceReward
@@ -79,7 +80,10 @@ class RewardHub:
             answers[reward.source] = reward
             if reward.error is not None:
                 self.metrics.reward_errors.labels(reward.source).inc()
-                log.info("sample not scored", extra={"source": reward.source, "sample_id": reward.sample_id, "error": reward.error})
+                log.info(
+                    "sample not scored",
+                    extra={"source": reward.source, "sample_id": reward.sample_id, "error": reward.error},
+                )
             if reward.out_of_distribution:
                 self.metrics.out_of_distribution.labels(reward.source).inc()
             self.condition.notify_all()
@@ -98,8 +102,10 @@ class RewardHub:
             elif available and source in self.unavailable:
                 down_s = time.monotonic() - self.unavailable.pop(source)
                 self.metrics.waiting_for_source.labels(source).set(0)
-                log.warning(f"reward source {source!r} is back after {down_s:.1f} s; training resumes",
-                            extra={"source": source, "down_s": round(down_s, 2)})
+                log.warning(
+                    f"reward source {source!r} is back after {down_s:.1f} s; training resumes",
+                    extra={"source": source, "down_s": round(down_s, 2)},
+                )
 
     # --- the training thread ------------------------------------------------------------------------------
     def submit(self, samples: Sequence[ScoringSample]) -> None:

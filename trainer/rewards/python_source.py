@@ -11,7 +11,8 @@ import asyncio
 import importlib
 import logging
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from rewardline.trainer.config import PythonSourceConfig
 from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward

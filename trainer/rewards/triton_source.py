@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import grpc
 from transformers import AutoConfig
 
 from rewardline.services.backends.triton import TritonClassifier, TritonSampleError
+from rewardline.services.backoff import Backoff
 from rewardline.services.errors import ServiceError
+from rewardline.services.modeling import default_max_length, load_tokenizer
 from rewardline.services.rendering import InputRenderer, RenderedInput
 from rewardline.services.reward.attributes import attribute_names, combination_weights
-from rewardline.services.backoff import Backoff
-from rewardline.services.modeling import default_max_length, load_tokenizer
 from rewardline.services.validation import check_sample
 from rewardline.trainer.config import TritonSourceConfig
 from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward
@@ -51,9 +51,12 @@ class TritonRewardSource:
         model_dir = Path(config.model_dir)
         tokenizer = load_tokenizer(model_dir)
         template = {"auto": None, "on": True, "off": False}[config.chat_template]
-        self.renderer = InputRenderer(tokenizer, config.max_length or default_max_length(model_dir, tokenizer), "left", template)
-        self.backend = TritonClassifier(model_dir, tokenizer, config.url, config.model, timeout_s=config.timeout_s,
-                                        concurrency=config.concurrency)
+        self.renderer = InputRenderer(
+            tokenizer, config.max_length or default_max_length(model_dir, tokenizer), "left", template
+        )
+        self.backend = TritonClassifier(
+            model_dir, tokenizer, config.url, config.model, timeout_s=config.timeout_s, concurrency=config.concurrency
+        )
         names = attribute_names(AutoConfig.from_pretrained(model_dir).id2label, self.backend.num_outputs)
         self.weights = combination_weights(names, config.score_weights)
         self.sink: RewardSink | None = None
@@ -156,7 +159,9 @@ class TritonRewardSource:
         while not await self.backend.ready():
             if not reported:
                 detail = "; ".join(self.backend.mismatch) or reason
-                self.sink.set_available(self.name, False, f"Triton model {self.config.model!r} at {self.config.url}: {detail}")
+                self.sink.set_available(
+                    self.name, False, f"Triton model {self.config.model!r} at {self.config.url}: {detail}"
+                )
                 self.outages += 1
                 reported = True
             await backoff.sleep()

@@ -5,12 +5,15 @@ Use them as Python reward sources: ``function: rewardline.trainer.rewards.verifi
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rewardline.trainer.local_models import task
 
 
-def exact_answer(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float | None]:
+def exact_answer(
+    prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any
+) -> list[float | None]:
     """1 when the last number in the completion is the reference answer, else 0 (None without a reference)."""
     return [None if a is None else float(task.is_correct(c, a)) for c, a in zip(completions, answer, strict=True)]
 

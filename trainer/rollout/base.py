@@ -9,8 +9,9 @@ are the same whichever rank generates them.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase

@@ -9,18 +9,26 @@ handed to the reward sources as soon as it is done, so scoring overlaps the next
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from rewardline.trainer.config import RolloutConfig
 from rewardline.trainer.policy import PolicyModel
-from rewardline.trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, eos_token_ids
+from rewardline.trainer.rollout.base import (
+    Completion,
+    OnComplete,
+    RolloutRequest,
+    completion_from_tokens,
+    eos_token_ids,
+)
 
 
 class HFEngine:
-    def __init__(self, model: PolicyModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, owns_model: bool = False) -> None:
+    def __init__(
+        self, model: PolicyModel, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig, owns_model: bool = False
+    ) -> None:
         self.model = model
         self.owns_model = owns_model
         self.tokenizer = tokenizer
@@ -51,7 +59,10 @@ class HFEngine:
                         pad_token_id=self.pad_id,
                     )
                 new_tokens = generated[:, input_ids.shape[1] :].tolist()
-                group = [completion_from_tokens(request, k, t, self.tokenizer, self.eos_ids) for k, t in enumerate(new_tokens)]
+                group = [
+                    completion_from_tokens(request, k, t, self.tokenizer, self.eos_ids)
+                    for k, t in enumerate(new_tokens)
+                ]
                 on_complete(group)
                 out.extend(group)
         finally:
@@ -62,14 +73,20 @@ class HFEngine:
     def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """Left-padded batch; the generated ids up to and including the end-of-sequence token."""
         width = max(len(p) for p in prompt_ids)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=self.model.device)
+        input_ids = torch.tensor(
+            [[self.pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=self.model.device
+        )
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.model.device)
         was_training = self.model.training
         self.model.eval()
         try:
             generated = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=self.pad_id,
             )
         finally:
             self.model.train(was_training)

@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from rewardline.services.modeling import configure_vllm
 from rewardline.trainer.config import RolloutConfig
-from rewardline.trainer.rollout.base import Completion, OnComplete, RolloutRequest, completion_from_tokens, derive_seed, eos_token_ids
+from rewardline.trainer.rollout.base import (
+    Completion,
+    OnComplete,
+    RolloutRequest,
+    completion_from_tokens,
+    derive_seed,
+    eos_token_ids,
+)
 
 K = TypeVar("K")
 
@@ -44,8 +52,12 @@ def _fast_single_process_settings(config: RolloutConfig) -> None:
 
 class VLLMEngine:
     def __init__(
-        self, model_dir: Path, tokenizer: PreTrainedTokenizerBase, config: RolloutConfig,
-        dtype: Literal["float32", "bfloat16"], seed: int,
+        self,
+        model_dir: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        config: RolloutConfig,
+        dtype: Literal["float32", "bfloat16"],
+        seed: int,
     ) -> None:
         _fast_single_process_settings(config)
         from vllm import LLM
@@ -70,13 +82,23 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         if greedy:
-            return SamplingParams(temperature=0.0, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False)
+            return SamplingParams(
+                temperature=0.0, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False
+            )
         return SamplingParams(
-            n=1, seed=seed, temperature=self.config.temperature, top_p=self.config.top_p, top_k=self.config.top_k,
-            max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False,
+            n=1,
+            seed=seed,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            top_k=self.config.top_k,
+            max_tokens=max_tokens,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            detokenize=False,
         )
 
-    def _run(self, requests: Mapping[K, tuple[Sequence[int], Any]], on_finished: Callable[[K, list[int]], None]) -> None:
+    def _run(
+        self, requests: Mapping[K, tuple[Sequence[int], Any]], on_finished: Callable[[K, list[int]], None]
+    ) -> None:
         """Adds every request, then steps the engine, calling ``on_finished(key, token_ids)`` as each ends."""
         from vllm import RequestOutput
 
@@ -97,7 +119,10 @@ class VLLMEngine:
 
     def generate(self, requests: Sequence[RolloutRequest], n: int, on_complete: OnComplete) -> list[Completion]:
         by_key = {(r.index, k): r for r in requests for k in range(n)}
-        work = {key: (r.prompt_ids, self._params(derive_seed(r.seed, key[1]), self.config.max_new_tokens)) for key, r in by_key.items()}
+        work = {
+            key: (r.prompt_ids, self._params(derive_seed(r.seed, key[1]), self.config.max_new_tokens))
+            for key, r in by_key.items()
+        }
         done: dict[tuple[int, int], Completion] = {}
 
         def finished(key: tuple[int, int], token_ids: list[int]) -> None:
