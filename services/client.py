@@ -5,10 +5,15 @@ hand-written loop: UNAVAILABLE (a pod starting, draining or gone) is retried wit
 ``dns:///name:port`` target with ``round_robin`` spreads calls over every address the name resolves to —
 the pods behind a headless Kubernetes Service. A retried RPC produced no reward on the failed attempt, so a
 retry never scores a sample twice into one answer.
+
+``score`` takes any number of samples: more than the server's ``max_samples_per_request`` (read once, from
+GetInfo, on the first call) go as several requests sent together, which the server batches
+as one; the answer is still one Reward per sample in order, and the call fails if any of the requests does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +90,11 @@ def to_request(samples: Iterable[SampleLike]) -> pb.ScoreRequest:
     return pb.ScoreRequest(samples=[to_sample(s, i) for i, s in enumerate(samples)])
 
 
+def chunks(samples: Sequence[pb.Sample], size: int) -> list[Sequence[pb.Sample]]:
+    """``samples`` in consecutive requests of at most ``size``."""
+    return [samples[i : i + size] for i in range(0, len(samples), size)]
+
+
 def _stream_requests(items: Iterable[SampleLike | Sequence[SampleLike]]) -> Iterator[pb.ScoreRequest]:
     for item in items:
         if isinstance(item, (pb.Sample, Mapping)):
@@ -102,11 +112,30 @@ class RewardClient:
         self.channel = grpc.insecure_channel(target, options=channel_options(settings or ChannelSettings()))
         self.stub = pb_grpc.RewardServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self._max_samples: int | None = None
+
+    def max_samples_per_request(self, timeout: float | None = None) -> int:
+        """The server's limit on samples per Score request (GetInfo, asked once)."""
+        if self._max_samples is None:
+            self._max_samples = max(1, self.info(timeout).max_samples_per_request)
+        return self._max_samples
 
     def score(self, samples: Iterable[SampleLike], timeout: float | None = None) -> list[pb.Reward]:
-        """One Reward per sample, in order."""
-        response = self.stub.Score(to_request(samples), timeout=timeout or self.timeout, wait_for_ready=True)
-        return list(response.rewards)
+        """One Reward per sample, in order, however many samples there are."""
+        request = to_request(samples)
+        timeout = timeout or self.timeout
+        size = self.max_samples_per_request(timeout)
+        if len(request.samples) <= size:
+            return list(self.stub.Score(request, timeout=timeout, wait_for_ready=True).rewards)
+        calls = [
+            self.stub.Score.future(pb.ScoreRequest(samples=part), timeout=timeout, wait_for_ready=True)
+            for part in chunks(request.samples, size)
+        ]
+        try:
+            return [reward for call in calls for reward in call.result().rewards]
+        finally:
+            for call in calls:
+                call.cancel()  # after a failure, the rest need not finish (a no-op on those that have)
 
     def score_stream(
         self, items: Iterable[SampleLike | Sequence[SampleLike]], timeout: float | None = None
@@ -156,10 +185,31 @@ class AsyncRewardClient:
         self.channel = grpc.aio.insecure_channel(target, options=channel_options(settings or ChannelSettings()))
         self.stub = pb_grpc.RewardServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self._max_samples: int | None = None
+
+    async def max_samples_per_request(self, timeout: float | None = None) -> int:
+        """The server's limit on samples per Score request (GetInfo, asked once)."""
+        if self._max_samples is None:
+            self._max_samples = max(1, (await self.info(timeout)).max_samples_per_request)
+        return self._max_samples
 
     async def score(self, samples: Iterable[SampleLike], timeout: float | None = None) -> list[pb.Reward]:
-        response = await self.stub.Score(to_request(samples), timeout=timeout or self.timeout, wait_for_ready=True)
-        return list(response.rewards)
+        """One Reward per sample, in order, however many samples there are."""
+        request = to_request(samples)
+        timeout = timeout or self.timeout
+        size = await self.max_samples_per_request(timeout)
+        if len(request.samples) <= size:
+            return list((await self.stub.Score(request, timeout=timeout, wait_for_ready=True)).rewards)
+        calls = [
+            asyncio.ensure_future(self.stub.Score(pb.ScoreRequest(samples=part), timeout=timeout, wait_for_ready=True))
+            for part in chunks(request.samples, size)
+        ]
+        try:
+            responses = await asyncio.gather(*calls)
+        finally:
+            for call in calls:
+                call.cancel()
+        return [reward for response in responses for reward in response.rewards]
 
     async def score_stream(
         self,

@@ -28,6 +28,15 @@ class ServeConfig(BaseModel):
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus /metrics port (0: no exporter)")
+    http_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description=(
+            "HTTP/JSON port, served beside gRPC by the same process and batcher: the proto in JSON (/v1/score, "
+            "/v1/compare, /v1/info), OpenRLHF's /get_reward, vLLM's /classify, /health and /ready (off when unset)"
+        ),
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights and compute dtype")
     max_length: int | None = Field(None, gt=0, description="longest input in tokens (default: the model's)")
@@ -60,6 +69,13 @@ class ServeConfig(BaseModel):
     )
     max_queue_samples: int = Field(2048, gt=0, description="samples that may wait; beyond, RESOURCE_EXHAUSTED")
     max_samples_per_request: int = Field(256, gt=0, description="most samples in one ScoreRequest")
+    empty_response: Literal["score", "refuse"] = Field(
+        "score",
+        description=(
+            "a sample whose response is empty (a policy that ended at once): score it like any other, or refuse it "
+            "with INVALID_ARGUMENT"
+        ),
+    )
     max_message_mb: float = Field(16.0, gt=0, description="largest gRPC message accepted")
     cache_size: int = Field(8192, ge=0, description="recent rewards kept for repeated inputs (0: no cache)")
     grace_period_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish")

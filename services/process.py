@@ -147,11 +147,13 @@ class ServiceProcess(ChildProcess):
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         threads: int | None = 1,
+        http_port: int | None = None,
     ) -> None:
         super().__init__(log_path)
         self.kind = kind
         self.port = port or free_port()
         self.metrics_port = metrics_port if metrics_port is not None else free_port()
+        self.http_port = http_port  # the HTTP face's port (``free_port()`` for any); None: no HTTP face
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         if threads is not None:
@@ -160,6 +162,13 @@ class ServiceProcess(ChildProcess):
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP face's base URL (``http://127.0.0.1:PORT``)."""
+        if self.http_port is None:
+            raise ValueError("this service was started without an HTTP face (http_port)")
+        return f"http://127.0.0.1:{self.http_port}"
 
     def command(self) -> list[str]:
         return [
@@ -175,6 +184,7 @@ class ServiceProcess(ChildProcess):
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
+            *(["--http-port", str(self.http_port)] if self.http_port is not None else []),
         ]
 
     def environment(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import grpc
+from transformers import PreTrainedTokenizerBase
 
 from rewardline.services.api import pb
 from rewardline.services.backends.base import ClassifierBackend, CostModel
@@ -27,6 +28,7 @@ class Scorer(Protocol):
     cost_model: CostModel
     max_padding: float | None  # what max_batch_padding "auto" means for this scorer's backend
     concurrency: int
+    tokenizer: PreTrainedTokenizerBase  # for faces that receive text or token ids (vLLM's /classify)
 
     def info(self) -> pb.GetInfoResponse:
         """The model's half of GetInfo (the server adds its own limits)."""

@@ -1,12 +1,12 @@
 """The gRPC server every service kind runs: health, reflection, metrics, loading, warm-up and drain.
 
 Life of a process:
-1. The metrics exporter and the gRPC port come up first; health says NOT_SERVING and RPCs answer
-   UNAVAILABLE, so an orchestrator can tell "loading" from "dead".
+1. The metrics exporter and the gRPC port (and the HTTP port, with ``http_port``) come up first; health says
+   NOT_SERVING and requests answer UNAVAILABLE (HTTP 503), so an orchestrator can tell "loading" from "dead".
 2. The model loads (on a worker thread, so health keeps answering) and one warm-up batch runs through the
    whole pipeline; only then health says SERVING.
-3. SIGTERM or SIGINT: health goes NOT_SERVING, new RPCs (and new samples on open streams) get UNAVAILABLE
-   so clients retry elsewhere, in-flight work gets ``grace_period_s`` to finish, and the process exits 0.
+3. SIGTERM or SIGINT: health goes NOT_SERVING, new requests on either face (and new samples on open streams) get
+   UNAVAILABLE so clients retry elsewhere, in-flight work gets ``grace_period_s`` to finish, and the process exits 0.
 While serving, a backend that stops being ready (a remote Triton going away) turns health NOT_SERVING
 until it is back.
 """
@@ -26,6 +26,8 @@ from grpc_reflection.v1alpha import reflection
 from rewardline.services import __version__
 from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
 from rewardline.services.config import ServeConfig
+from rewardline.services.core import ScoringCore
+from rewardline.services.http_face.app import HttpFace
 from rewardline.services.kinds import load_scorer
 from rewardline.services.metrics import ServiceMetrics, start_exporter
 from rewardline.services.scorer import Scorer
@@ -48,13 +50,15 @@ def warmup_request() -> pb.ScoreRequest:
 
 
 class RewardServer:
-    """Owns the grpc.aio server and the servicer for one process."""
+    """Owns the scoring core and its faces for one process: the grpc.aio server, and the HTTP face when asked."""
 
     def __init__(self, config: ServeConfig, loader: Callable[[ServeConfig], Scorer] = load_scorer) -> None:
         self.config = config
         self.loader = loader
         self.metrics = ServiceMetrics()
-        self.servicer = RewardServicer(config, self.metrics)
+        self.core = ScoringCore(config, self.metrics)
+        self.servicer = RewardServicer(self.core)
+        self.http = HttpFace(self.core, lambda: self._serving) if config.http_port is not None else None
         self.health = health.aio.HealthServicer()
         max_bytes = int(config.max_message_mb * 1024 * 1024)
         options = [
@@ -88,12 +92,20 @@ class RewardServer:
         start_exporter(self.config.metrics_port, self.config.host)
         await self._set_health(False)
         await self.server.start()
+        if self.http is not None and self.config.http_port is not None:
+            await self.http.start(self.config.host, self.config.http_port)
         log.info(
-            "listening", extra={"port": self.port, "metrics_port": self.config.metrics_port, "kind": self.config.kind}
+            "listening",
+            extra={
+                "port": self.port,
+                "http_port": self.config.http_port,
+                "metrics_port": self.config.metrics_port,
+                "kind": self.config.kind,
+            },
         )
         started = time.monotonic()
         scorer = await asyncio.get_running_loop().run_in_executor(None, self.loader, self.config)
-        self.servicer.attach(scorer)
+        self.core.attach(scorer)
         info = scorer.info()
         self.metrics.model_info.info(
             {
@@ -113,7 +125,7 @@ class RewardServer:
             log.warning(
                 "backend not ready at start; health stays NOT_SERVING until it is", extra={"backend": info.backend}
             )
-        self.servicer.gate.ready = True
+        self.core.gate.ready = True
         await self._set_health(ready)
         log.info(
             "serving",
@@ -122,18 +134,18 @@ class RewardServer:
 
     async def _warm_up(self) -> None:
         """One batch through render, batcher and backend, so the first real request pays no lazy start-up."""
-        scorer = self.servicer.scorer
-        assert scorer is not None and self.servicer.batcher is not None
+        scorer = self.core.scorer
+        assert scorer is not None and self.core.batcher is not None
         samples = list(warmup_request().samples)
         rendered = [r for r in scorer.render(samples) if not isinstance(r, Exception)]
         if not rendered:
             raise RuntimeError("the warm-up samples could not be rendered for this model")
-        futures = self.servicer.batcher.submit([(r, r.num_tokens) for r in rendered])
+        futures = self.core.batcher.submit([(r, r.num_tokens) for r in rendered])
         await asyncio.gather(*futures)
 
     async def _watch_backend(self) -> None:
         """Folds the backend's readiness into health while serving."""
-        scorer = self.servicer.scorer
+        scorer = self.core.scorer
         assert scorer is not None
         while not self._stop.is_set():
             try:
@@ -142,7 +154,7 @@ class RewardServer:
             except TimeoutError:
                 pass
             ready = await scorer.ready()
-            if ready != self._serving and not self.servicer.gate.draining:
+            if ready != self._serving and not self.core.gate.draining:
                 log.warning("backend readiness changed", extra={"ready": ready})
                 await self._set_health(ready)
 
@@ -151,7 +163,7 @@ class RewardServer:
 
     async def drain(self) -> None:
         """Stops taking work, lets in-flight RPCs finish within the grace period, then stops."""
-        gate = self.servicer.gate
+        gate = self.core.gate
         gate.draining = True
         await self.health.enter_graceful_shutdown()
         self._serving = False
@@ -161,10 +173,12 @@ class RewardServer:
         if not finished:
             log.warning("grace period over; cancelling in-flight RPCs", extra={"inflight": gate.inflight})
         await self.server.stop(0)
-        if self.servicer.batcher:
-            await self.servicer.batcher.close()
-        if self.servicer.scorer:
-            await self.servicer.scorer.close()
+        if self.http is not None:
+            await self.http.stop()
+        if self.core.batcher:
+            await self.core.batcher.close()
+        if self.core.scorer:
+            await self.core.scorer.close()
         log.info("stopped")
 
     async def run(self) -> None:
@@ -178,6 +192,8 @@ class RewardServer:
             if starting.exception() is not None:  # a model that failed to load ends the process with its error
                 stopping.cancel()
                 await self.server.stop(0)
+                if self.http is not None:
+                    await self.http.stop()
                 starting.result()
             watcher = loop.create_task(self._watch_backend())
             await stopping

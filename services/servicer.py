@@ -1,6 +1,6 @@
-"""The RewardService RPCs, written once for every model kind.
+"""The RewardService RPCs: the gRPC face of the shared admission path (core.py), written once for every kind.
 
-Score:        validate -> render -> cache -> admission -> batcher -> Rewards in request order (atomic).
+Score:        core.score: validate -> render -> cache -> admission -> batcher -> Rewards in request order (atomic).
 ScoreStream:  the same per sample, answered as each is ready; a failed sample is an in-band Reward.error.
 GetInfo:      the model's description plus this server's limits.
 Compare:      delegated to the kind (judges); others answer UNIMPLEMENTED.
@@ -17,57 +17,14 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from rewardline.services import __version__
 from rewardline.services.api import pb, pb_grpc
-from rewardline.services.batching import Batcher, padding_limit
-from rewardline.services.cache import LRUCache, cache_key
-from rewardline.services.config import ServeConfig
+from rewardline.services.core import ScoringCore
 from rewardline.services.errors import ServiceError, unavailable
-from rewardline.services.metrics import ServiceMetrics
 from rewardline.services.rendering import RenderedInput
-from rewardline.services.scorer import Scorer
-from rewardline.services.validation import check_request, check_sample
+from rewardline.services.validation import check_sample
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Gate:
-    """Counts RPCs in flight and refuses new ones once draining has begun."""
-
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self.draining = False
-        self.ready = False
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._metrics = metrics
-
-    def enter(self) -> None:
-        if self.draining:
-            raise unavailable("server is draining (shutting down); retry on another replica")
-        if not self.ready:
-            raise unavailable("server is starting: the model is not loaded yet")
-        self._inflight += 1
-        self._idle.clear()
-        self._metrics.inflight.set(self._inflight)
-
-    def leave(self) -> None:
-        self._inflight -= 1
-        self._metrics.inflight.set(self._inflight)
-        if self._inflight == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-    @property
-    def inflight(self) -> int:
-        return self._inflight
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -80,148 +37,61 @@ def _error_reward(sample_id: str, error: ServiceError) -> pb.Reward:
     return pb.Reward(id=sample_id, error=pb.Error(code=error.code.value[0], message=error.message))
 
 
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on this process's monotonic clock (None: the client set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 class RewardServicer(pb_grpc.RewardServiceServicer):
-    """Serves one Scorer; shared by the reward, uncertainty and judge services."""
+    """The gRPC face of one ScoringCore; shared by the reward, uncertainty and judge services."""
 
-    def __init__(self, config: ServeConfig, metrics: ServiceMetrics) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.gate = Gate(metrics)
-        self.cache: LRUCache[pb.Reward] = LRUCache(config.cache_size)
-        self.scorer: Scorer | None = None
-        self.batcher: Batcher[RenderedInput, pb.Reward] | None = None
-
-    def attach(self, scorer: Scorer) -> None:
-        """Starts serving ``scorer`` (called once the model is loaded)."""
-        self.scorer = scorer
-        self.batcher = Batcher(
-            scorer.score_batch,
-            max_batch_tokens=self.config.max_batch_tokens,
-            max_batch_size=self.config.max_batch_size,
-            max_wait_s=self.config.max_wait_ms / 1000.0,
-            max_queue=self.config.max_queue_samples,
-            concurrency=scorer.concurrency,
-            cost_model=scorer.cost_model,
-            max_padding=padding_limit(self.config.max_batch_padding, scorer.max_padding),
-            metrics=self.metrics,
-        )
-        self.batcher.start()
-
-    # -- shared steps -------------------------------------------------------------------------------------
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float | None:
-        remaining = context.time_remaining()
-        return None if remaining is None else time.monotonic() + remaining
-
-    def _key(self, rendered: RenderedInput) -> bytes:
-        assert self.scorer is not None
-        return cache_key(self.scorer.revision, rendered.token_ids, self.scorer.cache_scope())
-
-    def _cached(self, rendered: RenderedInput, sample_id: str) -> pb.Reward | None:
-        hit = self.cache.get(self._key(rendered))
-        if hit is None:
-            self.metrics.cache_misses.inc()
-            return None
-        self.metrics.cache_hits.inc()
-        reward = pb.Reward()
-        reward.CopyFrom(hit)
-        reward.id = sample_id
-        reward.cached = True
-        return reward
-
-    def _finish(self, rendered: RenderedInput, sample_id: str, computed: pb.Reward) -> pb.Reward:
-        """Caches a fresh reward and returns the client's copy with its id."""
-        assert self.scorer is not None
-        self.cache.put(self._key(rendered), computed)
-        reward = pb.Reward()
-        reward.CopyFrom(computed)
-        reward.id = sample_id
-        self.metrics.scores.observe(reward.score)
-        if reward.truncated:
-            self.metrics.truncated.inc()
-        self.scorer.observe(reward, self.metrics)
-        return reward
+    def __init__(self, core: ScoringCore) -> None:
+        self.core = core
 
     async def _run_unary(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        entered = False
         try:
-            self.gate.enter()
-            entered = True
-            return await work()
+            async with self.core.admitted(method):
+                return await work()
         except ServiceError as e:
-            code = e.code
             await abort(context, e.code, e.message)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error", extra={"method": method})
-            await abort(context, grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        finally:
-            if entered:
-                self.gate.leave()
-            self.metrics.requests.labels(method, code.name).inc()
-            self.metrics.latency.labels(method).observe(time.monotonic() - started)
 
     # -- RPCs ---------------------------------------------------------------------------------------------
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         async def work() -> pb.ScoreResponse:
-            assert self.scorer is not None and self.batcher is not None
-            samples = request.samples
-            self.metrics.samples.labels("Score").inc(len(samples))
-            check_request(samples, self.config.max_samples_per_request)
-            rendered: list[RenderedInput] = []
-            for item in self.scorer.render(samples):
-                if isinstance(item, ServiceError):
-                    raise item
-                rendered.append(item)
-            cached = [self._cached(item, sample.id) for sample, item in zip(samples, rendered)]
-            misses = [i for i, hit in enumerate(cached) if hit is None]
-            computed: dict[int, pb.Reward] = {}
-            if misses:
-                futures = self.batcher.submit(
-                    [(rendered[i], rendered[i].num_tokens) for i in misses], self._deadline(context)
-                )
-                for i, reward in zip(misses, await asyncio.gather(*futures)):
-                    computed[i] = self._finish(rendered[i], samples[i].id, reward)
-            return pb.ScoreResponse(rewards=[hit if hit is not None else computed[i] for i, hit in enumerate(cached)])
+            rewards = await self.core.score(request.samples, deadline_of(context), "Score")
+            return pb.ScoreResponse(rewards=rewards)
 
         return await self._run_unary("Score", context, work)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
         async def work() -> pb.GetInfoResponse:
-            assert self.scorer is not None
-            info = self.scorer.info()
-            info.max_samples_per_request = self.config.max_samples_per_request
-            info.server_version = __version__
-            return info
+            return self.core.info()
 
         return await self._run_unary("GetInfo", context, work)
 
     async def Compare(self, request: pb.CompareRequest, context: grpc.aio.ServicerContext) -> pb.CompareResponse:
         async def work() -> pb.CompareResponse:
-            assert self.scorer is not None
-            return await self.scorer.compare(request)
+            return await self.core.compare(request)
 
         return await self._run_unary("Compare", context, work)
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScoreResponse]:
+        core = self.core
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:
-            self.gate.enter()
+            core.gate.enter()
         except ServiceError as e:
-            self.metrics.requests.labels("ScoreStream", e.code.name).inc()
+            core.metrics.requests.labels("ScoreStream", e.code.name).inc()
             await context.abort(e.code, e.message)
-        stream = _Stream(self, context)
+        stream = _Stream(core, context)
         try:
             async for response in stream.run(request_iterator):
                 yield response
-            if self.gate.draining:
+            if core.gate.draining:
                 code = grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, "server is draining; samples sent after the drain began were refused")
         except asyncio.CancelledError:
@@ -235,16 +105,16 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             await context.abort(code, "internal error; see the server log")
         finally:
             stream.cancel()
-            self.gate.leave()
-            self.metrics.requests.labels("ScoreStream", code.name).inc()
-            self.metrics.latency.labels("ScoreStream").observe(time.monotonic() - started)
+            core.gate.leave()
+            core.metrics.requests.labels("ScoreStream", code.name).inc()
+            core.metrics.latency.labels("ScoreStream").observe(time.monotonic() - started)
 
 
 class _Stream:
     """One ScoreStream call: a reader task queues samples, the call's generator yields what is ready."""
 
-    def __init__(self, servicer: RewardServicer, context: grpc.aio.ServicerContext) -> None:
-        self.s = servicer
+    def __init__(self, core: ScoringCore, context: grpc.aio.ServicerContext) -> None:
+        self.s = core
         self.context = context
         self.ready: asyncio.Queue[pb.Reward] = asyncio.Queue()
         self.pending: dict[str, asyncio.Future] = {}
@@ -267,7 +137,7 @@ class _Stream:
             try:
                 if s.gate.draining:
                     raise unavailable("server is draining; send this sample to another replica")
-                check_sample(sample, i)
+                check_sample(sample, i, s.allow_empty_response)
                 if sample.id in self.pending or sample.id in batch_ids:
                     raise ServiceError(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -280,12 +150,12 @@ class _Stream:
             valid.append(sample)
         if not valid:
             return
-        deadline = s._deadline(self.context)
+        deadline = deadline_of(self.context)
         for sample, item in zip(valid, s.scorer.render(valid)):
             if isinstance(item, ServiceError):
                 self._refuse(sample.id, item)
                 continue
-            hit = s._cached(item, sample.id)
+            hit = s.cached(item, sample.id)
             if hit is not None:
                 self._answer(hit)
                 continue
@@ -303,7 +173,7 @@ class _Stream:
             return
         error = future.exception()
         if error is None:
-            self._answer(self.s._finish(item, sample_id, future.result()))
+            self._answer(self.s.finish(item, sample_id, future.result()))
         elif isinstance(error, ServiceError):
             self._refuse(sample_id, error)
         else:

@@ -263,3 +263,33 @@ def _stop_together(*services) -> list:  # type: ignore[no-untyped-def]
 def stop_together():
     """``stop_together(svc, ...)``: stop several ServiceProcesses concurrently; returns their exit codes."""
     return _stop_together
+
+
+# --- The HTTP face and the adapters (services/http_face, services/integrations; tests/test_http_face.py,
+# tests/test_integrations.py, tests/test_peers.py) -------------------------------------------------------------
+FACE_MAX_SAMPLES = 16  # below the requests some tests send, so that the client's splitting runs
+
+
+@pytest.fixture(scope="session")
+def face_services(local_models: Path):
+    """One service of each kind, each with its HTTP face on: the reward and uncertainty models `models build`
+    makes, and the judge on transformers. Started together once for every test of the faces and adapters."""
+    from rewardline.services.process import ServiceProcess, free_port
+
+    common = ["--max-samples-per-request", str(FACE_MAX_SAMPLES), "--max-batch-size", "16"]
+    services = {
+        "reward": ServiceProcess(
+            "reward", ["--model", str(local_models / "reward"), "--max-length", "256", *common], http_port=free_port()
+        ),
+        "uncertainty": ServiceProcess(
+            "uncertainty",
+            ["--model", str(local_models / "uncertainty"), "--max-length", "256", *common],
+            http_port=free_port(),
+        ),
+        "judge": ServiceProcess(
+            "judge", ["--model", str(local_models / "judge"), "--backend", "hf", *common], http_port=free_port()
+        ),
+    }
+    _start_together(*services.values())
+    yield services
+    assert _stop_together(*services.values()) == [0, 0, 0]  # SIGTERM drains both faces and exits cleanly

@@ -67,3 +67,66 @@ def assert_close(a: Sequence[float], b: Sequence[float], tol: float = 1e-4) -> N
     assert len(a) == len(b)
     worst = max((abs(x - y) for x, y in zip(a, b)), default=0.0)
     assert worst <= tol, f"max difference {worst:.3g} > {tol}: {list(a)[:5]} vs {list(b)[:5]}"
+
+
+class HttpAnswer:
+    """One HTTP answer: status, headers, and the body as JSON (None when it is not JSON)."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        import json
+
+        self.status = status
+        self.headers = headers
+        self.text = body.decode(errors="replace")
+        try:
+            self.json = json.loads(body)
+        except ValueError:
+            self.json = None
+
+    def __repr__(self) -> str:
+        return f"HttpAnswer({self.status}, {self.text[:300]!r})"
+
+
+def http(method: str, url: str, body: object = None, raw: bytes | None = None, timeout: float = 120.0) -> HttpAnswer:
+    """A request with the standard library's client (no rewardline code): ``body`` as JSON, or ``raw`` bytes."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return HttpAnswer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as e:
+        return HttpAnswer(e.code, dict(e.headers), e.read())
+
+
+def openrlhf_payload(tokenizer, pairs: list[tuple[str, str]], templated: bool = True) -> tuple[list[str], list[str]]:
+    """Queries and prompts as OpenRLHF 0.11.2 builds them (openrlhf/utils/agent.py, SingleTurnAgentExecutor.execute):
+    the prompt rendered with the chat template when the run applies one, tokenized without special tokens added,
+    the response's token ids (ending with the stop token) appended, and the whole decoded with special tokens."""
+    queries, prompts = [], []
+    for prompt, response in pairs:
+        if templated:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        queries.append(tokenizer.decode(prompt_ids + response_ids, skip_special_tokens=False))
+        prompts.append(prompt)
+    return queries, prompts
+
+
+def exact_answer_after(
+    prompts: list[str], completions: list[str], answer: list, delay_s: float = 0.1, **columns: object
+) -> list[float | None]:
+    """The exact-answer reward function, answering ``delay_s`` seconds after each call: a slow reward source
+    (use it as ``function: support:exact_answer_after`` in a trainer run inside the test process)."""
+    import time
+
+    from rewardline.trainer.rewards.verifiable import exact_answer
+
+    time.sleep(delay_s)
+    return exact_answer(prompts, completions, answer, **columns)

@@ -185,14 +185,21 @@ def test_get_info_describes_the_judge(judge, judge_dir):
     assert info.model_name == judge_dir.name and len(info.revision) == 16 and info.chat_template
 
 
+def test_an_empty_response_is_judged_like_any_other(judge, direct_judge):
+    """A policy that ends at once emits an empty response: the judge reads the template with an empty response, on
+    Score and on Compare, as DirectJudge does."""
+    _, client = judge
+    (empty, blank) = score(client, [("What is 1 + 1?", ""), ("What is 1 + 2?", "  ")], prefix="empty")
+    assert abs(empty.score - direct_judge.verdict("What is 1 + 1?", "")) <= DIRECT_TOLERANCE
+    assert abs(blank.score - direct_judge.verdict("What is 1 + 2?", "  ")) <= DIRECT_TOLERANCE
+    compared = client.compare("What is 1 + 1?", "The answer is 2.", "", id="empty")
+    a_first = direct_judge.prefer_a("What is 1 + 1?", "The answer is 2.", "")
+    a_second = 1 - direct_judge.prefer_a("What is 1 + 1?", "", "The answer is 2.")
+    assert abs(compared.prob_a_preferred - (a_first + a_second) / 2) <= DIRECT_TOLERANCE
+
+
 def test_bad_input_gets_invalid_argument(judge):
     _, client = judge
-    with pytest.raises(grpc.RpcError) as e:
-        client.score([{"id": "x", "prompt": "What is 1 + 1?", "response": "  "}])
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(grpc.RpcError) as e:
-        client.compare("What is 1 + 1?", "The answer is 2.", "", id="empty")
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "response_b" in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
         client.score([{"id": "long", "prompt": "Q?", "response": "The answer is 2. " * 200}])
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cannot fit" in e.value.details()

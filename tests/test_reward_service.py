@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import assert_close, metric, metrics, samples, short_pairs
+from support import assert_close, http, metric, metrics, samples, short_pairs
 
 from rewardline.services.api import pb, pb_grpc
 from rewardline.services.client import AsyncRewardClient, RewardClient
-from rewardline.services.process import ServiceProcess, wait_serving
+from rewardline.services.process import ServiceProcess, free_port, wait_serving
 
 MAX_LENGTH = 128
 
@@ -152,7 +152,6 @@ BAD_REQUESTS = [
         [pb.Sample(id="d", prompt="p", response="r"), pb.Sample(id="d", prompt="p", response="q")],
         "duplicate sample id 'd'",
     ),
-    ("empty response", [pb.Sample(id="e", prompt="p", response="  ")], "'e': empty response"),
     (
         "both forms",
         [pb.Sample(id="b", prompt="p", response="r", messages=[pb.Message(role="user", content="x")])],
@@ -191,6 +190,23 @@ def test_bad_input_is_invalid_argument_and_harmless(service, client, name, reque
     assert len(client.score([{"id": "ok", "prompt": "What is 1 + 1?", "response": "2"}])) == 1
 
 
+def test_an_empty_response_is_scored_like_any_other(client, reference):
+    """A policy that ends at once emits an empty response; the model reads the prompt and the template's turn."""
+    rewards = client.score(
+        [
+            {"id": "e", "prompt": "What is 2 + 2?", "response": ""},
+            {"id": "b", "prompt": "What is 2 + 3?", "response": "  "},
+            {
+                "id": "m",
+                "messages": [{"role": "user", "content": "What is 2 + 4?"}, {"role": "assistant", "content": ""}],
+            },
+        ]
+    )
+    expected = [reference.score("What is 2 + 2?", ""), reference.score("What is 2 + 3?", "  ")]
+    assert_close([r.score for r in rewards[:2]], expected)
+    assert_close([rewards[2].score], [reference.score("What is 2 + 4?", "")])
+
+
 def test_oversized_message_is_resource_exhausted(service, client):
     big = [pb.Sample(id="big", prompt="x" * (2 * 1024 * 1024), response="y")]
     with pytest.raises(grpc.RpcError) as err:
@@ -203,14 +219,14 @@ def test_bad_samples_in_a_stream_come_back_as_errors_and_the_stream_goes_on(clie
     good = short_pairs(reference, 3, MAX_LENGTH, seed=3)
     items = [
         {"id": "g0", "prompt": good[0][0], "response": good[0][1]},
-        {"id": "bad-empty", "prompt": "p", "response": ""},
+        {"id": "bad-role", "messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},
         {"id": "g1", "prompt": good[1][0], "response": good[1][1]},
         {"id": "bad-huge", "prompt": "p", "response": "seven " * 400},
         {"id": "g2", "prompt": good[2][0], "response": good[2][1]},
     ]
     got = {r.id: r for r in client.score_stream(items)}
     assert sorted(got) == sorted(i["id"] for i in items)
-    for bad in ("bad-empty", "bad-huge"):
+    for bad in ("bad-role", "bad-huge"):
         assert got[bad].HasField("error") and got[bad].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert bad in got[bad].error.message
     assert_close([got[f"g{i}"].score for i in range(3)], [reference.score(*p) for p in good])
@@ -375,8 +391,11 @@ def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
 
 
 def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
+    """On both faces: gRPC answers UNAVAILABLE, HTTP 503 with Retry-After, and /ready turns 503."""
     with ServiceProcess(
-        "reward", ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512", "--grace-period-s", "60"]
+        "reward",
+        ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512", "--grace-period-s", "60"],
+        http_port=free_port(),
     ) as svc:
         long_request = [{"id": f"f{i}", "prompt": "seven plus three " * 40, "response": str(i)} for i in range(80)]
         with RewardClient(svc.target, timeout=300) as c, ThreadPoolExecutor(1) as pool:
@@ -389,6 +408,11 @@ def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
                     pb.ScoreRequest(samples=[pb.Sample(id="n", prompt="p", response="r")]), timeout=10
                 )
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            refused = http(
+                "POST", svc.http_url + "/v1/score", {"samples": [{"id": "n", "prompt": "p", "response": "r"}]}
+            )
+            assert refused.status == 503 and refused.headers.get("Retry-After") and "draining" in refused.text
+            assert http("GET", svc.http_url + "/ready").status == 503
             assert len(pending.result(timeout=300)) == len(long_request)
         assert svc.process.wait(60) == 0
 

@@ -165,7 +165,6 @@ def test_concurrent_requests_and_streams_get_their_own_rewards(target, reference
 
 BAD_REQUESTS = [
     ("empty batch", [], "no samples"),
-    ("empty response", [pb.Sample(id="e", prompt="p", response="  ")], "'e': empty response"),
     (
         "response that cannot fit",
         [pb.Sample(id="huge", prompt="p", response="seven " * 400)],

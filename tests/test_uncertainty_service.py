@@ -268,12 +268,20 @@ def test_metrics_record_the_std_and_count_the_flags(services, clients, texts):
     assert delta("rewardline_out_of_distribution_total") == flagged
 
 
+def test_an_empty_response_is_scored_like_any_other(kinds, clients):
+    (reward,) = clients["ensemble"].score([{"id": "e", "prompt": "What is 1 + 1?", "response": ""}])
+    expected = reference(kinds["ensemble"], "What is 1 + 1?", "")
+    assert abs(reward.score - expected["score"]) < 1e-4
+    assert abs(reward.uncertainty.std - expected["std"]) < 1e-4
+
+
 def test_bad_input_and_compare_are_refused_as_by_the_reward_service(services, clients):
     channel = grpc.insecure_channel(services["ensemble"].target)
     stub = pb_grpc.RewardServiceStub(channel)
     with pytest.raises(grpc.RpcError) as err:
-        stub.Score(pb.ScoreRequest(samples=[pb.Sample(id="e", prompt="p", response=" ")]), timeout=30)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'e': empty response" in err.value.details()
+        both = pb.Sample(id="e", prompt="p", response="r", messages=[pb.Message(role="assistant", content="r")])
+        stub.Score(pb.ScoreRequest(samples=[both]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'e': give either" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         stub.Compare(pb.CompareRequest(id="c", prompt="p", response_a="a", response_b="b"), timeout=30)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -283,7 +291,7 @@ def test_bad_input_and_compare_are_refused_as_by_the_reward_service(services, cl
         for r in clients["ensemble"].score_stream(
             [
                 {"id": "good", "prompt": "What is 1 + 1?", "response": "The answer is 2."},
-                {"id": "bad", "prompt": "p", "response": ""},
+                {"id": "bad", "messages": [{"role": "user", "content": "p"}]},
             ]
         )
     }

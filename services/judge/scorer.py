@@ -53,6 +53,7 @@ class JudgeScorer:
         self.config = config
         self.backend = backend
         self.prompts = prompts
+        self.tokenizer = prompts.tokenizer
         self.revision = revision
         self.max_length = max_length
         self.cost_model = backend.cost_model
@@ -190,9 +191,10 @@ class JudgeScorer:
 
     # -- Compare -----------------------------------------------------------------------------------------------
     async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse:
-        for name in ("response_a", "response_b"):
-            if not getattr(request, name).strip():
-                raise invalid_argument(f"Compare: empty {name}")
+        if self.config.empty_response == "refuse":
+            for name in ("response_a", "response_b"):
+                if not getattr(request, name).strip():
+                    raise invalid_argument(f"Compare: empty {name}")
         a_first, b_first = self.prompts.render_pair(request)
         slot = self.prompts.pair_slot
         rows = await self.backend.next_token_logprobs([a_first.token_ids, b_first.token_ids], slot.token_ids)

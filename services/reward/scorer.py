@@ -35,6 +35,7 @@ class RewardScorer:
     ) -> None:
         self.backend = backend
         self.renderer = renderer
+        self.tokenizer = renderer.tokenizer
         self.revision = revision
         self.max_length = renderer.max_length
         self.cost_model = backend.cost_model

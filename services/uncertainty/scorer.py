@@ -84,6 +84,7 @@ class UncertaintyScorer:
         self.layout = spec.head_layout()
         self.backends = backends
         self.renderer = renderer
+        self.tokenizer = renderer.tokenizer
         self.revision = revision
         self.max_length = renderer.max_length
         self.cost_model = backends[0].cost_model
