@@ -196,7 +196,9 @@ def test_compose_services_run_valid_rewardline_lines() -> None:
             assert dependency in services
         if ns.command == "serve":
             assert config.kind == name
-            assert set(published(service)) == {config.port}, f"{name}: published port vs --port"
+            assert set(published(service)) == {config.port, config.http_port}, (
+                f"{name}: published ports vs --port and --http-port (the HTTP face is on)"
+            )
             assert seconds(service["stop_grace_period"]) > config.grace_period_s, (
                 f"{name}: Docker would kill a draining server"
             )

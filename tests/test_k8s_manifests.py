@@ -359,8 +359,9 @@ def test_network_policies_admit_only_the_trainer_clients_and_monitoring(overlay:
         "reward",
         "uncertainty",
     ]
-    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
-    assert set(by_port) == {"grpc", "metrics"}
+    by_port = {port["port"]: rule["from"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    assert set(by_port) == {"grpc", "http", "metrics"}
+    assert by_port["http"] == by_port["grpc"], "the HTTP face admits whom gRPC admits"
     trainers = [
         t for _, t in pod_templates(docs) if t["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
     ]
@@ -470,8 +471,8 @@ def test_command_lines_ports_and_configs(overlay: str, docs: tuple[dict, ...]) -
             if ns.command == "serve":
                 assert isinstance(config, ServeConfig) and not init
                 assert config.kind == template["metadata"]["labels"]["app.kubernetes.io/component"], w
-                assert ports == {"grpc": config.port, "metrics": config.metrics_port}, (
-                    f"{w}: container ports vs the server's flags"
+                assert ports == {"grpc": config.port, "http": config.http_port, "metrics": config.metrics_port}, (
+                    f"{w}: container ports vs the server's flags (the HTTP face is on in every deployment)"
                 )
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                     assert container[probe]["grpc"]["port"] == config.port, f"{w}: {probe} port"
@@ -498,6 +499,17 @@ def test_command_lines_ports_and_configs(overlay: str, docs: tuple[dict, ...]) -
                     assert len(exposing) == 1 and exposing[0]["spec"]["clusterIP"] == "None", (
                         f"{w}: one headless Service for {name}"
                     )
+                http_services = [
+                    s
+                    for s in of_kind(docs, "Service")
+                    if selects(s["spec"]["selector"], template["metadata"]["labels"])
+                    and any(p.get("targetPort") == "http" for p in s["spec"]["ports"])
+                ]
+                assert len(http_services) == 1 and http_services[0]["spec"].get("clusterIP") != "None", (
+                    f"{w}: one ClusterIP Service for the HTTP face (kube-proxy balances HTTP/1.1 connections)"
+                )
+                (http_port,) = [p for p in http_services[0]["spec"]["ports"] if p.get("targetPort") == "http"]
+                assert http_port["port"] == config.http_port and http_port.get("appProtocol") == "http", w
             elif ns.command == "train":
                 check_trainer(docs, workload, spec, container, config, ports, torchrun)
             elif ns.command == "models":
