@@ -1,4 +1,5 @@
-"""Advantage estimators against the papers' formulas, written out with numpy loops on fixed numbers."""
+"""Advantage estimators against the papers' formulas, written out with plain loops on fixed numbers: GRPO, RLOO,
+GAE, REINFORCE++ and REINFORCE++-baseline, and DAPO's filter of groups without signal."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from rewardline.trainer.algorithms.advantages import gae, group_normalized, leave_one_out, whiten
+from rewardline.trainer.algorithms.advantages import (
+    discounted_returns,
+    gae,
+    group_normalized,
+    informative_groups,
+    leave_one_out,
+    whiten,
+)
 
 REWARDS = np.array([[1.0, 0.0, 0.5, 0.0], [2.0, 2.0, 2.0, 2.0], [0.3, -1.2, 0.7, 4.0]])
 
@@ -89,3 +97,75 @@ def test_grpo_advantages_sum_to_zero_per_group(n):
     rewards = torch.randn(5, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
     assert torch.allclose(group_normalized(rewards).sum(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-9)
     assert torch.allclose(leave_one_out(rewards).sum(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-9)
+
+
+def test_discounted_returns_written_out():
+    rewards = np.array([[0.1, -0.2, 1.0, 7.0], [0.5, 0.0, 0.0, 0.0]])
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+    gamma = 0.9
+    expected = np.zeros_like(rewards)
+    for b in range(2):
+        length = int(mask[b].sum())
+        for t in range(length):
+            expected[b, t] = sum(gamma ** (k - t) * rewards[b, k] for k in range(t, length))  # G_t = Σ γ^(k−t) r_k
+    got = discounted_returns(torch.tensor(rewards), torch.tensor(mask), gamma).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_reinforce_plus_plus_by_hand():
+    """REINFORCE++: the sequence reward on the last token, −β·k1 on every token, returns (γ = 1), whitened over
+    every token of the batch."""
+    reward = [1.0, 0.0, 0.5]
+    k1 = [[0.2, -0.1, 0.3], [0.0, 0.4, 0.0], [0.1, 0.1, 0.1]]
+    lengths = [3, 2, 3]
+    beta = 0.1
+    returns = []
+    for r, kl, length in zip(reward, k1, lengths):
+        token = [-beta * kl[t] for t in range(length)]
+        token[-1] += r
+        returns.append([sum(token[t:]) for t in range(length)] + [0.0] * (3 - length))
+    flat = [returns[b][t] for b in range(3) for t in range(lengths[b])]
+    mean = sum(flat) / len(flat)
+    std = (sum((x - mean) ** 2 for x in flat) / len(flat)) ** 0.5
+    expected = [[(returns[b][t] - mean) / (std + 1e-8) if t < lengths[b] else 0.0 for t in range(3)] for b in range(3)]
+
+    mask = torch.tensor([[1.0] * n + [0.0] * (3 - n) for n in lengths], dtype=torch.float64)
+    token_rewards = -beta * torch.tensor(k1, dtype=torch.float64) * mask
+    for b, n in enumerate(lengths):
+        token_rewards[b, n - 1] += reward[b]
+    got = whiten(discounted_returns(token_rewards, mask, 1.0), mask)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-9)
+
+
+def test_reinforce_plus_plus_baseline_by_hand():
+    """REINFORCE++-baseline: the reward minus its group's mean on every token, whitened over the batch's tokens."""
+    rewards = [[1.0, 0.0, 0.0, 1.0], [0.2, 0.4, 0.9, 0.5]]
+    lengths = [[2, 1, 3, 2], [1, 1, 2, 3]]
+    centred = [[r - sum(group) / 4 for r in group] for group in rewards]
+    flat = [centred[g][i] for g in range(2) for i in range(4) for _ in range(lengths[g][i])]
+    mean = sum(flat) / len(flat)
+    std = (sum((x - mean) ** 2 for x in flat) / len(flat)) ** 0.5
+    expected = [
+        [(centred[g][i] - mean) / (std + 1e-8) if t < lengths[g][i] else 0.0 for t in range(3)]
+        for g in range(2)
+        for i in range(4)
+    ]
+    mask = torch.tensor([[1.0] * n + [0.0] * (3 - n) for g in lengths for n in g], dtype=torch.float64)
+    per_sample = group_normalized(torch.tensor(rewards, dtype=torch.float64), scale=False).reshape(-1)
+    got = whiten(per_sample[:, None] * mask, mask)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-9)
+
+
+def test_informative_groups_are_those_some_source_tells_apart():
+    # sources × groups × n
+    scores = torch.tensor(
+        [
+            [[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.5], [2.0, 2.0, 3.0]],  # exact-style source
+            [[0.3, 0.3, 0.3], [0.3, 0.3, 0.3], [0.1, 0.2, 0.1], [9.0, 9.0, 9.0]],  # a second source
+        ]
+    )
+    valid = torch.tensor([[True] * 3, [True] * 3, [True] * 3, [True, True, False]])
+    # group 0: no source differs; 1: the first does; 2: the second does; 3: only an invalid sample differs
+    assert informative_groups(scores, valid).tolist() == [False, True, True, False]
+    one_valid = torch.tensor([[True, False, False], [False, True, False], [True] * 3, [True] * 3])
+    assert informative_groups(scores, one_valid).tolist() == [False, False, True, True]  # one valid sample: none

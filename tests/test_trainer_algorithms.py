@@ -1,6 +1,7 @@
 """Each algorithm and policy form through real steps (transformers rollouts, verifiable rewards): RLOO, PPO with
-a value head and with a value model, GRPO with sequence-level aggregation, and LoRA with the reference as the
-base with adapters off."""
+a value head and with a value model, GRPO with sequence-level aggregation, LoRA with the reference as the
+base with adapters off, REINFORCE++ (KL in the reward, asynchronous rollouts) and REINFORCE++-baseline (running
+reward normalisation, clipping, overlong filtering), and PPO on asynchronous rollouts over two epochs."""
 
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ CASES = {
         "algorithm": {"name": "grpo", "loss_aggregation": "sequence", "scale_rewards": False, "entropy_coef": 0.01}
     },
     "grpo_lora": {"policy": {"lora": {"enabled": True, "r": 4}}, "optim": {"lr": 5e-3}},
+    "reinforce_plus_plus_async": {"algorithm": {"name": "reinforce_plus_plus"}, "rollout": {"max_staleness": 1}},
+    "reinforce_plus_plus_baseline": {
+        "algorithm": {"name": "reinforce_plus_plus_baseline", "kl_in": "reward", "mask_truncated": True},
+        "rewards": {"running_norm": True, "clip": 2.0},
+    },
+    "ppo_async_two_epochs": {"algorithm": {"name": "ppo", "epochs": 2}, "rollout": {"max_staleness": 1}},
 }
 
 
@@ -64,7 +71,8 @@ def test_steps_run_and_move_the_policy(local_models, tmp_path, case):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
-        assert all(math.isfinite(line[k]) for k in ("reward", "kl", "loss", "entropy", "grad_norm"))
+        keys = ("reward", "kl", "loss", "entropy", "grad_norm", "is_weight_mean", "behaviour_kl", "advantage_std")
+        assert all(math.isfinite(line[k]) for k in keys)
         assert line["grad_norm"] > 0
     policy_dir = tmp_path / "run" / "checkpoints" / "step-00000002" / "policy"
     if config.policy.lora.enabled:

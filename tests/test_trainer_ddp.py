@@ -1,6 +1,7 @@
-"""Data-parallel training: torchrun with 2 CPU processes on gloo makes the same update as 1 process on the
-same global batch — with DDP and with FSDP (FSDP2) — the 2-process run also splitting its shards into
-micro-batches, so gradient accumulation without synchronisation is exercised."""
+"""Data-parallel training: torchrun with 2 CPU processes on gloo makes the same updates as 1 process on the
+same global batches — with DDP (synchronous rollouts) and with FSDP (FSDP2; asynchronous rollouts, k = 1, so the
+second step trains on samples the rollout thread made while the first updated) — the 2-process run also splitting
+its shards into micro-batches, so gradient accumulation without synchronisation is exercised."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ from rewardline.trainer.config import TrainConfig
 from rewardline.trainer.train import train
 
 
-def config_dict(local_models, run_dir, algorithm: str, micro: int | None, strategy: str = "ddp") -> dict:
+def config_dict(
+    local_models, run_dir, algorithm: str, micro: int | None, strategy: str = "ddp", staleness: int = 0
+) -> dict:
     return {
         "run_dir": str(run_dir),
-        "steps": 1,
+        "steps": 1 + staleness,
         "seed": 3,
         "policy": {"path": str(local_models / "policy")},
         "data": {"train": [str(local_models / "data" / "prompts_train.jsonl")]},
-        "rollout": {"engine": "hf", "n": 4, "prompts_per_step": 6, "max_new_tokens": 10},
+        "rollout": {"engine": "hf", "n": 4, "prompts_per_step": 6, "max_new_tokens": 10, "max_staleness": staleness},
         "rewards": {
             "combine": "sum_then_normalize",
             "sources": [
@@ -45,22 +48,33 @@ def config_dict(local_models, run_dir, algorithm: str, micro: int | None, strate
         # close to linear in small gradients, so comparing weights compares the gradients.
         "optim": {"lr": 1e-3, "eps": 1e-3, "micro_batch_size": micro},
         "observability": {"progress": False},
+        "checkpoint": {"every": 1},
         "distributed": {"strategy": strategy},
     }
 
 
 @pytest.fixture(scope="module")
-def single(local_models, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("single")
-    assert train(TrainConfig.model_validate(config_dict(local_models, run_dir, "ppo", None))) == 0
-    return run_dir
+def single_runs(local_models, tmp_path_factory):
+    """The single-process reference runs, by rollout.max_staleness (each made once)."""
+    runs: dict[int, object] = {}
+
+    def get(staleness: int):
+        if staleness not in runs:
+            run_dir = tmp_path_factory.mktemp(f"single-{staleness}")
+            config = config_dict(local_models, run_dir, "ppo", None, staleness=staleness)
+            assert train(TrainConfig.model_validate(config)) == 0
+            runs[staleness] = run_dir
+        return runs[staleness]
+
+    return get
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_make_the_single_process_update(local_models, single, tmp_path, strategy):
+@pytest.mark.parametrize("strategy, staleness", [("ddp", 0), ("fsdp", 1)])
+def test_two_processes_make_the_single_process_update(local_models, single_runs, tmp_path, strategy, staleness):
+    single = single_runs(staleness)
     double = tmp_path / "double"
     config_path = tmp_path / "ddp.yaml"
-    config_path.write_text(yaml.safe_dump(config_dict(local_models, double, "ppo", 2, strategy)))
+    config_path.write_text(yaml.safe_dump(config_dict(local_models, double, "ppo", 2, strategy, staleness)))
     command = [
         sys.executable,
         "-m",
@@ -83,12 +97,18 @@ def test_two_processes_make_the_single_process_update(local_models, single, tmp_
 
     one = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (double / "metrics.jsonl").read_text().splitlines()]
-    assert len(one) == len(two) == 1
-    assert two[0]["prompts"] == one[0]["prompts"] and two[0]["samples"] == one[0]["samples"] == 24
-    for key in ("reward", "completion_tokens", "kl", "loss", "advantage_std"):
-        assert abs(two[0][key] - one[0][key]) <= 1e-5, key
+    assert len(one) == len(two) == 1 + staleness
+    for a, b in zip(one, two):
+        assert b["prompts"] == a["prompts"] and b["samples"] == a["samples"] == 24
+        assert b["staleness_mean"] == a["staleness_mean"] == min(staleness, a["step"] - 1)
+        for key in ("reward", "completion_tokens", "kl", "loss", "advantage_std", "is_weight_mean"):
+            assert abs(b[key] - a[key]) <= 1e-5, key
 
-    checkpoint = "checkpoints/step-00000001"
+    if staleness:  # the checkpoint after step 1 holds step 2's samples, which each rank generated its share of
+        (in_flight,) = json.loads((double / "checkpoints/step-00000001/rollouts.json").read_text())
+        assert in_flight["step"] == 2 and len(in_flight["samples"]) == 24
+        assert sorted({s["request"]["index"] for s in in_flight["samples"]}) == list(range(6))
+    checkpoint = f"checkpoints/step-{1 + staleness:08d}"
     layout = json.loads((double / checkpoint / "state.json").read_text())
     assert (layout["world_size"], layout["strategy"]) == (2, strategy)
     a = load_file(single / checkpoint / "policy" / "model.safetensors")

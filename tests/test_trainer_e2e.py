@@ -1,5 +1,6 @@
-"""The trainer end to end: vLLM rollouts (CPU build) streamed to the real reward service on loopback plus a
-verifiable reward; the policy's weights change and the engine's generations follow them."""
+"""The trainer end to end: vLLM rollouts (CPU build), generated asynchronously (one step ahead, on the rollout
+thread) and streamed to the real reward service on loopback plus a verifiable reward; the policy's weights change
+and the engine's generations follow them. (The demo's test runs vLLM synchronously.)"""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_vllm_rollouts_against_the_reward_service(local_models, reward_service, 
             "steps": 3,
             "policy": {"path": local_models / "policy"},
             "data": {"train": [local_models / "data" / "prompts_train.jsonl"]},
-            "rollout": {"engine": "vllm", "n": 4, "prompts_per_step": 4, "max_new_tokens": 12},
+            "rollout": {"engine": "vllm", "n": 4, "prompts_per_step": 4, "max_new_tokens": 12, "max_staleness": 1},
             "rewards": {
                 "combine": "normalize_then_sum",
                 "sources": [
@@ -58,7 +59,8 @@ def test_vllm_rollouts_against_the_reward_service(local_models, reward_service, 
             for line in (local_models / "data" / "prompts_test.jsonl").read_text().splitlines()[:40]
         ]
         prompt_ids = [encode_prompt(trainer.tokenizer, p, config.rollout) for p in prompts]
-        before = trainer.engine.greedy(prompt_ids, 12)
+        with trainer.rollouts.engine_lock:  # the rollout thread is already generating the first steps' samples
+            before = trainer.engine.greedy(prompt_ids, 12)
         initial = {k: v.clone() for k, v in trainer.policy_module.policy.state_dict().items()}
         assert trainer.loop() == 0
 
@@ -78,6 +80,9 @@ def test_vllm_rollouts_against_the_reward_service(local_models, reward_service, 
             assert line["samples"] == 16 and line["valid_samples"] == 16
             assert isinstance(line["reward"], float) and "reward/rm" in line and 0 <= line["reward/exact"] <= 1
             assert line["kl"] >= 0 and line["completion_tokens"] > 0
+            assert line["staleness_mean"] == min(1, line["step"] - 1)
+            # vLLM's log-probs of the sampled tokens against the trainer's, on the weights that sampled them
+            assert line["step"] > 1 or (abs(line["is_weight_mean"] - 1) < 1e-3 and line["behaviour_kl"] < 1e-4)
         # the Prometheus exporter says the same
         snapshot = scrape(trainer.metrics_port)
         assert sample_value(snapshot, "rewardline_trainer_step") == 3

@@ -11,7 +11,9 @@ from rewardline.trainer.algorithms.losses import (
     aggregate,
     clipped_surrogate,
     entropy_from_logits,
+    k1_kl,
     k3_kl,
+    off_policy_surrogate,
     token_logprobs,
     value_loss,
 )
@@ -110,3 +112,45 @@ def test_entropy_and_token_logprobs():
     np.testing.assert_allclose(entropy_from_logits(t(logits)).numpy(), -(p * np.log(p)).sum(-1), atol=1e-6)
     expected = [[math.log(p[0, 0, 1]), math.log(p[0, 1, 2])]]
     np.testing.assert_allclose(token_logprobs(t(logits), torch.tensor(tokens)).numpy(), expected, atol=1e-6)
+
+
+BEHAVIOUR = np.array([[-1.1, -1.0, -1.05], [-0.2, -1.0, -0.6]])  # μ: the rollout engine's, some versions back
+
+
+def test_off_policy_surrogate_written_out():
+    """−min(π_prox/μ, C) · min(ρA, clip(ρ)A), ρ = π_θ/π_prox: the decoupled objective with truncated IS."""
+    eps_low, eps_high, cap = 0.2, 0.28, 1.5
+    expected = np.zeros_like(LOGP)
+    weights = np.zeros_like(LOGP)
+    for i in range(2):
+        for j in range(3):
+            w = min(math.exp(OLD[i, j] - BEHAVIOUR[i, j]), cap)
+            ratio = math.exp(LOGP[i, j] - OLD[i, j])
+            a = ADV[i, j]
+            expected[i, j] = -w * min(ratio * a, min(max(ratio, 1 - eps_low), 1 + eps_high) * a)
+            weights[i, j] = w
+    logp = t(LOGP).requires_grad_()
+    loss, _, w, truncated = off_policy_surrogate(logp, t(OLD), t(BEHAVIOUR), t(ADV), eps_low, eps_high, cap)
+    np.testing.assert_allclose(loss.detach().numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(w.numpy(), weights, atol=1e-12)
+    assert truncated.numpy().tolist() == (np.exp(OLD - BEHAVIOUR) > cap).tolist() and truncated.any()
+    # the weight carries no gradient: d loss / d logπ is −w·ρ·A where ρ is not clipped, 0 where it is
+    loss.sum().backward()
+    ratio = np.exp(LOGP - OLD)
+    unclipped = ratio * ADV <= np.clip(ratio, 1 - eps_low, 1 + eps_high) * ADV
+    np.testing.assert_allclose(logp.grad.numpy(), np.where(unclipped, -weights * ratio * ADV, 0.0), atol=1e-12)
+
+
+def test_off_policy_surrogate_on_policy_and_without_correction():
+    # first pass (π_prox = π_θ) with fresh rollouts (μ = π_θ): PPO's policy gradient, weights 1
+    loss, clipped, w, _ = off_policy_surrogate(t(LOGP), t(LOGP), t(LOGP), t(ADV), 0.2, None, 2.0)
+    np.testing.assert_allclose(loss.numpy(), -ADV, atol=1e-12)
+    assert not clipped.any() and torch.all(w == 1)
+    # tis_cap None: no correction, the plain clipped surrogate
+    plain, _ = clipped_surrogate(t(LOGP), t(OLD), t(ADV), 0.2)
+    loss, _, w, _ = off_policy_surrogate(t(LOGP), t(OLD), t(BEHAVIOUR), t(ADV), 0.2, None, None)
+    assert torch.equal(loss, plain) and torch.all(w == 1)
+
+
+def test_k1_is_the_log_ratio():
+    np.testing.assert_allclose(k1_kl(t(LOGP), t(REF)).numpy(), LOGP - REF, atol=1e-15)

@@ -14,7 +14,7 @@ from rewardline.trainer.config import GrpcSourceConfig, PythonSourceConfig
 from rewardline.trainer.observability import TrainerMetrics
 from rewardline.trainer.rewards import make_source
 from rewardline.trainer.rewards.base import ScoringSample, SourceReward
-from rewardline.trainer.rewards.combine import combine
+from rewardline.trainer.rewards.combine import RunningMoments, combine, normalize_and_clip
 from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout
 from rewardline.trainer.rewards.verifiable import exact_answer, format_reward
 
@@ -78,6 +78,26 @@ def test_normalize_then_sum_and_sum_then_normalize():
     np.testing.assert_allclose(combine(rows, [a, b], "normalize_then_sum").training, z(xa) + 3 * z(xb), rtol=1e-9)
     np.testing.assert_allclose(combine(rows, [a, b], "sum_then_normalize").training, z(xa + 3 * xb), rtol=1e-9)
     np.testing.assert_allclose(combine(rows, [a, b], "sum_then_normalize").reported, xa + 3 * xb)
+
+
+def test_running_normalisation_and_clipping():
+    """rewards.running_norm: the moments of every reward seen so far, merged batch by batch, equal numpy's over all
+    of them; rewards.clip then bounds the normalised reward."""
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size) for size in (5, 1, 12)]
+    running = RunningMoments()
+    for batch in batches:
+        running.update(batch.size, float(batch.sum()), float((batch**2).sum()))
+    everything = np.concatenate(batches)
+    assert running.count == everything.size
+    assert abs(running.mean - everything.mean()) < 1e-12 and abs(running.std - everything.std()) < 1e-12
+    restored = RunningMoments(**running.state_dict())  # what a checkpoint restores
+    values, valid = np.array([10.0, 3.0, -20.0, 4.0]), np.array([True, True, True, False])
+    expected = np.clip((values - everything.mean()) / (everything.std() + 1e-6), -2.5, 2.5)
+    got = normalize_and_clip(values, valid, restored, 2.5)
+    np.testing.assert_allclose(got[:3], expected[:3], atol=1e-12)
+    assert got[3] == 0.0 and got[0] == 2.5 and got[2] == -2.5
+    np.testing.assert_array_equal(normalize_and_clip(values, valid, None, 4.0), [4.0, 3.0, -4.0, 0.0])
 
 
 def test_verifiable_rewards():

@@ -2,9 +2,11 @@
 
 A checkpoint is a directory ``run_dir/checkpoints/step-00000042``: ``policy/`` (a Hugging Face directory in
 safetensors — the full model, or the LoRA adapter), ``value.safetensors`` (PPO), ``trainer_state.pt``
-(optimizer, scheduler, the RNG states of python/numpy/torch, step, data cursor, config hash) and
-``state.json`` (the same facts, readable). It is written under a temporary name and renamed when complete,
-so the latest checkpoint is always whole, even after a SIGKILL in the middle of writing one.
+(optimizer, scheduler, the RNG states of python/numpy/torch, step, data cursor, config hash, running reward
+moments), ``rollouts.json`` (asynchronous mode: the in-flight rollouts made by older policy versions, with the
+rewards received for them; trainer/rollout/pipeline.py) and ``state.json`` (the same facts, readable). It is
+written under a temporary name and renamed when complete, so the latest checkpoint is always whole, even after a
+SIGKILL in the middle of writing one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ class TrainingState:
     config_hash: str
     world_size: int = 1
     strategy: str = "single"  # single, ddp or fsdp: how the run that wrote it was laid out
+    rollouts: list[dict[str, Any]] = field(default_factory=list)  # in-flight batches (asynchronous mode)
+    reward_moments: dict[str, float] | None = None  # rewards.running_norm's statistics
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -101,9 +105,12 @@ def save(
             "step": state.step,
             "cursor": state.cursor.model_dump(),
             "config_hash": state.config_hash,
+            "reward_moments": state.reward_moments,
         },
         tmp / "trainer_state.pt",
     )
+    if state.rollouts:
+        (tmp / "rollouts.json").write_text(json.dumps(state.rollouts))
     (tmp / "state.json").write_text(
         json.dumps(
             {
@@ -112,6 +119,7 @@ def save(
                 "config_hash": state.config_hash,
                 "world_size": state.world_size,
                 "strategy": state.strategy,
+                "in_flight_batches": [{"step": b["step"], "version": b["version"]} for b in state.rollouts],
                 "time": time.time(),
             },
             indent=2,
@@ -144,7 +152,14 @@ def load(path: Path, module: PolicyModule, optimizer: torch.optim.Optimizer, sch
         )
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    return TrainingState(state["step"], Cursor(**state["cursor"]), state["config_hash"])
+    rollouts = json.loads((path / "rollouts.json").read_text()) if (path / "rollouts.json").exists() else []
+    return TrainingState(
+        state["step"],
+        Cursor(**state["cursor"]),
+        state["config_hash"],
+        rollouts=rollouts,
+        reward_moments=state.get("reward_moments"),
+    )
 
 
 def _load_unsharded(path: Path, module: PolicyModule) -> None:

@@ -60,6 +60,13 @@ class RolloutConfig(_Section):
     chat_template: Literal["auto", "on", "off"] = Field(
         "auto", description="render prompts with the tokenizer's chat template (auto: when it has one)"
     )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="0: synchronous (each step samples from the policy it then updates); k >= 1: asynchronous, the "
+        "rollouts of the next steps are generated and scored while the current step updates, by a policy at most k "
+        "updates old (trainer/rollout/pipeline.py)",
+    )
     vllm_kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU build: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM GPU build: memory fraction")
 
@@ -113,6 +120,12 @@ class PythonSourceConfig(_SourceBase):
     type: Literal["python"] = "python"
     function: str = Field(..., pattern=r"^[\w.]+:[\w.]+$", description="import path, module:function")
     kwargs: dict[str, object] = Field({}, description="extra keyword arguments passed on every call")
+    max_concurrency: int = Field(
+        16,
+        gt=0,
+        description="calls of the function in flight at once, each on its own thread (a slow or remote "
+        "function does not hold the others up)",
+    )
 
 
 class TritonSourceConfig(_SourceBase):
@@ -161,6 +174,14 @@ class RewardsConfig(_Section):
             "give up (exit 1) after waiting this long for one step's rewards (None: wait for the sources to come back)"
         ),
     )
+    running_norm: bool = Field(
+        False,
+        description="divide the combined training reward by its running std over the whole run after subtracting its "
+        "running mean (as OpenRLHF's reward normalisation; the running moments are checkpointed)",
+    )
+    clip: float | None = Field(
+        None, gt=0, description="clip the combined training reward to [-clip, clip], after normalisation (None: off)"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> RewardsConfig:
@@ -171,17 +192,50 @@ class RewardsConfig(_Section):
         return self
 
 
+ALGORITHMS = ("grpo", "rloo", "ppo", "reinforce_plus_plus", "reinforce_plus_plus_baseline")
+GROUP_ALGORITHMS = ("grpo", "rloo", "reinforce_plus_plus_baseline")  # a baseline from the other samples of a prompt
+
+
 class AlgorithmConfig(_Section):
-    name: Literal["grpo", "rloo", "ppo"] = Field("grpo", description="the policy-gradient algorithm")
+    name: Literal["grpo", "rloo", "ppo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = Field(
+        "grpo",
+        description="the advantage estimator: grpo (group-normalised), rloo (leave-one-out), ppo (GAE with a value "
+        "model), reinforce_plus_plus (token returns whitened over the global batch), reinforce_plus_plus_baseline "
+        "(group-centred rewards whitened over the global batch)",
+    )
     clip_eps: float = Field(0.2, gt=0, description="ratio clipping: [1 − clip_eps, 1 + clip_eps_high]")
     clip_eps_high: float | None = Field(None, gt=0, description="upper clipping (default: clip_eps)")
-    kl_coef: float = Field(0.04, ge=0, description="β of the KL term to the reference (k3 estimator)")
+    kl_coef: float = Field(0.04, ge=0, description="β of the KL term to the reference")
+    kl_in: Literal["auto", "loss", "reward"] = Field(
+        "auto",
+        description="where the KL to the reference goes: loss (β·k3 per token, as GRPO) or reward (−β·k1 per token "
+        "in the rewards, as REINFORCE++ and classic RLHF PPO); auto: reward for reinforce_plus_plus, else loss",
+    )
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
     loss_aggregation: Literal["token", "sequence"] = Field(
         "token",
         description="token: mean over every completion token of the batch; sequence: mean of per-sequence means",
     )
     epochs: int = Field(1, gt=0, description="optimisation passes over each batch of rollouts")
+    tis_cap: float | None = Field(
+        2.0,
+        gt=0,
+        description="truncated importance sampling: each token's loss is weighted by min(π_prox/μ, tis_cap), μ the "
+        "rollout engine's probability recorded at generation, π_prox the trainer's before this step's update; it "
+        "corrects both staleness and engine/trainer numerics (None: no correction, rollouts treated as on-policy)",
+    )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling: drop prompt groups whose rewards are all equal (no gradient) and draw "
+        "more prompts until the step has prompts_per_step groups, in at most dynamic_sampling_max_rounds extra rounds",
+    )
+    dynamic_sampling_max_rounds: int = Field(
+        3, ge=0, description="dynamic sampling: extra generation rounds per step at most (then train on what there is)"
+    )
+    mask_truncated: bool = Field(
+        False,
+        description="leave completions cut at rollout.max_new_tokens out of the loss (DAPO's overlong filtering)",
+    )
     scale_rewards: bool = Field(True, description="GRPO: divide group-centred rewards by the group's std")
     # PPO
     value_model: Literal["head", "model"] = Field(
@@ -266,7 +320,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.algorithm.name in ("grpo", "rloo") and self.rollout.n < 2:
+        if self.algorithm.name in GROUP_ALGORITHMS and self.rollout.n < 2:
             raise ValueError(f"rollout.n: {self.algorithm.name} compares samples of one prompt, so it needs n >= 2")
         if self.policy.reference == "adapters_off" and not self.policy.lora.enabled:
             raise ValueError("policy.reference: adapters_off needs policy.lora.enabled")
@@ -274,7 +328,20 @@ class TrainConfig(_Section):
             raise ValueError("distributed.strategy: fsdp is not supported with LoRA adapters; use ddp")
         if self.algorithm.name == "ppo" and self.policy.lora.enabled and self.algorithm.value_model == "model":
             raise ValueError("algorithm.value_model: a separate value model is not supported with LoRA; use head")
+        if self.algorithm.dynamic_sampling and self.algorithm.name not in GROUP_ALGORITHMS:
+            raise ValueError(
+                f"algorithm.dynamic_sampling: drops prompt groups whose rewards are all equal, which only a group "
+                f"baseline makes gradient-free; use it with {', '.join(GROUP_ALGORITHMS)}, not {self.algorithm.name}"
+            )
         return self
+
+    @property
+    def kl_in_reward(self) -> bool:
+        """Whether the KL to the reference is a per-token reward (else a loss term)."""
+        kl_in = self.algorithm.kl_in
+        if kl_in == "auto":
+            kl_in = "reward" if self.algorithm.name == "reinforce_plus_plus" else "loss"
+        return kl_in == "reward" and self.reference_kind != "none"
 
     @property
     def reference_kind(self) -> Literal["copy", "adapters_off", "none"]:

@@ -1,46 +1,71 @@
-"""One training step of GRPO, RLOO or PPO, top to bottom.
+"""One training step of GRPO, RLOO, REINFORCE++ (plain or with a group baseline) or PPO, top to bottom.
 
-1. rollouts: this rank's prompt groups, n samples each; every sample goes to the reward sources the moment
-   it finishes;
-2. rewards: wait until every source answered every sample, combine them into one reward per sample;
-3. tensors, and what the update compares against: the reference's log-probabilities (KL), the sampling
-   policy's (the ratio; equal to the current ones when each batch is used once) and PPO's values;
-4. advantages: group-normalised (GRPO), leave-one-out (RLOO) or GAE on the final-token reward (PPO);
-5. the update: clipped surrogate + β·KL(k3) − c·entropy (+ PPO's clipped value loss), aggregated per token or
-   per sequence over the whole global batch; one optimizer step per epoch;
-6. the new weights go into the rollout engine.
+1. rollouts: this rank's prompt groups, n samples each, from the rollout pipeline (trainer/rollout/pipeline.py):
+   generated now by the policy this step updates (synchronous), or earlier — while the previous steps updated —
+   by a policy at most rollout.max_staleness updates older (asynchronous). Every sample went to the reward
+   sources the moment it finished;
+2. rewards: wait until every source answered every sample, combine them into one reward per sample (weights,
+   normalisation, running normalisation, clipping). With DAPO's dynamic sampling, groups whose rewards are all
+   equal are dropped and more prompts are drawn until the step has its groups (in a bounded number of rounds);
+3. tensors, and what the update compares against: the reference's log-probabilities (KL), the behaviour
+   policy's (recorded by the engine at generation), the proximal policy's (this step's policy before its update:
+   the current ones, detached, on the first pass over the batch; computed once when a batch is used for several
+   epochs) and PPO's values;
+4. advantages: group-normalised (GRPO), leave-one-out (RLOO), REINFORCE++'s whitened returns or whitened
+   group-centred rewards, or GAE on the final-token reward (PPO); the KL to the reference is either a per-token
+   reward here or a loss term below;
+5. the update: the off-policy clipped surrogate (PPO's ratio against the proximal policy, weighted by truncated
+   importance weights π_prox/μ: trainer/algorithms/losses.py) + β·KL(k3) − c·entropy (+ PPO's clipped value
+   loss), aggregated per token or per sequence over the whole global batch; one optimizer step per epoch;
+6. the new weights go into the rollout engine, which then generates a later step's batch.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from rewardline.trainer.algorithms.advantages import gae, group_normalized, leave_one_out, whiten
+from rewardline.trainer.algorithms.advantages import (
+    discounted_returns,
+    gae,
+    group_normalized,
+    informative_groups,
+    leave_one_out,
+    whiten,
+)
 from rewardline.trainer.algorithms.losses import (
     aggregate,
-    clipped_surrogate,
     entropy_from_logits,
+    k1_kl,
     k3_kl,
+    off_policy_surrogate,
     token_logprobs,
     value_loss,
 )
 from rewardline.trainer.batch import Batch, build_batch
 from rewardline.trainer.config import TrainConfig
-from rewardline.trainer.distributed import World, all_reduce_sum, all_reduce_sums, global_moments, gradient_sync
+from rewardline.trainer.distributed import (
+    World,
+    all_reduce_max,
+    all_reduce_sum,
+    all_reduce_sums,
+    global_moments,
+    gradient_sync,
+)
 from rewardline.trainer.policy import PolicyModule, adapters_disabled, policy_weights
 from rewardline.trainer.prompts import PromptRecord
-from rewardline.trainer.rewards.base import ScoringSample
-from rewardline.trainer.rewards.combine import combine
+from rewardline.trainer.rewards.base import SourceReward
+from rewardline.trainer.rewards.combine import CombinedRewards, RunningMoments, combine, normalize_and_clip
 from rewardline.trainer.rewards.hub import RewardHub
-from rewardline.trainer.rollout.base import Completion, RolloutEngine, RolloutRequest, derive_seed, encode_prompt
+from rewardline.trainer.rollout.base import Completion
+from rewardline.trainer.rollout.pipeline import RolloutBatch, RolloutPipeline
 
 
 @dataclass
@@ -55,28 +80,23 @@ class StepContext:
     reference: nn.Module | None  # None: no KL, or (LoRA) the policy with adapters off
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    engine: RolloutEngine
+    rollouts: RolloutPipeline
     hub: RewardHub
     should_stop: Callable[[], bool]
     device: torch.device
+    reward_moments: RunningMoments | None = None  # rewards.running_norm: the run's reward statistics so far
 
 
-def rollout_requests(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> list[RolloutRequest]:
-    """This rank's share of the step's prompts: every world_size-th group, each with its own seed."""
-    out = []
-    for index, record in enumerate(records):
-        if index % ctx.world.size != ctx.world.rank:
-            continue
-        ids = encode_prompt(ctx.tokenizer, record.prompt, ctx.config.rollout)
-        seed = derive_seed(ctx.config.seed, step, index)
-        out.append(
-            RolloutRequest(f"s{step}-g{index}", index, record.prompt, tuple(ids), seed, record.answer, record.metadata)
-        )
-    return out
+@dataclass
+class Collected:
+    """Steps 1-2: the samples the step trains on, their rewards, and what it took to get them."""
 
-
-def scoring_sample(c: Completion) -> ScoringSample:
-    return ScoringSample(c.sample_id, c.request.prompt, c.text, c.token_ids, c.request.answer, c.request.metadata)
+    completions: list[Completion]
+    versions: list[int]  # the policy version that generated each sample
+    rewards: CombinedRewards
+    records: list[PromptRecord]  # every prompt the step drew, trained on or dropped
+    sums: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
 def micro_batches(size: int, micro: int | None) -> list[slice]:
@@ -97,10 +117,8 @@ def completion_logprobs(model: nn.Module, batch: Batch, temperature: float) -> t
 
 
 @torch.no_grad()
-def sampling_policy_outputs(
-    ctx: StepContext, batch: Batch, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities and values of the policy that generated the batch (before this step's update)."""
+def proximal_outputs(ctx: StepContext, batch: Batch, temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities and values of this step's policy before its update (the proximal policy)."""
     logps, values = [], []
     for part in micro_batches(batch.input_ids.shape[0], ctx.config.optim.micro_batch_size):
         b = batch.rows(part)
@@ -123,7 +141,7 @@ def reference_logprobs(ctx: StepContext, batch: Batch, temperature: float) -> to
 
 
 def final_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PPO's per-token rewards: the sequence's reward on its last generated token, 0 elsewhere."""
+    """Per-token rewards of a sequence reward: the reward on the sequence's last generated token, 0 elsewhere."""
     out = torch.zeros_like(mask)
     lengths = mask.sum(dim=1).long()
     rows = torch.nonzero(lengths > 0).squeeze(-1)
@@ -131,55 +149,170 @@ def final_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return out
 
 
-def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> dict[str, float]:
+def global_whiten(values: torch.Tensor, mask: torch.Tensor, world: World) -> torch.Tensor:
+    """`whiten` with the mean and std over the masked entries of every rank (the global batch)."""
+    count, total, squares = all_reduce_sum(
+        [float(mask.sum()), float((values * mask).sum()), float((values**2 * mask).sum())], world
+    )
+    mean = total / max(count, 1)
+    std = max(squares / max(count, 1) - mean**2, 0.0) ** 0.5
+    return whiten(values, mask, torch.tensor(mean), torch.tensor(std))
+
+
+COLLECTED = (
+    "ahead",
+    "rollout_generate_s",
+    "stale_samples",
+    "dynamic_sampling_dropped",
+    "groups_generated",
+    "extra_rounds",
+    "groups_trained",
+    "truncated_masked",
+    "is_weight",
+    "is_truncated",
+    "behaviour_kl",
+)
+
+
+def collect(ctx: StepContext, step: int) -> Collected:
+    """Steps 1-2: the step's batch from the pipeline; its rewards; groups dropped (too stale, or without signal
+    under dynamic sampling) and replaced by extra rounds drawn from the prompt stream."""
+    cfg, world, n = ctx.config, ctx.world, ctx.config.rollout.n
+    target, sources = cfg.rollout.prompts_per_step, cfg.rewards.sources
+    kept: list[Completion] = []
+    versions: list[int] = []
+    answers: list[dict[str, SourceReward]] = []
+    dropped: list[tuple[list[Completion], list[dict[str, SourceReward]]]] = []  # the last dropped group
+    records: list[PromptRecord] = []
+    # every rank names the same figures (they are reduced by name), so each starts at 0
+    sums: defaultdict[str, float] = defaultdict(float, dict.fromkeys(COLLECTED, 0.0))
+    seconds: defaultdict[str, float] = defaultdict(float)
+    sums["ahead"] = float(ctx.rollouts.ahead(step))
+
+    started = time.perf_counter()
+    batch: RolloutBatch | None = ctx.rollouts.next(step)
+    seconds["generate_s"] += time.perf_counter() - started
+    kept_groups, extra_rounds = 0.0, 0
+    while batch is not None:
+        records += batch.records
+        sums["rollout_generate_s"] += batch.generate_s
+        waited = time.perf_counter()
+        got = ctx.hub.wait(batch.sample_ids, cfg.rewards.max_wait_s, ctx.should_stop)
+        seconds["reward_wait_s"] += time.perf_counter() - waited
+        round_answers = [got[i] for i in batch.sample_ids]
+        groups = len(batch.completions) // n
+        stale = step - 1 - batch.version > cfg.rollout.max_staleness
+        if stale:
+            keep = np.zeros(groups, dtype=bool)
+            sums["stale_samples"] += len(batch.completions)
+        elif cfg.algorithm.dynamic_sampling:
+            scored = combine(round_answers, sources, "sum")
+            scores = torch.tensor(np.stack([np.nan_to_num(scored.per_source[s.name]) for s in sources]))
+            informative = informative_groups(
+                scores.view(len(sources), groups, n), torch.tensor(scored.valid).view(groups, n)
+            )
+            keep = informative.numpy()
+            sums["dynamic_sampling_dropped"] += float((~keep).sum())
+        else:
+            keep = np.ones(groups, dtype=bool)
+        sums["groups_generated"] += groups
+        for g in range(groups):
+            part = slice(g * n, (g + 1) * n)
+            if keep[g]:
+                kept += batch.completions[part]
+                versions += [batch.version] * n
+                answers += round_answers[part]
+            else:
+                dropped = [(batch.completions[part], round_answers[part])]
+        (new,) = all_reduce_sum([float(keep.sum())], world)
+        kept_groups += new
+        missing = target - int(kept_groups)
+        more = stale or (cfg.algorithm.dynamic_sampling and extra_rounds < cfg.algorithm.dynamic_sampling_max_rounds)
+        if missing <= 0 or not more:
+            break
+        extra_rounds += 1
+        started = time.perf_counter()
+        batch = ctx.rollouts.extra_round(step, extra_rounds, missing)
+        seconds["generate_s"] += time.perf_counter() - started
+    sums["extra_rounds"] = float(extra_rounds)
+    sums["groups_trained"] = kept_groups
+    valid_override = None
+    if not kept and dropped:
+        # Every rank runs a forward and backward (DDP reduces gradients in them): a rank left without any group
+        # trains on a dropped one with its loss masked out, which adds nothing to the update.
+        group, group_answers = dropped[0]
+        kept, answers, versions = list(group), list(group_answers), [step - 1] * len(group)
+        valid_override = np.zeros(len(group), dtype=bool)
+
+    # Rewards of the samples trained on: combined, normalised over the run, clipped.
+    rewards = combine(answers, sources, cfg.rewards.combine, global_moments(world))
+    if valid_override is not None:
+        rewards.valid &= valid_override
+        rewards.training = np.where(rewards.valid, rewards.training, 0.0)
+        rewards.reported = np.where(rewards.valid, rewards.reported, np.nan)
+    if ctx.reward_moments is not None:
+        values = rewards.training[rewards.valid]
+        ctx.reward_moments.update(
+            *all_reduce_sum([float(values.size), float(values.sum()), float((values**2).sum())], world)
+        )
+    rewards.training = normalize_and_clip(rewards.training, rewards.valid, ctx.reward_moments, cfg.rewards.clip)
+    return Collected(kept, versions, rewards, records, sums, seconds)
+
+
+def run_step(ctx: StepContext, step: int) -> tuple[dict[str, float], list[PromptRecord]]:
+    """One step; returns its figures (over the global batch) and every prompt it drew."""
     cfg, world, algo = ctx.config, ctx.world, ctx.config.algorithm
     n, temperature = cfg.rollout.n, cfg.rollout.temperature
     started = time.perf_counter()
 
-    # 1. Rollouts, each finished sample streamed to every reward source.
-    requests = rollout_requests(ctx, step, records)
-    completions = ctx.engine.generate(requests, n, lambda done: ctx.hub.submit([scoring_sample(c) for c in done]))
-    generated = time.perf_counter()
+    # 1-2. Rollouts (from the pipeline) and their rewards.
+    got = collect(ctx, step)
+    completions, rewards, sums = got.completions, got.rewards, got.sums
+    collected = time.perf_counter()
+    (trained_groups,) = all_reduce_sum([float(bool(rewards.valid.any()))], world)
 
-    # 2. Rewards from every source, combined.
-    sample_ids = [c.sample_id for c in completions]
-    try:
-        answers = ctx.hub.wait(sample_ids, cfg.rewards.max_wait_s, ctx.should_stop)
-    except BaseException:
-        ctx.hub.forget(sample_ids)
-        raise
-    rewards = combine([answers[i] for i in sample_ids], cfg.rewards.sources, cfg.rewards.combine, global_moments(world))
-    scored = time.perf_counter()
-
-    # 3. Tensors; the sampling policy's log-probabilities and values; the reference's log-probabilities.
+    # 3. Tensors; the behaviour, reference and (several epochs, PPO) proximal log-probabilities and values.
     batch = build_batch(completions, rewards.valid.tolist(), ctx.tokenizer.pad_token_id).to(ctx.device)
     mask = batch.completion_mask
-    needs_old = algo.epochs > 1 or algo.name == "ppo"
-    old_logp, old_values = sampling_policy_outputs(ctx, batch, temperature) if needs_old else (None, None)
+    if algo.mask_truncated:  # DAPO's overlong filtering: a completion cut short is no evidence either way
+        finished = torch.tensor([c.finished for c in completions], device=ctx.device)
+        sums["truncated_masked"] += float((~finished & torch.tensor(rewards.valid, device=ctx.device)).sum())
+        mask = mask * finished[:, None].to(mask.dtype)
+    behaviour = batch.behaviour_logprobs
+    needs_prox = algo.epochs > 1 or algo.name == "ppo"
+    prox_logp, old_values = proximal_outputs(ctx, batch, temperature) if needs_prox else (None, None)
     ref_logp = reference_logprobs(ctx, batch, temperature) if cfg.reference_kind != "none" else None
 
     # 4. Advantages, one per completion token.
     training_rewards = torch.tensor(rewards.training, dtype=torch.float32, device=ctx.device)
     valid = torch.tensor(rewards.valid, device=ctx.device)
+    kl_reward = torch.zeros_like(mask)
+    if cfg.kl_in_reward:
+        assert ref_logp is not None
+        kl_reward = -algo.kl_coef * k1_kl(behaviour, ref_logp) * batch.completion_mask  # k1 on tokens μ sampled
     returns = None
-    if algo.name == "grpo":
-        per_sample = group_normalized(
-            training_rewards.view(-1, n), valid.view(-1, n), scale=algo.scale_rewards
-        ).reshape(-1)
+    if algo.name in ("grpo", "rloo", "reinforce_plus_plus_baseline"):
+        sequence_rewards = training_rewards + kl_reward.sum(dim=1)
+        groups, group_valid = sequence_rewards.view(-1, n), valid.view(-1, n)
+        if algo.name == "grpo":
+            per_sample = group_normalized(groups, group_valid, scale=algo.scale_rewards).reshape(-1)
+        elif algo.name == "rloo":
+            per_sample = leave_one_out(groups, group_valid).reshape(-1)
+        else:
+            per_sample = group_normalized(groups, group_valid, scale=False).reshape(-1)
         advantages = per_sample[:, None] * mask
-    elif algo.name == "rloo":
-        per_sample = leave_one_out(training_rewards.view(-1, n), valid.view(-1, n)).reshape(-1)
-        advantages = per_sample[:, None] * mask
+        if algo.name == "reinforce_plus_plus_baseline":
+            advantages = global_whiten(advantages, mask, world)
+    elif algo.name == "reinforce_plus_plus":
+        token_rewards = final_token_rewards(training_rewards, mask) + kl_reward
+        advantages = global_whiten(discounted_returns(token_rewards, mask, algo.gamma), mask, world)
     else:
         assert old_values is not None
-        advantages, returns = gae(final_token_rewards(training_rewards, mask), old_values, mask, algo.gamma, algo.lam)
+        token_rewards = final_token_rewards(training_rewards, mask) + kl_reward
+        advantages, returns = gae(token_rewards, old_values, mask, algo.gamma, algo.lam)
         if algo.whiten_advantages:
-            count, total, squares = all_reduce_sum(
-                [float(mask.sum()), float((advantages * mask).sum()), float((advantages**2 * mask).sum())], world
-            )
-            mean = total / max(count, 1)
-            std = max(squares / max(count, 1) - mean**2, 0.0) ** 0.5
-            advantages = whiten(advantages, mask, torch.tensor(mean), torch.tensor(std))
+            advantages = global_whiten(advantages, mask, world)
+    prepared = time.perf_counter()
 
     # 5. The update. Every piece's loss is divided by the count over the whole global batch and multiplied by
     #    world_size, so that summing over micro-batches and averaging over ranks (DDP) gives the loss of
@@ -187,10 +320,10 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
     rows = float((mask.sum(dim=1) > 0).sum())
     tokens, global_rows = all_reduce_sum([float(mask.sum()), rows], world)
     normalizer = max(tokens if algo.loss_aggregation == "token" else global_rows, 1.0)
-    sums: defaultdict[str, float] = defaultdict(float)  # over this rank's tokens (the loss: its micro-batches)
+    kl_in_loss = ref_logp is not None and not cfg.kl_in_reward
     parts = micro_batches(batch.input_ids.shape[0], cfg.optim.micro_batch_size)
     grad_norm = 0.0
-    for _ in range(algo.epochs):
+    for epoch in range(algo.epochs if trained_groups else 0):  # no update when no group had a signal anywhere
         ctx.optimizer.zero_grad(set_to_none=True)
         for i, part in enumerate(parts):
             b, m = batch.rows(part), mask[part]
@@ -198,10 +331,13 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
                 logits, values = ctx.module(b.input_ids, b.attention_mask, b.position_ids, b.completion_width)
                 logits = logits / temperature
                 logp = token_logprobs(logits, b.completion_ids)
-                old = old_logp[part] if old_logp is not None else logp.detach()
-                per_token, clipped = clipped_surrogate(logp, old, advantages[part], algo.clip_eps, algo.clip_eps_high)
+                prox = prox_logp[part] if prox_logp is not None else logp.detach()
+                per_token, clipped, is_weight, truncated = off_policy_surrogate(
+                    logp, prox, b.behaviour_logprobs, advantages[part], algo.clip_eps, algo.clip_eps_high, algo.tis_cap
+                )
                 kl = k3_kl(logp, ref_logp[part]) if ref_logp is not None else torch.zeros_like(logp)
-                per_token = per_token + algo.kl_coef * kl
+                if kl_in_loss:
+                    per_token = per_token + algo.kl_coef * kl
                 entropy = entropy_from_logits(logits) if algo.entropy_coef else entropy_from_logits(logits.detach())
                 per_token = per_token - algo.entropy_coef * entropy
                 v_loss = v_clipped = torch.zeros_like(logp)
@@ -222,6 +358,15 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
                         "loss": float(loss) / world.size / algo.epochs,
                     },
                 )
+                if epoch == 0:  # how far the behaviour policy is from this step's (staleness and numerics)
+                    add(
+                        sums,
+                        {
+                            "is_weight": float((is_weight * m).sum()),
+                            "is_truncated": float((truncated * m).sum()),
+                            "behaviour_kl": float((k3_kl(prox, b.behaviour_logprobs) * m).sum()),
+                        },
+                    )
         params = [p for p in ctx.module.parameters() if p.requires_grad]
         if cfg.optim.max_grad_norm is not None:
             grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)))
@@ -232,13 +377,17 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
     ctx.scheduler.step()
     updated = time.perf_counter()
 
-    # 6. The new weights into the rollout engine (in place; a no-op for the transformers engine).
-    ctx.engine.load_weights(policy_weights(ctx.policy_module))
-    finished = time.perf_counter()
+    # 6. The new weights into the rollout engine (in place; nothing to copy for the transformers engine when it
+    #    samples from the training module itself), once it has generated what the older weights were due to.
+    waited = ctx.rollouts.sync(step, lambda: policy_weights(ctx.policy_module))
+    finished_at = time.perf_counter()
+    seconds = got.seconds
+    seconds["generate_s"] += waited  # the engine finishing rollouts due to the older weights
 
     # Figures of the whole global batch: this rank's sums, reduced across ranks by name.
     reported = np.nan_to_num(rewards.reported)
     adv = per_sample_advantages(advantages, mask)
+    staleness = np.array([step - 1 - v for v in got.versions], dtype=float)[rewards.valid]
     add(
         sums,
         {
@@ -249,6 +398,7 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
             "advantage": float(adv.sum()),
             "advantage_squared": float((adv**2).sum()),
             "advantage_count": float(adv.size),
+            "staleness": float(staleness.sum()),
         },
     )
     for source in cfg.rewards.sources:
@@ -257,9 +407,10 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         sums[f"scored/{source.name}"] = float(np.isfinite(scores).sum())
         sums[f"errors/{source.name}"] = float(rewards.errors[source.name])
     reduced = all_reduce_sums(sums, world)
+    (staleness_max,) = all_reduce_max([float(staleness.max()) if staleness.size else 0.0], world)
     token_count = max(tokens, 1)
     adv_mean = reduced["advantage"] / max(reduced["advantage_count"], 1)
-    step_s = finished - started
+    step_s = finished_at - started
     out: dict[str, float] = {
         "step": step,
         "reward": reduced["reward"] / reduced["valid"] if reduced["valid"] else float("nan"),
@@ -277,12 +428,41 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         "completion_tokens": reduced["completion_tokens"],
         "completion_length": reduced["completion_tokens"] / max(reduced["samples"], 1),
         "tokens_per_s": reduced["completion_tokens"] / step_s,
+        # off-policy: how old the samples were (in updates), how far their behaviour policy was from this step's
+        "staleness_mean": reduced["staleness"] / max(reduced["valid"], 1),
+        "staleness_max": staleness_max,
+        "stale_samples_dropped": reduced["stale_samples"],
+        "rollouts_ahead": reduced["ahead"] / world.size,
+        "is_weight_mean": reduced["is_weight"] / token_count,
+        "is_truncated_fraction": reduced["is_truncated"] / token_count,
+        "behaviour_kl": reduced["behaviour_kl"] / token_count,
+        # where the step's time went (this process's wall clock); rollout_generate_s is the engine's time on the
+        # step's batches, which in asynchronous mode overlapped earlier steps
         "step_s": step_s,
-        "generate_s": generated - started,
-        "reward_wait_s": scored - generated,
-        "update_s": updated - scored,
-        "weight_sync_s": finished - updated,
+        "generate_s": seconds["generate_s"],
+        "reward_wait_s": seconds["reward_wait_s"],
+        "prepare_s": prepared - collected,
+        "update_s": updated - prepared,
+        "weight_sync_s": finished_at - updated - waited,
+        "overhead_s": max(
+            step_s
+            - seconds["generate_s"]
+            - seconds["reward_wait_s"]
+            - (prepared - collected)
+            - (updated - prepared)
+            - (finished_at - updated - waited),
+            0.0,
+        ),
+        "rollout_generate_s": reduced["rollout_generate_s"] / world.size,
     }
+    if algo.dynamic_sampling:
+        out["dynamic_sampling_dropped_fraction"] = reduced["dynamic_sampling_dropped"] / max(
+            reduced["groups_generated"] / world.size, 1
+        )
+        out["dynamic_sampling_extra_rounds"] = reduced["extra_rounds"] / world.size
+        out["groups_trained"] = reduced["groups_trained"] / world.size
+    if algo.mask_truncated:
+        out["truncated_masked"] = reduced["truncated_masked"]
     if algo.name == "ppo":
         out["value_loss"] = reduced["value_loss"] / token_count
         out["value_clip_fraction"] = reduced["value_clipped"] / token_count
@@ -290,7 +470,8 @@ def run_step(ctx: StepContext, step: int, records: Sequence[PromptRecord]) -> di
         scored_count = reduced[f"scored/{source.name}"]
         out[f"reward/{source.name}"] = reduced[f"reward/{source.name}"] / scored_count if scored_count else float("nan")
         out[f"errors/{source.name}"] = reduced[f"errors/{source.name}"]
-    return out
+    ctx.rollouts.finish(step)
+    return out, got.records
 
 
 def add(sums: defaultdict[str, float], figures: dict[str, float]) -> None:

@@ -1,8 +1,9 @@
 """``rewardline train``: the online training daemon.
 
-Sets up once — process group, policy, reference, optimizer, rollout engine, reward sources, metrics, control
-API, signal handlers, and the checkpoint to resume from — then takes steps (trainer.step) until the configured
-number, or forever as a daemon. Between steps it acts on the control API (pause, checkpoint), checkpoints
+Sets up once — process group, policy, reference, optimizer, rollout engine and the rollout pipeline that feeds
+it prompts (synchronous, or asynchronous with bounded staleness), reward sources, metrics, control API, signal
+handlers, and the checkpoint to resume from — then takes steps (trainer.step) until the configured number, or
+forever as a daemon. Between steps it acts on the control API (pause, checkpoint), checkpoints
 every N steps, and on SIGTERM/SIGINT it finishes or abandons the current step, writes a checkpoint and exits 0;
 ``--resume`` continues from the latest checkpoint with the same step count and data order.
 """
@@ -28,12 +29,22 @@ from rewardline.trainer import checkpoint, distributed
 from rewardline.trainer.config import TrainConfig, config_hash
 from rewardline.trainer.control import Control, ControlServer
 from rewardline.trainer.observability import TrainerMetrics
-from rewardline.trainer.policy import DTYPES, PolicyModule, base_model, load_policy, load_reference, policy_weights
+from rewardline.trainer.policy import (
+    DTYPES,
+    PolicyModel,
+    PolicyModule,
+    base_model,
+    load_policy,
+    load_reference,
+    policy_weights,
+)
 from rewardline.trainer.prompts import Cursor, NoMorePrompts, PromptStream
 from rewardline.trainer.rewards import make_source
+from rewardline.trainer.rewards.combine import RunningMoments
 from rewardline.trainer.rewards.hub import RewardHub, RewardWaitTimeout, WaitInterrupted
 from rewardline.trainer.rewards.python_source import import_function
 from rewardline.trainer.rollout.base import RolloutEngine
+from rewardline.trainer.rollout.pipeline import RolloutPipeline, merge_ranks
 from rewardline.trainer.run_log import MetricsLog, write_plots
 from rewardline.trainer.step import StepContext, run_step
 from rewardline.v1 import trainer_pb2 as tpb
@@ -69,8 +80,11 @@ def make_engine(config: TrainConfig, module: PolicyModule, tokenizer) -> Rollout
         return VLLMEngine(config.policy.path, tokenizer, config.rollout, config.policy.dtype, config.seed)
     from rewardline.trainer.rollout.hf_engine import HFEngine
 
-    if distributed.is_sharded(module):
-        copy = AutoModelForCausalLM.from_pretrained(config.policy.path, dtype=DTYPES[config.policy.dtype])
+    # Sampling from the training module itself needs no weight copy, but FSDP's sharded module cannot generate rank
+    # by rank, and in asynchronous mode the module trains while the engine samples: then the engine has its own.
+    if distributed.is_sharded(module) or config.rollout.max_staleness:
+        copy: PolicyModel = AutoModelForCausalLM.from_pretrained(config.policy.path, dtype=DTYPES[config.policy.dtype])
+        copy.to(next(module.parameters()).device)
         return HFEngine(copy.eval(), tokenizer, config.rollout, owns_model=True)
     return HFEngine(module.policy, tokenizer, config.rollout)
 
@@ -139,9 +153,16 @@ class Trainer:
                     f"rollout.prompts_per_step: FSDP needs it divisible by the {self.world.size} processes "
                     "(every rank must run the same number of forwards)"
                 )
+            if c.algorithm.dynamic_sampling:
+                raise ConfigError(
+                    "algorithm.dynamic_sampling: not with distributed.strategy fsdp (the ranks would keep different "
+                    "numbers of groups, and FSDP needs every rank to run the same forwards); use ddp"
+                )
             distributed.shard(self.policy_module, list(base_model(self.policy_module.policy).get_decoder().layers))
         self.optimizer, self.scheduler = make_optimizer(c, self.policy_module)
         self.step, cursor = 0, Cursor()
+        self.reward_moments = RunningMoments() if c.rewards.running_norm else None
+        in_flight: list[dict] = []
         latest = checkpoint.latest(self.run_dir) if self.resume else None
         if self.resume and latest is None:
             log.warning(
@@ -150,7 +171,9 @@ class Trainer:
             )
         if latest is not None:
             state = checkpoint.load(latest, self.policy_module, self.optimizer, self.scheduler)
-            self.step, cursor = state.step, state.cursor
+            self.step, cursor, in_flight = state.step, state.cursor, state.rollouts
+            if self.reward_moments is not None and state.reward_moments:
+                self.reward_moments = RunningMoments(**state.reward_moments)
             if state.config_hash != self.hash:
                 log.warning(
                     "resuming with a configuration that differs from the checkpoint's",
@@ -169,6 +192,9 @@ class Trainer:
             self.engine.load_weights(policy_weights(self.policy_module))
         self.hub = RewardHub([make_source(s) for s in c.rewards.sources], self.metrics)
         self.hub.start()
+        # resume: the checkpoint's in-flight rollouts first, then new ones from the data cursor after them
+        self.rollouts = RolloutPipeline(c, self.world, self.tokenizer, self.engine, self.hub, self.data)
+        self.rollouts.start(self.step, in_flight)
         self.control = Control(
             str(self.run_dir), self.hash, c.algorithm.name, self.world.size, c.steps, lambda: self.hub.waiting_for
         )
@@ -187,6 +213,7 @@ class Trainer:
         self.metrics.step.set(self.step)
         self.control.stepped(self.step, float("nan"), float("nan"))
         self.checkpointed_step = self.step if latest is not None else -1
+        self.last_record: float | None = None
 
     # --- the loop -------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -228,20 +255,15 @@ class Trainer:
                 if pause:
                     self._paused()
                     continue
-                cursor_before = self.data.cursor
+                ctx = self._context()
                 try:
-                    records = self.data.take(c.rollout.prompts_per_step)
+                    figures, records = run_step(ctx, self.step + 1)
                 except NoMorePrompts as e:
                     log.warning(f"no more prompts: {e}")
                     break
-                ctx = self._context()
-                try:
-                    figures = run_step(ctx, self.step + 1, records)
                 except WaitInterrupted:
-                    self.data.cursor = cursor_before  # the abandoned step's prompts are the first of the resumed run
-                    break
+                    break  # the checkpoint keeps the abandoned step's rollouts (or its prompts, to sample again)
                 except RewardWaitTimeout as e:
-                    self.data.cursor = cursor_before
                     log.error(f"giving up: {e}")
                     self._checkpoint()
                     return 1
@@ -268,11 +290,12 @@ class Trainer:
             self.reference,
             self.optimizer,
             self.scheduler,
-            self.engine,
+            self.rollouts,
             self.hub,
             # Under DDP a step is never abandoned half-way (the ranks would disagree about it): stop at its end.
             should_stop=(lambda: self.stop_signal is not None) if not self.world.distributed else (lambda: False),
             device=self.device,
+            reward_moments=self.reward_moments,
         )
 
     def _paused(self) -> None:
@@ -291,6 +314,9 @@ class Trainer:
         log.warning("resumed", extra={"step": self.step})
 
     def _record(self, figures: dict[str, float], records, progress: tqdm) -> None:
+        now = time.perf_counter()  # wall clock per step, the loop's own work (records, plots, checkpoints) included
+        figures["wall_s"] = figures["step_s"] if self.last_record is None else now - self.last_record
+        self.last_record = now
         m = self.metrics
         m.step.set(self.step)
         for key, gauge in (
@@ -336,6 +362,11 @@ class Trainer:
         sharded = distributed.is_sharded(self.policy_module)
         module_state = distributed.full_state_dict(self.policy_module) if sharded else None
         optimizer_state = distributed.full_optimizer_state(self.policy_module, self.optimizer)
+        in_flight, cursor = self.rollouts.snapshot(self.step)
+        if self.world.distributed:  # each rank holds its own share of the in-flight samples
+            shares: list = [None] * self.world.size
+            torch.distributed.all_gather_object(shares, in_flight)
+            in_flight = merge_ranks(shares)
         if self.world.is_main:
             previous = self.control.state
             self.control.set_state(tpb.TRAINER_STATE_STOPPING if self.stop_signal else previous)
@@ -345,7 +376,15 @@ class Trainer:
                 self.tokenizer,
                 optimizer_state,
                 self.scheduler,
-                checkpoint.TrainingState(self.step, self.data.cursor, self.hash, self.world.size, self.strategy),
+                checkpoint.TrainingState(
+                    self.step,
+                    cursor,
+                    self.hash,
+                    self.world.size,
+                    self.strategy,
+                    rollouts=in_flight,
+                    reward_moments=self.reward_moments.state_dict() if self.reward_moments else None,
+                ),
                 self.config.checkpoint.keep,
                 module_state=module_state,
             )
@@ -357,6 +396,7 @@ class Trainer:
     def close(self) -> None:
         for name, action in (
             ("control API", lambda: self.control_server.stop() if self.control_server else None),
+            ("rollout thread", lambda: self.rollouts.close()),
             ("reward sources", lambda: self.hub.close()),
             ("rollout engine", lambda: self.engine.close()),
         ):

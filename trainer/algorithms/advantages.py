@@ -1,8 +1,18 @@
-"""Advantage estimators: group-normalised (GRPO), leave-one-out (RLOO) and GAE (PPO).
+"""Advantage estimators: group-normalised (GRPO), leave-one-out (RLOO), GAE (PPO), REINFORCE++'s discounted
+returns and whitening, and which prompt groups carry any signal at all (DAPO's dynamic sampling).
 
 Sequence-level estimators take rewards shaped ``(groups, n)`` (the n samples of one prompt in a row) and a
 ``valid`` mask of the same shape: a sample a reward source refused or flagged out of distribution is left
 out of its group's statistics as well as the loss, so it cannot drag its siblings' baseline.
+
+REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
+arXiv 2501.03262: global rather than per-group advantage normalisation), as OpenRLHF (``reinforce``,
+``reinforce_baseline``) and verl (``reinforce_plus_plus``, ``reinforce_plus_plus_baseline``) implement it, is
+assembled from these in trainer/step.py:
+- ``reinforce_plus_plus``: per-token rewards (the sequence's reward on its last token, −β·KL on every token when
+  the KL is in the reward) → ``discounted_returns`` → ``whiten`` over every token of the global batch;
+- ``reinforce_plus_plus_baseline``: the sequence's reward minus its group's mean (``group_normalized`` without
+  scaling) on every token → ``whiten`` over the global batch.
 """
 
 from __future__ import annotations
@@ -57,6 +67,34 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
         running = (delta + gamma * lam * running) * mask[:, t]
         advantages[:, t] = running
     return advantages, (advantages + values) * mask
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """G_t = Σ_{t' ≥ t} γ^{t'−t} r_{t'} over each row's completion tokens (REINFORCE's return; REINFORCE++'s
+    advantage before whitening). ``rewards`` and ``mask`` are ``(batch, tokens)``; zero where ``mask`` is 0."""
+    mask = mask.to(rewards.dtype)
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
+
+
+def informative_groups(scores: Tensor, valid: Tensor) -> Tensor:
+    """DAPO's dynamic-sampling filter: which groups carry a learning signal.
+
+    ``scores`` is ``(sources, groups, n)`` (each source's score of each sample), ``valid`` is ``(groups, n)``. A
+    group is informative when it has at least two valid samples and some source scores two of them differently.
+    A group whose every source gives every sample the same score gets the same training reward for all of them
+    under any weighting and any per-source normalisation, so its group-baseline advantages are all 0."""
+    valid = valid.bool()
+    big = torch.finfo(scores.dtype).max
+    low = torch.where(valid, scores, torch.full_like(scores, big)).amin(dim=-1)
+    high = torch.where(valid, scores, torch.full_like(scores, -big)).amax(dim=-1)
+    differs = (high > low).any(dim=0)
+    return differs & (valid.sum(dim=-1) >= 2)
 
 
 def whiten(

@@ -3,6 +3,21 @@
 Each function returns per-token values; `aggregate` turns them into the scalar that is differentiated, so
 that token-level (DAPO/Dr. GRPO style: every token of the batch weighs the same) and sequence-level (the
 GRPO paper's mean of per-sequence means) aggregation apply alike to every term.
+
+The policy loss is off-policy-correct (`off_policy_surrogate`). Three policies meet in it: μ, the behaviour
+policy — the rollout engine's probabilities, recorded when each token was sampled, possibly k updates old and
+computed by different numerics (vLLM kernels, bf16); π_prox, the trainer's policy at the start of this step (what
+the trust region is measured from); π_θ, the policy being optimised. The whole importance ratio π_θ/μ is split
+in two, as in AReaL's decoupled PPO objective (Fu et al. 2025, "AReaL: A Large-Scale Asynchronous Reinforcement
+Learning System for Language Reasoning"):
+
+    loss_t = −w_t · min(ρ_t·A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high)·A_t),   ρ_t = π_θ/π_prox,   w_t = min(π_prox/μ, C)
+
+ρ is PPO's clipped ratio (it is 1, with the policy gradient as its gradient, on the first pass over a batch); w
+corrects for the rollouts having come from μ and is truncated at C: truncated importance sampling, as Yao et al.
+2025 ("Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", verl's TIS and rollout IS,
+``rollout_is_threshold``) apply it to the vLLM/FSDP mismatch, and IMPALA's truncated ρ̄ (Espeholt et al. 2018)
+before them. With fresh rollouts and matching numerics w = 1 and the loss is PPO/GRPO's.
 """
 
 from __future__ import annotations
@@ -28,6 +43,39 @@ def clipped_surrogate(
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
     return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def truncated_importance_weights(
+    prox_logprobs: Tensor, behaviour_logprobs: Tensor, cap: float
+) -> tuple[Tensor, Tensor]:
+    """w = min(π_prox/μ, cap) per token, without gradient, and where the cap was hit."""
+    ratio = torch.exp(prox_logprobs.detach() - behaviour_logprobs)
+    return torch.clamp(ratio, max=cap), ratio > cap
+
+
+def off_policy_surrogate(
+    logprobs: Tensor,
+    prox_logprobs: Tensor,
+    behaviour_logprobs: Tensor,
+    advantages: Tensor,
+    clip_low: float,
+    clip_high: float | None,
+    tis_cap: float | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The decoupled, truncated-importance-weighted PPO objective of the module docstring, per token, negated.
+
+    Returns (loss, where ρ was clipped, the weights w, where w was truncated). ``tis_cap=None``: w = 1 (the
+    rollouts are taken as on-policy)."""
+    loss, clipped = clipped_surrogate(logprobs, prox_logprobs, advantages, clip_low, clip_high)
+    if tis_cap is None:
+        return loss, clipped, torch.ones_like(loss), torch.zeros_like(clipped)
+    weights, truncated = truncated_importance_weights(prox_logprobs, behaviour_logprobs, tis_cap)
+    return weights * loss, clipped, weights, truncated
+
+
+def k1_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """log π − log π_ref per token: the KL estimator of a KL-in-the-reward penalty (PPO for RLHF, REINFORCE++)."""
+    return logprobs - ref_logprobs
 
 
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:

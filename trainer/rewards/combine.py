@@ -3,13 +3,15 @@
 Pure functions on arrays, so the combination can be tested on fixed numbers and reasoned about apart from
 the streams that fill it. Two numbers come out per sample: ``reported`` — the weighted sum of the sources'
 (uncertainty-adjusted) scores, the "reward" a person watches rise — and ``training`` — what the advantage
-estimator sees, which differs from ``reported`` only by the normalisation the config asks for.
+estimator sees, which differs from ``reported`` only by the normalisation the config asks for: per batch
+(``combine``), over the whole run (`RunningMoments`, rewards.running_norm) and clipping (rewards.clip), in that
+order, as OpenRLHF normalises and clips rewards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
@@ -89,3 +91,44 @@ def combine(
     training = np.where(valid, training, 0.0)
     reported = np.where(valid, reported, np.nan)
     return CombinedRewards(training, reported, valid, per_source, errors, ood)
+
+
+@dataclass
+class RunningMoments:
+    """Mean and variance of every training reward seen so far in the run, merged batch by batch (Chan et al.'s
+    parallel update of Welford's algorithm); a checkpoint saves them, so a resumed run normalises alike."""
+
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0  # sum of squared deviations from the mean
+
+    def update(self, count: float, total: float, squares: float) -> None:
+        """Merges a batch given by its count, sum and sum of squares (summed over every rank under DDP)."""
+        if count <= 0:
+            return
+        batch_mean = total / count
+        batch_m2 = max(squares - count * batch_mean**2, 0.0)
+        merged = self.count + count
+        delta = batch_mean - self.mean
+        self.m2 += batch_m2 + delta**2 * self.count * count / merged
+        self.mean += delta * count / merged
+        self.count = merged
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / self.count) ** 0.5 if self.count else 1.0
+
+    def state_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def normalize_and_clip(
+    training: np.ndarray, valid: np.ndarray, running: RunningMoments | None, clip: float | None
+) -> np.ndarray:
+    """(r − running mean) / running std, then clipped to [−clip, clip]; invalid samples stay 0."""
+    out = training.astype(np.float64)
+    if running is not None:
+        out = (out - running.mean) / (running.std + EPS)
+    if clip is not None:
+        out = np.clip(out, -clip, clip)
+    return np.where(valid, out, 0.0)

@@ -109,13 +109,30 @@ class RewardHub:
 
     # --- the training thread ------------------------------------------------------------------------------
     def submit(self, samples: Sequence[ScoringSample]) -> None:
-        """Sends samples to every source; returns at once."""
+        """Sends samples to every source; returns at once. Thread-safe (the rollout thread calls it too)."""
         with self.condition:
             for sample in samples:
                 self.results.setdefault(sample.id, {})
                 self.expected.add(sample.id)
         for source in self.sources:
             self.loop.spawn(source.submit(samples))
+
+    def peek(self, sample_ids: Sequence[str]) -> dict[str, dict[str, SourceReward]]:
+        """The answers received so far for these samples, left in place (what a checkpoint saves of them)."""
+        with self.condition:
+            return {i: dict(self.results.get(i, {})) for i in sample_ids}
+
+    def restore(self, samples: Sequence[ScoringSample], answers: dict[str, dict[str, SourceReward]]) -> None:
+        """Samples of a resumed run's in-flight rollouts: the answers a checkpoint saved are taken as received, and
+        each sample is sent only to the sources that had not answered it (none is scored twice)."""
+        with self.condition:
+            for sample in samples:
+                self.results[sample.id] = dict(answers.get(sample.id, {}))
+                self.expected.add(sample.id)
+        for source in self.sources:
+            missing = [s for s in samples if source.name not in answers.get(s.id, {})]
+            if missing:
+                self.loop.spawn(source.submit(missing))
 
     def forget(self, sample_ids: Sequence[str]) -> None:
         """Drops what is known about samples of an abandoned step (their late answers count as duplicates)."""

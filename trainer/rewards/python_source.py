@@ -1,17 +1,20 @@
 """Reward functions given by import path (``module:function``), with TRL's calling convention.
 
 ``fn(prompts=[...], completions=[...], completion_ids=[...], answer=[...], **metadata_columns, **kwargs)``
-returns one float per completion (None for "does not apply"). Calls run on a worker thread so a slow
-function never stalls the streams of the remote sources.
+returns one float per completion (None for "does not apply"). Calls run on the source's own worker threads
+(``max_concurrency`` of them) so a slow function never stalls the streams of the remote sources, and a function
+that waits on something remote is called for several batches at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rewardline.trainer.config import PythonSourceConfig
@@ -52,6 +55,7 @@ class PythonRewardSource:
         self.fn = import_function(config.function)
         self.sink: RewardSink | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._pool = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix=f"reward-{config.name}")
 
     async def start(self, sink: RewardSink) -> None:
         self.sink = sink
@@ -64,7 +68,7 @@ class PythonRewardSource:
     async def _score(self, samples: list[ScoringSample]) -> None:
         assert self.sink is not None
         try:
-            scores = await asyncio.to_thread(
+            call = functools.partial(
                 self.fn,
                 prompts=[s.prompt for s in samples],
                 completions=[s.completion for s in samples],
@@ -72,6 +76,7 @@ class PythonRewardSource:
                 **columns(samples),
                 **self.config.kwargs,
             )
+            scores = await asyncio.get_running_loop().run_in_executor(self._pool, call)
             scores = list(scores)
             if len(scores) != len(samples):
                 raise ValueError(f"returned {len(scores)} scores for {len(samples)} completions")
@@ -89,3 +94,4 @@ class PythonRewardSource:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=False)

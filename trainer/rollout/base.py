@@ -1,5 +1,9 @@
 """What a rollout engine is given and gives back, and the seeds that make rollouts reproducible.
 
+Every completion carries the behaviour policy's log-probability of each of its tokens, as the engine computed it
+while sampling (vLLM's processed log-probs; the transformers engine's processed scores): the importance weights of
+the off-policy loss are taken against them (trainer/algorithms/losses.py).
+
 Every sample's randomness comes from a seed derived from (run seed, step, the prompt's index in the global
 batch, the sample's index in its group) — never from a generator whose state depends on what ran before. So a
 resumed run draws exactly the samples the uninterrupted run would have drawn, and under DDP a prompt's samples
@@ -45,6 +49,8 @@ class Completion:
     token_ids: tuple[int, ...]  # the generated tokens, the end-of-sequence token included when generated
     text: str
     finished: bool  # ended with the end-of-sequence token (not cut at max_new_tokens)
+    # log μ(token) of each generated token under the distribution it was sampled from (temperature applied)
+    logprobs: tuple[float, ...] = ()
 
     @property
     def sample_id(self) -> str:
@@ -79,9 +85,15 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, config: Rollo
 
 
 def completion_from_tokens(
-    request: RolloutRequest, k: int, token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, eos_ids: set[int]
+    request: RolloutRequest,
+    k: int,
+    token_ids: Sequence[int],
+    tokenizer: PreTrainedTokenizerBase,
+    eos_ids: set[int],
+    logprobs: Sequence[float] = (),
 ) -> Completion:
-    """Cuts at the first end-of-sequence token (kept) and decodes without special tokens."""
+    """Cuts at the first end-of-sequence token (kept) and decodes without special tokens; ``logprobs`` (one per
+    token) are cut with the tokens."""
     ids = list(token_ids)
     finished = False
     for i, token in enumerate(ids):
@@ -89,7 +101,7 @@ def completion_from_tokens(
             ids, finished = ids[: i + 1], True
             break
     text = decoded_text(tokenizer, ids, skip_special_tokens=True)
-    return Completion(request, k, tuple(ids), text, finished)
+    return Completion(request, k, tuple(ids), text, finished, tuple(float(x) for x in logprobs[: len(ids)]))
 
 
 def eos_token_ids(model_generation_eos: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> set[int]:

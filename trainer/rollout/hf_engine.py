@@ -1,10 +1,13 @@
 """Rollouts with transformers' ``generate`` on the training policy itself.
 
 The engine holds the live policy module, so there is nothing to copy after an update: the next call samples
-from the new weights (under FSDP, whose sharded module cannot generate rank by rank, it holds its own full copy
-and `load_weights` refreshes it). One prompt group is generated per call (its n copies of one prompt need no padding)
-under that group's own seed, which makes a group's samples independent of the batch around it; each group is
-handed to the reward sources as soon as it is done, so scoring overlaps the next group's generation.
+from the new weights (under FSDP, whose sharded module cannot generate rank by rank, and in asynchronous mode,
+where it samples while the module trains, it holds its own full copy and `load_weights` refreshes it). The
+behaviour log-probabilities are read from ``generate``'s processed scores (temperature, top-k and top-p applied):
+the distribution each token was drawn from. One prompt group is generated per call (its n copies of one prompt
+need no padding) under that group's own seed, which makes a group's samples independent of the batch around it;
+each group is handed to the reward sources as soon as it is done, so scoring overlaps the next group's
+generation.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ from rewardline.trainer.rollout.base import (
     completion_from_tokens,
     eos_token_ids,
 )
+
+
+def generator_devices(device: torch.device) -> list[torch.device]:
+    """The CUDA generators ``fork_rng`` must save and restore around a group's seeding, besides the CPU's.
+
+    ``torch.manual_seed`` reseeds every device's generator, and sampling on a GPU draws from that GPU's: forking
+    only the CPU's (``devices=[]``) left the CUDA generator reseeded with the last group's seed after every step,
+    so whatever else draws from it (dropout, a later library call) would follow the rollouts' seeds on a GPU and
+    not on the CPU. Forking the model's device restores it, as the CPU's is restored."""
+    return [device] if device.type == "cuda" else []
 
 
 class HFEngine:
@@ -45,7 +58,7 @@ class HFEngine:
         try:
             for request in requests:
                 input_ids = torch.tensor([list(request.prompt_ids)] * n, device=self.model.device)
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=generator_devices(self.model.device)):
                     torch.manual_seed(request.seed)
                     generated = self.model.generate(
                         input_ids=input_ids,
@@ -57,11 +70,15 @@ class HFEngine:
                         max_new_tokens=self.config.max_new_tokens,
                         eos_token_id=sorted(self.eos_ids),
                         pad_token_id=self.pad_id,
+                        output_scores=True,
+                        return_dict_in_generate=True,
                     )
-                new_tokens = generated[:, input_ids.shape[1] :].tolist()
+                new = generated.sequences[:, input_ids.shape[1] :]
+                scores = torch.stack(generated.scores, dim=1).float()  # (n, new tokens, vocab), as sampled from
+                logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
                 group = [
-                    completion_from_tokens(request, k, t, self.tokenizer, self.eos_ids)
-                    for k, t in enumerate(new_tokens)
+                    completion_from_tokens(request, k, t, self.tokenizer, self.eos_ids, lp)
+                    for k, (t, lp) in enumerate(zip(new.tolist(), logprobs.tolist()))
                 ]
                 on_complete(group)
                 out.extend(group)

@@ -3,8 +3,11 @@
 - In process and single-worker (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, executor ``uni``, eager): it starts in
   seconds on the CPU build and the engine's model lives in this process, which is what lets the update below
   hand it tensors without serialising them.
-- Streaming: each sample is its own request (with its own seed), driven through ``LLMEngine.step``; a sample
-  is passed on to the reward sources the step it finishes, while the others are still generating.
+- Streaming: each sample is its own request (with its own seed), driven through ``LLMEngine.step``; the samples
+  that finish in an engine step are passed on to the reward sources together, while the others still generate.
+- Behaviour log-probabilities: each sampled token's log-probability comes back with it (``logprobs=0``, the
+  engine's ``processed_logprobs`` mode: after temperature, top-k and top-p, i.e. the distribution it was drawn
+  from), for the importance weights of the off-policy loss.
 - In-place update: ``collective_rpc("reload_weights", weights_iterator=...)`` is vLLM's own layer-wise
   reload (vllm/model_executor/model_loader/reload); it takes checkpoint-format names, so the policy's
   ``state_dict`` goes in as is. The prefix cache holds KV computed with the old weights and is reset.
@@ -72,6 +75,7 @@ class VLLMEngine:
             enforce_eager=True,
             gpu_memory_utilization=config.vllm_gpu_memory_utilization,
             use_tqdm_on_load=False,
+            logprobs_mode="processed_logprobs",
         )
         generation = self.llm.llm_engine.model_config.try_get_generation_config()
         self.eos_ids = eos_token_ids(generation.get("eos_token_id"), tokenizer)
@@ -94,12 +98,16 @@ class VLLMEngine:
             max_tokens=max_tokens,
             output_kind=RequestOutputKind.FINAL_ONLY,
             detokenize=False,
+            logprobs=0,  # the sampled token's own log-probability, nothing more
         )
 
     def _run(
-        self, requests: Mapping[K, tuple[Sequence[int], Any]], on_finished: Callable[[K, list[int]], None]
+        self,
+        requests: Mapping[K, tuple[Sequence[int], Any]],
+        on_finished: Callable[[list[tuple[K, list[int], list[float]]]], None],
     ) -> None:
-        """Adds every request, then steps the engine, calling ``on_finished(key, token_ids)`` as each ends."""
+        """Adds every request, then steps the engine, calling ``on_finished([(key, token_ids, logprobs), ...])``
+        with the requests that ended in each engine step (logprobs empty when not asked for)."""
         from vllm import RequestOutput
 
         engine = self.llm.llm_engine
@@ -109,13 +117,17 @@ class VLLMEngine:
             request_id = f"r{self._counter}"  # outputs carry this id; vLLM's internal one has a random suffix
             engine.add_request(request_id, {"prompt_token_ids": list(prompt_ids)}, params)
             ids[request_id] = key
-        remaining = len(ids)
-        while remaining:
+        while ids:
+            ended = []
             for output in engine.step():
                 if output.finished and output.request_id in ids:
-                    remaining -= 1
                     assert isinstance(output, RequestOutput)  # a generating engine's: one CompletionOutput (n=1)
-                    on_finished(ids.pop(output.request_id), list(output.outputs[0].token_ids))
+                    sample = output.outputs[0]
+                    tokens = list(sample.token_ids)
+                    logprobs = [p[t].logprob for p, t in zip(sample.logprobs or [], tokens) if p is not None]
+                    ended.append((ids.pop(output.request_id), tokens, logprobs))
+            if ended:
+                on_finished(ended)
 
     def generate(self, requests: Sequence[RolloutRequest], n: int, on_complete: OnComplete) -> list[Completion]:
         by_key = {(r.index, k): r for r in requests for k in range(n)}
@@ -125,10 +137,14 @@ class VLLMEngine:
         }
         done: dict[tuple[int, int], Completion] = {}
 
-        def finished(key: tuple[int, int], token_ids: list[int]) -> None:
-            completion = completion_from_tokens(by_key[key], key[1], token_ids, self.tokenizer, self.eos_ids)
-            done[key] = completion
-            on_complete([completion])
+        def finished(ended: list[tuple[tuple[int, int], list[int], list[float]]]) -> None:
+            completions = [
+                completion_from_tokens(by_key[key], key[1], tokens, self.tokenizer, self.eos_ids, logprobs)
+                for key, tokens, logprobs in ended
+            ]
+            for key_tokens, completion in zip(ended, completions):
+                done[key_tokens[0]] = completion
+            on_complete(completions)
 
         self._run(work, finished)
         return [done[key] for key in sorted(done)]
@@ -136,7 +152,12 @@ class VLLMEngine:
     def greedy(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         out: dict[int, list[int]] = {}
         params = self._params(None, max_new_tokens, greedy=True)
-        self._run({i: (p, params) for i, p in enumerate(prompt_ids)}, lambda i, t: out.__setitem__(i, t))
+
+        def finished(ended: list[tuple[int, list[int], list[float]]]) -> None:
+            for i, tokens, _ in ended:
+                out[i] = tokens
+
+        self._run({i: (p, params) for i, p in enumerate(prompt_ids)}, finished)
         return [out[i] for i in range(len(prompt_ids))]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
