@@ -12,9 +12,17 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rewardline.services.api import pb
 from rewardline.services.rendering import InputRenderer
+from rewardline.trainer.local_models.architectures import BENCHMARK, ModelSize
 
 SAMPLE_TOKENS = (64, 256)
 POOL_SIZE = 512
+# name -> (directory under the cache, size). "anchor": ~3.4M parameters, the size every CPU figure of the project
+# was measured at (architectures.BENCHMARK); "large": ~207M parameters (hidden 1024, 16 layers, 16 heads of 64),
+# large enough that a GPU's forward pass, not Python, sets the pace.
+BENCH_SIZES = {
+    "anchor": ("reward-3m", BENCHMARK),
+    "large": ("reward-200m", ModelSize(hidden_size=1024, num_layers=16, num_heads=16, intermediate_size=2816)),
+}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -73,17 +81,18 @@ class BenchModel:
         return sum(len(x) for x in self.token_ids) / len(self.token_ids)
 
     @classmethod
-    def load_or_build(cls, cache: Path) -> "BenchModel":
-        """The untrained 3.4M-parameter benchmark reward model, built once from the local tokenizer."""
+    def load_or_build(cls, cache: Path, size: str = "anchor") -> "BenchModel":
+        """An untrained benchmark reward model (``BENCH_SIZES``), built once from the local tokenizer."""
         from transformers import AutoModelForSequenceClassification
 
-        from rewardline.trainer.local_models.architectures import benchmark_reward_model, parameter_count, save_model
+        from rewardline.trainer.local_models.architectures import parameter_count, save_model, sequence_classifier
         from rewardline.trainer.local_models.build import ensure_models
 
-        path = cache / "reward-3m"
+        directory, model_size = BENCH_SIZES[size]
+        path = cache / directory
         if not (path / "model.safetensors").exists():
             tokenizer = AutoTokenizer.from_pretrained(ensure_models(cache.parent / "models") / "reward")
-            save_model(benchmark_reward_model(tokenizer), tokenizer, path)
+            save_model(sequence_classifier(model_size, tokenizer, seed=0), tokenizer, path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         params = parameter_count(AutoModelForSequenceClassification.from_pretrained(path))
         samples = mixed_samples(tokenizer, POOL_SIZE, SAMPLE_TOKENS)
@@ -91,10 +100,10 @@ class BenchModel:
         ids = [r.token_ids for r in renderer.render(samples)]  # type: ignore[union-attr]
         return cls(path, tokenizer, samples, ids, params)
 
-    def backend(self):  # type: ignore[no-untyped-def]
+    def backend(self, device: str = "cpu", dtype: str = "float32"):  # type: ignore[no-untyped-def]
         from rewardline.services.backends.hf import HFClassifier
 
-        return HFClassifier(self.path, self.tokenizer, "cpu", "float32")
+        return HFClassifier(self.path, self.tokenizer, device, dtype)
 
 
 def print_table(rows: list[dict]) -> None:

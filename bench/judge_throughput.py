@@ -1,6 +1,7 @@
 """Judge throughput in verdict mode: transformers in-process and vLLM, each with prefix sharing on and off.
 
     .venv/bin/python bench/judge_throughput.py [--seconds 20] [--clients 4] [--group-size 8] [--model bench|local]
+                                               [--backends hf,vllm] [--device cpu|cuda] [--dtype float32|bfloat16]
 
 The workload is GRPO's: groups of ``--group-size`` responses to one prompt, each group sent as one Score request by
 one of ``--clients`` concurrent clients. Every group has a new prompt and every response is new (a counter is
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import random
 import sys
@@ -108,6 +110,7 @@ def run(model: Path, backend: str, prefix_caching: bool, args: argparse.Namespac
     env = {"OMP_NUM_THREADS": str(args.threads)}
     if backend == "hf":
         flags += ["--judge-hf-share-prefixes" if prefix_caching else "--no-judge-hf-share-prefixes"]
+        flags += ["--device", args.device, "--dtype", args.dtype]
     if backend == "vllm":
         flags += ["--vllm-prefix-caching" if prefix_caching else "--no-vllm-prefix-caching"]
         if args.bind != "auto":
@@ -126,6 +129,10 @@ def main() -> None:
                         help="torch threads of the hf service (vLLM: see --bind)")
     parser.add_argument("--bind", default=os.environ.get("BENCH_VLLM_BIND", "0-1"),
                         help="VLLM_CPU_OMP_THREADS_BIND of the vLLM services ('auto': vLLM's default)")
+    parser.add_argument("--backends", default="hf,vllm", help="engines to measure (a GPU machine without vLLM: hf)")
+    parser.add_argument("--device", default="cpu", help="where the hf engine runs")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="hf engine")
+    parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     if args.model == "bench":
         model = bench_judge(REPO / ".cache" / "bench")
@@ -134,14 +141,18 @@ def main() -> None:
 
         model = ensure_models(REPO / ".cache" / "models") / "judge"
     print(f"judge {model.name}, verdict mode, {args.clients} clients x groups of {args.group_size}, {args.seconds:.0f}s per run, "
-          f"hf threads {args.threads}, vLLM threads bind {args.bind}")
+          f"hf on {args.device} in {args.dtype} with {args.threads} threads, vLLM threads bind {args.bind}")
     rows = []
     for backend, caching in (("hf", False), ("hf", True), ("vllm", False), ("vllm", True)):
+        if backend not in args.backends.split(","):
+            continue
         result = run(model, backend, caching, args)
         rows.append({"backend": backend, "prefix caching": "on" if caching else "off", **result})
     for row in rows:
         row["vs hf off"] = row["samples/s"] / rows[0]["samples/s"]
     print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "dtype": args.dtype, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

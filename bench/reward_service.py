@@ -1,6 +1,7 @@
 """Reward service throughput and latency against the same model run in-process.
 
     .venv/bin/python bench/reward_service.py [--seconds 20] [--clients 1,32] [--threads 2]
+                                             [--model anchor|large] [--device cpu|cuda] [--dtype float32|bfloat16]
 
 For each client count, N concurrent asyncio clients send single-sample Score calls to the service for a
 fixed time; served samples/s and p50/p99 latency are printed beside:
@@ -13,7 +14,9 @@ fixed time; served samples/s and p50/p99 latency are printed beside:
     already keeps the core busy, about the most any batching can reach;
   * overhead at 1 client: served p50 minus the in-process batch-1 forward p50.
 The model is a Llama reward model of hidden 256, 4 layers, 8 heads of 32, ~1000-token vocabulary (~3.4M
-parameters) on samples of 64-256 tokens of mixed length, so the forward pass dominates.
+parameters) on samples of 64-256 tokens of mixed length, so the forward pass dominates; ``--model large`` is the
+~200M-parameter one of bench/common.py (for a GPU). Service and in-process reference run on the same
+``--device`` and ``--dtype`` (bench/gpu/serve_matrix.py drives the GPU matrix with these functions).
 """
 
 from __future__ import annotations
@@ -65,8 +68,17 @@ async def drive(target: str, pool: list[pb.Sample], clients: int, seconds: float
     return {"samples_s": done / seconds, "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99), "n": done}
 
 
-def served(model: BenchModel, clients: int, seconds: float, threads: int, extra: list[str]) -> dict:
+def served(
+    model: BenchModel,
+    clients: int,
+    seconds: float,
+    threads: int,
+    extra: list[str],
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
     args = ["--model", str(model.path), "--num-threads", str(threads), "--cache-size", "0", *extra]
+    args += ["--device", device, "--dtype", dtype]
     with ServiceProcess("reward", args, threads=threads) as svc:
         before = metrics(svc.metrics_port)
         result = asyncio.run(drive(svc.target, model.samples, clients, seconds, warmup=2.0))
@@ -77,11 +89,19 @@ def served(model: BenchModel, clients: int, seconds: float, threads: int, extra:
     return result
 
 
-def in_process(model: BenchModel, batch_size: int, window: int, seconds: float) -> dict:
+def in_process(
+    model: BenchModel,
+    batch_size: int,
+    window: int,
+    seconds: float,
+    device: str = "cpu",
+    dtype: str = "float32",
+    one_by_one: bool = True,
+) -> dict:
     """The backend's own forward on batches composed like the server's: length-aware out of a window of
     ``window`` waiting samples (the concurrency), at most ``batch_size`` each, under the service's padding limit
-    on CPU; and one sample per forward over the whole pool."""
-    backend = model.backend()
+    on CPU; and (``one_by_one``) one sample per forward over the whole pool."""
+    backend = model.backend(device, dtype)
     max_padding = backend.max_padding
     ids = model.token_ids
     backend.forward(ids[:batch_size])
@@ -93,6 +113,8 @@ def in_process(model: BenchModel, batch_size: int, window: int, seconds: float) 
         done += len(chosen)
         i += len(chosen)
     elapsed = time.monotonic() - t0
+    if not one_by_one:
+        return {"samples_s": done / elapsed}
     single = []
     for x in ids:  # every sample of the pool, as the single client sends them
         s = time.perf_counter()
@@ -107,18 +129,23 @@ def main() -> None:
     parser.add_argument("--clients", default="1,32")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
                         help="torch threads, the same for the service and the in-process reference")
+    parser.add_argument("--model", choices=("anchor", "large"), default="anchor", help="bench/common.py BENCH_SIZES")
+    parser.add_argument("--device", default="cpu", help="where the service and the in-process reference run")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args()
+    on = {"device": args.device, "dtype": args.dtype}
     import torch
 
     torch.set_num_threads(args.threads)
-    model = BenchModel.load_or_build(REPO / ".cache" / "bench")
+    model = BenchModel.load_or_build(REPO / ".cache" / "bench", args.model)
     print(f"model: {model.parameters / 1e6:.2f}M parameters, vocabulary {model.vocab}, samples {model.min_len}-{model.max_len} tokens "
-          f"(mean {model.mean_len:.0f}), torch threads {args.threads}, {args.seconds:.0f}s per run")
+          f"(mean {model.mean_len:.0f}), {args.device} {args.dtype}, "
+          f"torch threads {args.threads}, {args.seconds:.0f}s per run")
     rows = []
     counts = [int(c) for c in args.clients.split(",")]
     for clients in counts:
-        s = served(model, clients, args.seconds, args.threads, [])
-        ref = in_process(model, max(1, round(s["mean_batch"])), clients, args.seconds)
+        s = served(model, clients, args.seconds, args.threads, [], **on)
+        ref = in_process(model, max(1, round(s["mean_batch"])), clients, args.seconds, **on)
         row = {"clients": clients, "served/s": s["samples_s"], "p50 ms": s["p50_ms"], "p99 ms": s["p99_ms"],
                "mean batch": s["mean_batch"], "in-process/s": ref["samples_s"],
                "served/in-process": s["samples_s"] / ref["samples_s"]}
@@ -126,11 +153,11 @@ def main() -> None:
             row["overhead ms"] = s["p50_ms"] - ref["batch1_p50_ms"]
             row["in-process b1 p50 ms"] = ref["batch1_p50_ms"]
         if clients > 1:
-            naive = served(model, clients, args.seconds, args.threads, ["--max-batch-size", "1"])
+            naive = served(model, clients, args.seconds, args.threads, ["--max-batch-size", "1"], **on)
             row["naive/s"] = naive["samples_s"]
             row["naive p99 ms"] = naive["p99_ms"]
             row["served/naive"] = s["samples_s"] / naive["samples_s"]
-            unlimited = served(model, clients, args.seconds, args.threads, ["--max-batch-padding", "off"])
+            unlimited = served(model, clients, args.seconds, args.threads, ["--max-batch-padding", "off"], **on)
             row["no padding limit/s"] = unlimited["samples_s"]
             row["in-process b1/s"] = ref["batch1_s"]
         rows.append(row)

@@ -9,6 +9,10 @@ subprocess of this script, in ``--trl-worker`` mode. Each side takes ``--warmup`
 then ``--steps`` timed ones; the per-step figure is the median.
 
     .venv/bin/python bench/trainer_vs_trl.py --steps 20          # creates .venv-trl on first use
+    python3 bench/trainer_vs_trl.py --no-trl --engines hf --devices cuda,cpu --json out.json   # a GPU machine
+
+``--devices`` runs our trainer once per device (``policy.device``); the table then also gives each run's speed
+against the first device's.
 
 Only the standard library is imported at the top: the worker mode runs under the TRL environment.
 """
@@ -42,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kl-coef", type=float, default=0.04)
     p.add_argument("--threads", type=int, default=1, help="torch threads on each side")
     p.add_argument("--engines", default="hf,vllm", help="our rollout engines to measure (comma-separated)")
+    p.add_argument("--devices", default="cpu", help="policy.device of our runs (comma-separated: one run each)")
+    p.add_argument("--no-trl", dest="trl", action="store_false", help="skip TRL (no .venv-trl, e.g. on a GPU machine)")
+    p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--trl-python", type=Path, default=TRL_VENV / "bin" / "python", help="the TRL environment's python")
     p.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -191,7 +198,7 @@ def run_trl(args: argparse.Namespace) -> dict:
 
 
 # --- ours, in this process ---------------------------------------------------------------------------------
-def run_ours(args: argparse.Namespace, engine: str) -> dict:
+def run_ours(args: argparse.Namespace, engine: str, device: str = "cpu") -> dict:
     from rewardline.trainer.config import TrainConfig
     from rewardline.trainer.train import train
 
@@ -203,7 +210,7 @@ def run_ours(args: argparse.Namespace, engine: str) -> dict:
                 "steps": total,
                 "seed": 0,
                 "threads": args.threads,
-                "policy": {"path": args.models / "policy"},
+                "policy": {"path": args.models / "policy", "device": device},
                 "data": {"train": [args.models / "data" / "prompts_train.jsonl"]},
                 "rollout": {
                     "engine": engine,
@@ -264,17 +271,23 @@ def main() -> int:
         f"β={args.kl_coef}, {args.threads} thread(s); {args.warmup} warm-up + {args.steps} timed steps each",
         flush=True,
     )
-    rows = [row("TRL GRPOTrainer (transformers generate)", run_trl(args))]
+    rows = [row("TRL GRPOTrainer (transformers generate)", run_trl(args))] if args.trl else []
+    devices = [d for d in args.devices.split(",") if d]
     for engine in [e for e in args.engines.split(",") if e]:
-        rows.append(row(f"rewardline train ({engine} rollouts)", run_ours(args, engine)))
+        for device in devices:
+            on = f", {device}" if len(devices) > 1 or device != "cpu" else ""
+            rows.append(row(f"rewardline train ({engine} rollouts{on})", run_ours(args, engine, device)))
     reference = rows[0]
-    print(f"\n{'trainer':<42} {'s/step':>8} {'tokens/s':>9} {'len':>5} {'speed-up vs TRL':>16}")
+    versus = "TRL" if args.trl else "first"
+    print(f"\n{'trainer':<48} {'s/step':>8} {'steps/s':>8} {'tokens/s':>9} {'len':>5} {'speed-up vs ' + versus:>18}")
     for r in rows:
-        speedup = reference["s/step (median)"] / r["s/step (median)"]
+        r["speed-up"] = reference["s/step (median)"] / r["s/step (median)"]
         print(
-            f"{r['trainer']:<42} {r['s/step (median)']:>8.3f} {r['tokens/s (median)']:>9.0f} "
-            f"{r['completion length']:>5.1f} {speedup:>15.2f}x"
+            f"{r['trainer']:<48} {r['s/step (median)']:>8.3f} {1 / r['s/step (median)']:>8.2f} "
+            f"{r['tokens/s (median)']:>9.0f} {r['completion length']:>5.1f} {r['speed-up']:>17.2f}x"
         )
+    if args.json:
+        args.json.write_text(json.dumps({"versus": versus, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -1,6 +1,7 @@
 """What uncertainty costs: the scalar reward service against uncertainty services on the same backbone.
 
     .venv/bin/python bench/uncertainty_cost.py [--seconds 20] [--clients 1,32] [--threads 1] [--checkpoints 2,3]
+                                               [--device cpu|cuda] [--dtype float32|bfloat16] [--json PATH]
 
 Same load as bench/reward_service.py (N concurrent asyncio clients sending single-sample Score calls for a fixed
 time, cache off), on the benchmark model of bench/common.py (Llama, hidden 256, 4 layers, ~3.4M parameters,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -95,21 +97,33 @@ def checkpoint_model(model: BenchModel, cache: Path, members: int) -> Path:
     return path
 
 
-def served(kind: str, path: Path, model: BenchModel, clients: int, seconds: float, threads: int) -> dict:
-    args = ["--model", str(path), "--num-threads", str(threads), "--cache-size", "0"]
+def served(
+    kind: str,
+    path: Path,
+    model: BenchModel,
+    clients: int,
+    seconds: float,
+    threads: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    args = ["--model", str(path), "--num-threads", str(threads), "--cache-size", "0", "--device", device]
+    args += ["--dtype", dtype]
     with ServiceProcess(kind, args, threads=threads) as svc:
         return asyncio.run(drive(svc.target, model.samples, clients, seconds, warmup=2.0))
 
 
-def interleaved_scorers(model: BenchModel, ensemble: Path, samples: int) -> dict:
+def interleaved_scorers(
+    model: BenchModel, ensemble: Path, samples: int, device: str = "cpu", dtype: str = "float32"
+) -> dict:
     """The scalar and the ensemble kinds' own Scorers in this process, taking turns on the same single samples:
     forward pass plus post-processing, with no gRPC or scheduling noise, and any slow spell shared by both."""
     from rewardline.services.config import ServeConfig
     from rewardline.services.reward.scorer import RewardScorer
     from rewardline.services.uncertainty.scorer import UncertaintyScorer
 
-    scalar = RewardScorer.load(ServeConfig(kind="reward", model=model.path, device="cpu", dtype="float32"))
-    uncertain = UncertaintyScorer.load(ServeConfig(kind="uncertainty", model=ensemble, device="cpu", dtype="float32"))
+    scalar = RewardScorer.load(ServeConfig(kind="reward", model=model.path, device=device, dtype=dtype))
+    uncertain = UncertaintyScorer.load(ServeConfig(kind="uncertainty", model=ensemble, device=device, dtype=dtype))
     inputs = scalar.render(model.samples[:samples])
     times: dict[str, list[float]] = {"scalar": [], "ensemble": []}
 
@@ -136,7 +150,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of turns; medians are reported")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
                         help="torch threads of every service")
+    parser.add_argument("--device", default="cpu", help="where every service and the in-process scorers run")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--interleaved-samples", type=int, default=0, help="samples of the in-process part (0: all)")
+    parser.add_argument("--json", type=Path, help="also write the tables here")
     args = parser.parse_args()
+    on = {"device": args.device, "dtype": args.dtype}
     import torch
 
     torch.set_num_threads(args.threads)
@@ -145,12 +164,13 @@ def main() -> None:
     runs = [("scalar", "reward", model.path), (f"ensemble K={ENSEMBLE_MEMBERS}", "uncertainty", ensemble_model(model, cache, ENSEMBLE_MEMBERS))]
     runs += [(f"checkpoints K={k}", "uncertainty", checkpoint_model(model, cache, int(k))) for k in args.checkpoints.split(",") if k]
     print(f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens "
-          f"(mean {model.mean_len:.0f}), torch threads {args.threads}, {args.seconds:.0f}s per run")
+          f"(mean {model.mean_len:.0f}), {args.device} {args.dtype}, "
+          f"torch threads {args.threads}, {args.seconds:.0f}s per run")
     rows = []
     for clients in (int(c) for c in args.clients.split(",")):
         # services take turns, `repeats` rounds, medians per service: a slow spell of a shared machine then
         # lands on every service instead of on whichever ran during it
-        rounds = [[served(kind, path, model, clients, args.seconds, args.threads) for _, kind, path in runs]
+        rounds = [[served(kind, path, model, clients, args.seconds, args.threads, **on) for _, kind, path in runs]
                   for _ in range(args.repeats)]
         results = [{key: statistics.median(r[i][key] for r in rounds) for key in rounds[0][i]} for i in range(len(runs))]
         scalar = results[0]
@@ -163,8 +183,13 @@ def main() -> None:
     ensemble = [r for r in rows if r["service"].startswith("ensemble")]
     worst = max(r["p50 / scalar"] for r in ensemble)
     print(f"shared-backbone ensemble of {ENSEMBLE_MEMBERS}: worst served p50 ratio {worst:.3f} (target <= 1.15)")
-    print(f"\nin-process, interleaved, batch 1 ({len(model.samples)} samples each): scalar Scorer vs ensemble Scorer")
-    print_table([interleaved_scorers(model, runs[1][2], len(model.samples))])
+    samples = args.interleaved_samples or len(model.samples)
+    print(f"\nin-process, interleaved, batch 1 ({samples} samples each): scalar Scorer vs ensemble Scorer")
+    interleaved = interleaved_scorers(model, runs[1][2], samples, **on)
+    print_table([interleaved])
+    if args.json:
+        report = {"device": args.device, "dtype": args.dtype, "rows": rows, "worst_p50_ratio": worst}
+        args.json.write_text(json.dumps(report | {"interleaved": interleaved}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
