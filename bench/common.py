@@ -1,18 +1,22 @@
-"""What the benchmarks share: the benchmark reward model, its samples, percentiles and a printed table."""
+"""What the benchmarks share: the benchmark reward model, its samples and a printed table."""
 
 from __future__ import annotations
 
-import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rewardline.services.api import pb
+from rewardline.services.errors import ServiceError
 from rewardline.services.rendering import InputRenderer
 from rewardline.trainer.local_models.architectures import BENCHMARK, ModelSize
+
+if TYPE_CHECKING:
+    from rewardline.services.backends.hf import HFClassifier
 
 SAMPLE_TOKENS = (64, 256)
 POOL_SIZE = 512
@@ -25,16 +29,19 @@ BENCH_SIZES = {
 }
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+def rendered_ids(renderer: InputRenderer, samples: Sequence[pb.Sample]) -> list[tuple[int, ...]]:
+    """Token ids of samples the benchmark made itself: one that does not render is a bug here, not a finding."""
+    out = []
+    for rendered in renderer.render(samples):
+        if isinstance(rendered, ServiceError):
+            raise ValueError(f"a benchmark sample does not render: {rendered.message}")
+        out.append(rendered.token_ids)
+    return out
 
 
-def mixed_samples(tokenizer: PreTrainedTokenizerBase, n: int, lengths: tuple[int, int], seed: int = 0) -> list[pb.Sample]:
+def mixed_samples(
+    tokenizer: PreTrainedTokenizerBase, n: int, lengths: tuple[int, int], seed: int = 0
+) -> list[pb.Sample]:
     """Prompt/response pairs whose rendered length is spread uniformly over ``lengths`` tokens."""
     from rewardline.trainer.local_models.generic_text import paragraph
 
@@ -47,11 +54,11 @@ def mixed_samples(tokenizer: PreTrainedTokenizerBase, n: int, lengths: tuple[int
         response = ""
         while True:
             sample = pb.Sample(id=f"b{len(out)}", prompt=prompt, response=response or "ok")
-            (rendered,) = renderer.render([sample])
-            if rendered.num_tokens >= target:  # type: ignore[union-attr]
+            (ids,) = rendered_ids(renderer, [sample])
+            if len(ids) >= target:
                 break
             response += " " + paragraph(rng, sentences=1)
-        if lengths[0] <= rendered.num_tokens <= lengths[1] + 24:  # type: ignore[union-attr]
+        if lengths[0] <= len(ids) <= lengths[1] + 24:
             out.append(sample)
     return out
 
@@ -81,7 +88,7 @@ class BenchModel:
         return sum(len(x) for x in self.token_ids) / len(self.token_ids)
 
     @classmethod
-    def load_or_build(cls, cache: Path, size: str = "anchor") -> "BenchModel":
+    def load_or_build(cls, cache: Path, size: str = "anchor") -> BenchModel:
         """An untrained benchmark reward model (``BENCH_SIZES``), built once from the local tokenizer."""
         from transformers import AutoModelForSequenceClassification
 
@@ -96,11 +103,10 @@ class BenchModel:
         tokenizer = AutoTokenizer.from_pretrained(path)
         params = parameter_count(AutoModelForSequenceClassification.from_pretrained(path))
         samples = mixed_samples(tokenizer, POOL_SIZE, SAMPLE_TOKENS)
-        renderer = InputRenderer(tokenizer, max_length=10_000)
-        ids = [r.token_ids for r in renderer.render(samples)]  # type: ignore[union-attr]
+        ids = rendered_ids(InputRenderer(tokenizer, max_length=10_000), samples)
         return cls(path, tokenizer, samples, ids, params)
 
-    def backend(self, device: str = "cpu", dtype: str = "float32"):  # type: ignore[no-untyped-def]
+    def backend(self, device: str = "cpu", dtype: str = "float32") -> HFClassifier:
         from rewardline.services.backends.hf import HFClassifier
 
         return HFClassifier(self.path, self.tokenizer, device, dtype)

@@ -28,10 +28,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import percentile, print_table  # noqa: E402
+from bench.common import print_table  # noqa: E402
 from rewardline.services.client import AsyncRewardClient  # noqa: E402
 from rewardline.services.process import ServiceProcess  # noqa: E402
 
@@ -98,8 +100,8 @@ async def drive(target: str, maker: GroupMaker, clients: int, seconds: float, wa
         await asyncio.gather(*(one() for _ in range(clients)))
     return {
         "samples/s": samples / seconds,
-        "group p50 ms": 1000 * percentile(latencies, 50),
-        "group p99 ms": 1000 * percentile(latencies, 99),
+        "group p50 ms": 1000 * np.percentile(latencies, 50),
+        "group p99 ms": 1000 * np.percentile(latencies, 99),
         "mean tokens": sum(tokens) / max(len(tokens), 1),
     }
 

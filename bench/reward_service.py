@@ -30,10 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import BenchModel, percentile, print_table  # noqa: E402
+from bench.common import BenchModel, print_table  # noqa: E402
 from rewardline.services.api import pb  # noqa: E402
 from rewardline.services.batching import select_batch  # noqa: E402
 from rewardline.services.client import AsyncRewardClient  # noqa: E402
@@ -65,7 +67,12 @@ async def drive(target: str, pool: list[pb.Sample], clients: int, seconds: float
 
     async with AsyncRewardClient(target, timeout=120) as client:
         await asyncio.gather(*(one(client, w) for w in range(clients)))
-    return {"samples_s": done / seconds, "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99), "n": done}
+    return {
+        "samples_s": done / seconds,
+        "p50_ms": 1000 * np.percentile(latencies, 50),
+        "p99_ms": 1000 * np.percentile(latencies, 99),
+        "n": done,
+    }
 
 
 def served(

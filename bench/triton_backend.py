@@ -21,10 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import BenchModel, percentile, print_table  # noqa: E402
+from bench.common import BenchModel, print_table  # noqa: E402
 from bench.reward_service import drive  # noqa: E402
 from rewardline.services.metrics import sample_value as metric, scrape as metrics  # noqa: E402
 from rewardline.services.process import ServiceProcess, free_port  # noqa: E402
@@ -71,7 +73,12 @@ async def drive_triton(url: str, token_ids: list[tuple[int, ...]], pad_id: int, 
 
     async with grpcclient.InferenceServerClient(url, channel_args=channel_args()) as client:
         await asyncio.gather(*(one(client, w) for w in range(clients)))
-    return {"samples_s": done / seconds, "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99), "n": done}
+    return {
+        "samples_s": done / seconds,
+        "p50_ms": 1000 * np.percentile(latencies, 50),
+        "p99_ms": 1000 * np.percentile(latencies, 99),
+        "n": done,
+    }
 
 
 def triton_batches(url: str) -> tuple[int, int]:

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -51,7 +53,7 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--launch-vll
     launch_vllm_cli(sys.argv[2:])
     sys.exit(0)
 
-from bench.common import BenchModel, percentile, print_table  # noqa: E402
+from bench.common import BenchModel, print_table  # noqa: E402
 from rewardline.services.api import pb  # noqa: E402
 from rewardline.services.client import AsyncRewardClient  # noqa: E402
 from rewardline.services.backends.vllm import cpu_list  # noqa: E402
@@ -91,7 +93,12 @@ async def drive(send, pool: list, clients: int, seconds: float, warmup: float) -
                 latencies.append(t1 - t0)
 
     await asyncio.gather(*(one(w) for w in range(clients)))
-    return {"samples_s": len(latencies) / seconds, "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99), "n": len(latencies)}
+    return {
+        "samples_s": len(latencies) / seconds,
+        "p50_ms": 1000 * np.percentile(latencies, 50),
+        "p99_ms": 1000 * np.percentile(latencies, 99),
+        "n": len(latencies),
+    }
 
 
 def rewardline_run(model: BenchModel, clients: int, seconds: float, bind: str | None, prefix_caching: bool) -> dict:

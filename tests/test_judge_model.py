@@ -1,16 +1,12 @@
 """The local judge `rewardline models build` trains: its P("Yes") separates correct from incorrect answers on
-held-out problems (recomputed here independently of the training code), as the build reported."""
+held-out problems (scored here by the direct reference, independently of the training code), as the build reported."""
 
 from __future__ import annotations
 
 import json
 
 from rewardline.trainer.local_models.build import read_manifest
-
-
-def auroc(positive: list[float], negative: list[float]) -> float:
-    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
-    return wins / (len(positive) * len(negative))
+from rewardline.trainer.reward_modeling.quality import auroc
 
 
 def test_p_yes_separates_correct_from_incorrect_answers(local_models, direct_judge):

@@ -47,8 +47,19 @@ def test_rm_eval_of_the_built_ensemble_meets_the_targets(local_models, rewardlin
     """The `uncertainty` build step's ensemble, evaluated by the command: accuracy well above chance on prefs_test
     and an AUROC of std >= 0.8 at telling data/ood.jsonl from in-distribution responses."""
     data = local_models / "data"
-    code, out, err = rewardline("rm", "eval", "--model", str(local_models / "uncertainty"), "--data",
-                                str(data / "prefs_test.jsonl"), "--ood", str(data / "ood.jsonl"), "--device", "cpu", "--json")
+    code, out, err = rewardline(
+        "rm",
+        "eval",
+        "--model",
+        str(local_models / "uncertainty"),
+        "--data",
+        str(data / "prefs_test.jsonl"),
+        "--ood",
+        str(data / "ood.jsonl"),
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["kind"] == "ensemble" and report["members"] == 5 and report["pairs"] == 1000
@@ -65,8 +76,24 @@ def test_rm_eval_of_the_built_ensemble_meets_the_targets(local_models, rewardlin
 
 def test_rm_train_fine_tunes_a_causal_lm_into_a_scalar_reward_model(local_models, small_prefs, tmp_path, rewardline):
     out = tmp_path / "scalar"
-    code, stdout, err = rewardline("rm", "train", "--data", str(small_prefs), "--base", str(local_models / "policy"),
-                                   "--kind", "scalar", "--out", str(out), "--steps", "6", "--batch-size", "8", "--device", "cpu")
+    code, stdout, err = rewardline(
+        "rm",
+        "train",
+        "--data",
+        str(small_prefs),
+        "--base",
+        str(local_models / "policy"),
+        "--kind",
+        "scalar",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     report = json.loads(stdout)
     assert report["kind"] == "scalar" and report["steps"] == 6 and report["heldout_pairs"] == 8
@@ -88,15 +115,33 @@ def test_rm_train_fine_tunes_a_causal_lm_into_a_scalar_reward_model(local_models
         (["--kind", "ensemble", "--heldout-fraction", "0"], 1, "calibrated on held-out pairs"),
     ],
 )
-def test_rm_train_refuses_bad_settings_with_a_clear_message(local_models, small_prefs, tmp_path, rewardline, args, code, message):
-    got, _, err = rewardline("rm", "train", "--data", str(small_prefs), "--base", str(local_models / "reward"),
-                             "--out", str(tmp_path / "m"), "--steps", "1", "--freeze-backbone", "--device", "cpu", *args)
+def test_rm_train_refuses_bad_settings_with_a_clear_message(
+    local_models, small_prefs, tmp_path, rewardline, args, code, message
+):
+    got, _, err = rewardline(
+        "rm",
+        "train",
+        "--data",
+        str(small_prefs),
+        "--base",
+        str(local_models / "reward"),
+        "--out",
+        str(tmp_path / "m"),
+        "--steps",
+        "1",
+        "--freeze-backbone",
+        "--device",
+        "cpu",
+        *args,
+    )
     assert got == code
     assert message in err
 
 
 def test_rm_train_refuses_a_missing_base(small_prefs, tmp_path, rewardline):
-    code, _, err = rewardline("rm", "train", "--data", str(small_prefs), "--base", str(tmp_path / "nothing"), "--out", str(tmp_path / "m"))
+    code, _, err = rewardline(
+        "rm", "train", "--data", str(small_prefs), "--base", str(tmp_path / "nothing"), "--out", str(tmp_path / "m")
+    )
     assert code == 1 and "rewardline rm train:" in err
 
 
@@ -105,15 +150,31 @@ def test_ratings_train_the_attributes_they_rate(local_models, tmp_path, kind):
     """Pairs rated on a second attribute ("format": 1 for the chosen side, 0 for the rejected) teach each kind's
     regression (squared error, Gaussian likelihood, pinball loss) to score chosen sides higher on it."""
     lines = (local_models / "data" / "prefs_train.jsonl").read_text().splitlines()[:120]
-    rated = [{**json.loads(line), "chosen_ratings": {"format": 1.0}, "rejected_ratings": {"format": 0.0}} for line in lines]
+    rated = [
+        {**json.loads(line), "chosen_ratings": {"format": 1.0}, "rejected_ratings": {"format": 0.0}} for line in lines
+    ]
     data = tmp_path / "rated.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rated) + "\n")
-    config = RMTrainConfig(data=data, heldout=data, base=local_models / "reward", out=tmp_path / kind, kind=kind, members=2,
-                           attributes=["score", "format"], init_score_std=0.1, freeze_backbone=True, steps=80,
-                           batch_size=32, quantile_levels=[0.25, 0.5, 0.75], device="cpu")
+    config = RMTrainConfig(
+        data=data,
+        heldout=data,
+        base=local_models / "reward",
+        out=tmp_path / kind,
+        kind=kind,
+        members=2,
+        attributes=["score", "format"],
+        init_score_std=0.1,
+        freeze_backbone=True,
+        steps=80,
+        batch_size=32,
+        quantile_levels=[0.25, 0.5, 0.75],
+        device="cpu",
+    )
     trained = train_model(config)
-    out = trained.predictor().predict([(r["prompt"], r["chosen"]) for r in rated] + [(r["prompt"], r["rejected"]) for r in rated])
-    chosen, rejected = out.attributes[: len(rated), 1], out.attributes[len(rated):, 1]
+    out = trained.predictor().predict(
+        [(r["prompt"], r["chosen"]) for r in rated] + [(r["prompt"], r["rejected"]) for r in rated]
+    )
+    chosen, rejected = out.attributes[: len(rated), 1], out.attributes[len(rated) :, 1]
     # an untrained head scores about half the pairs right with no gap; the frozen features cap this near 0.8
     assert (chosen > rejected).mean() >= 0.7
     assert chosen.mean() - rejected.mean() > 0.25

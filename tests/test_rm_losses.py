@@ -16,14 +16,19 @@ from rewardline.trainer.reward_modeling.preference_losses import (
     quantile_bradley_terry_loss,
     weighted_bradley_terry_loss,
 )
-from rewardline.trainer.reward_modeling.quality import auroc, expected_calibration_error
+from rewardline.trainer.reward_modeling.quality import auroc, expected_calibration_error, pairwise_wins
 
 
 def test_weighted_bradley_terry_with_unit_weights_is_bradley_terry():
     chosen, rejected = torch.randn(16), torch.randn(16)
-    assert weighted_bradley_terry_loss(chosen, rejected, torch.ones(16)) == pytest.approx(bradley_terry_loss(chosen, rejected).item())
+    assert weighted_bradley_terry_loss(chosen, rejected, torch.ones(16)) == pytest.approx(
+        bradley_terry_loss(chosen, rejected).item()
+    )
     counts = torch.tensor([2.0, 0.0, 1.0])
-    expected = (2 * -torch.nn.functional.logsigmoid(chosen[0] - rejected[0]) - torch.nn.functional.logsigmoid(chosen[2] - rejected[2])) / 3
+    expected = (
+        2 * -torch.nn.functional.logsigmoid(chosen[0] - rejected[0])
+        - torch.nn.functional.logsigmoid(chosen[2] - rejected[2])
+    ) / 3
     assert weighted_bradley_terry_loss(chosen[:3], rejected[:3], counts) == pytest.approx(expected.item())
     assert weighted_bradley_terry_loss(chosen[:3], rejected[:3], torch.zeros(3)) == 0
 
@@ -31,7 +36,9 @@ def test_weighted_bradley_terry_with_unit_weights_is_bradley_terry():
 def test_gaussian_bradley_terry_tends_to_bradley_terry_as_variance_vanishes_and_spreads_it_out_as_it_grows():
     chosen, rejected = torch.tensor([2.0, -1.0]), torch.tensor([0.0, 0.5])
     tiny = torch.full((2,), -30.0)
-    assert gaussian_bradley_terry_loss(chosen, tiny, rejected, tiny) == pytest.approx(bradley_terry_loss(chosen, rejected).item(), rel=1e-6)
+    assert gaussian_bradley_terry_loss(chosen, tiny, rejected, tiny) == pytest.approx(
+        bradley_terry_loss(chosen, rejected).item(), rel=1e-6
+    )
     huge = torch.full((2,), 12.0)
     assert gaussian_bradley_terry_loss(chosen, huge, rejected, huge) == pytest.approx(np.log(2), abs=1e-2)
     # against the logistic-Gaussian integral by Monte Carlo (the probit approximation is within ~0.02 in probability)
@@ -62,7 +69,9 @@ def test_pinball_loss_is_minimised_at_the_quantile():
 def test_gaussian_nll_prefers_the_true_spread():
     target = 3.0 * torch.randn(5000, generator=torch.Generator().manual_seed(1))
     mean = torch.zeros(5000)
-    values = {s: gaussian_nll_loss(mean, torch.full((5000,), float(np.log(s**2))), target).item() for s in (1.0, 3.0, 9.0)}
+    values = {
+        s: gaussian_nll_loss(mean, torch.full((5000,), float(np.log(s**2))), target).item() for s in (1.0, 3.0, 9.0)
+    }
     assert values[3.0] < values[1.0] and values[3.0] < values[9.0]
 
 
@@ -81,15 +90,22 @@ def test_bootstrap_resamples_have_the_data_size_and_differ_per_member():
 
 
 def test_auroc_counts_pairs_ranked_right_and_ties_as_half():
-    assert auroc([0.1, 0.2], [0.3, 0.4]) == 1.0
-    assert auroc([0.3, 0.4], [0.1, 0.2]) == 0.0
+    assert auroc([0.3, 0.4], [0.1, 0.2]) == 1.0  # positives first: the score is meant to be higher on them
+    assert auroc([0.1, 0.2], [0.3, 0.4]) == 0.0
     assert auroc([1.0, 1.0], [1.0]) == 0.5
     rng = np.random.default_rng(0)
-    neg, pos = rng.integers(0, 5, 40).astype(float), rng.integers(1, 6, 30).astype(float)
+    pos, neg = rng.integers(1, 6, 30).astype(float), rng.integers(0, 5, 40).astype(float)
     brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
-    assert auroc(neg, pos) == pytest.approx(brute)
+    assert auroc(pos, neg) == pytest.approx(brute)
     with pytest.raises(ValueError):
         auroc([], [1.0])
+    with pytest.raises(ValueError):
+        auroc([1.0], [])
+
+
+def test_pairwise_wins_count_ties_as_half():
+    wins = pairwise_wins(np.array([2.0, 1.0, 0.0, 3.0]), np.array([1.0, 1.0, 1.0, 0.0]))
+    np.testing.assert_array_equal(wins, [1.0, 0.5, 0.0, 1.0])
 
 
 def test_calibration_error_is_small_for_calibrated_and_large_for_overconfident_probabilities():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from rewardline.services.uncertainty.outputs import HeadLayout, head_outputs, level_masses, split_outputs, stack_members
 from rewardline.services.uncertainty.model_format import SPEC_FILE, UncertaintySpec, read_spec, write_spec
+from rewardline.services.uncertainty.outputs import HeadLayout, head_outputs, level_masses, split_outputs, stack_members
 
 CALIBRATION = {"percentile": 95.0, "threshold": 1.5, "n": 10, "data": "held-out pairs"}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -40,7 +41,7 @@ TINY = ModelSize(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=3
 BENCHMARK = ModelSize(hidden_size=256, num_layers=4, num_heads=8, intermediate_size=688)
 
 
-def llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerBase, **extra: object) -> LlamaConfig:
+def llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerBase, **extra: Any) -> LlamaConfig:
     if size.hidden_size % size.num_heads or size.head_dim not in VLLM_CPU_HEAD_SIZES:
         raise ValueError(f"head size {size.hidden_size}/{size.num_heads} is not one vLLM's CPU build runs")
     return LlamaConfig(

@@ -1,7 +1,10 @@
 """`rewardline models build`: runs the steps of steps.py into one directory, cached and written atomically.
 
 - Cached: `ensure_models` does nothing when `DIR/build.json` carries the key of the current code and config.
-  Otherwise each step whose own key is unchanged is copied from the previous build instead of rerun.
+  Otherwise each step whose own key is unchanged is copied from the previous build instead of rerun. A step's key
+  covers the source of every project module its `run` function reaches through imports, found by reading the
+  imports (module-level and inside functions) rather than listed by hand, and the data files (templates) of their
+  packages: a hand-kept list missed the helpers a step imports indirectly and left stale models in place.
 - Atomic: the build happens in a sibling `DIR.tmp-XXXX` that replaces DIR by renames only when every step has
   finished, so an interrupted build never leaves a directory that looks complete.
 - Serialised: a lock file beside DIR makes concurrent builders (parallel test sessions) wait for one another.
@@ -11,9 +14,12 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import hashlib
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import logging
@@ -21,10 +27,12 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import tokenizers
 import torch
@@ -36,6 +44,8 @@ from rewardline.trainer.local_models.steps import STEPS, BuildStep, describe
 
 log = logging.getLogger(__name__)
 MANIFEST = "build.json"
+PROJECT = "rewardline"
+NOT_DATA = {".py", ".pyc", ".pyi", ".md"}  # modules count when imported; stubs and documentation change no output
 
 
 def library_versions() -> dict[str, str]:
@@ -50,12 +60,141 @@ def step_seed(config: ModelsBuildConfig, step: BuildStep) -> int:
 def step_keys(config: ModelsBuildConfig) -> dict[str, str]:
     keys: dict[str, str] = {}
     versions = json.dumps(library_versions(), sort_keys=True)
+    modules = ModuleIndex()
     for step in STEPS:
-        parts = [step.name, str(step_seed(config, step)), describe(config, step), versions, inspect.getsource(step.run)]
-        parts += [inspect.getsource(m) for m in step.modules]
+        sources = step_sources(step.run, modules)
+        parts = [step.name, str(step_seed(config, step)), describe(config, step), versions]
+        parts += [f"{name}\n{text}" for name, text in sorted(sources.items())]
         parts += [keys[n] for n in step.needs]
         keys[step.name] = _sha256(parts)
     return keys
+
+
+def step_sources(run: Callable[..., object], modules: ModuleIndex | None = None) -> dict[str, str]:
+    """Everything a step's output depends on as code, by name: its `run` function and the functions of its own
+    module that it calls, every project module they reach through imports, and their packages' data files."""
+    modules = modules or ModuleIndex()
+    functions, roots = entry_points(run)
+    sources = {f"{f.__module__}.{f.__qualname__}": inspect.getsource(f) for f in functions}
+    for name in modules.closure(roots):
+        path = modules.path(name)
+        if path is not None:
+            sources[name] = _read(path)
+            sources |= modules.data_files(name)
+    return sources
+
+
+def entry_points(run: Callable[..., object]) -> tuple[list[Callable[..., object]], set[str]]:
+    """(`run` and the functions of its module it calls, transitively; the project modules they use).
+
+    Starting from what the function uses rather than from its whole module keeps one step's key apart from the
+    others': steps.py imports what every step needs. A module-level name counts when the body reads it (a
+    module, or anything defined in a project module); the annotations do not run and are left out."""
+    home = sys.modules[run.__module__]
+    functions: list[Callable[..., object]] = []
+    modules: set[str] = set()
+    todo = [run]
+    while todo:
+        function = todo.pop()
+        if function in functions:
+            continue
+        functions.append(function)
+        definition = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
+        assert isinstance(definition, ast.FunctionDef)
+        body = ast.Module(body=definition.body, type_ignores=[])
+        modules |= imported_modules(body, home.__package__ or "")
+        for name in {node.id for node in ast.walk(body) if isinstance(node, ast.Name)}:
+            value = vars(home).get(name)
+            if inspect.isfunction(value) and value.__module__ == home.__name__:
+                todo.append(value)
+            elif isinstance(value, ModuleType):
+                modules.add(value.__name__)
+            elif isinstance(getattr(value, "__module__", None), str):
+                modules.add(value.__module__)
+    return functions, {m for m in modules if _in_project(m)}
+
+
+def imported_modules(tree: ast.AST, package: str) -> set[str]:
+    """The modules an import statement anywhere in `tree` may load: `import a.b` -> a.b; `from a import b` -> a,
+    and a.b too (b may be a submodule; `ModuleIndex` drops it when it is not). `package` resolves relative ones."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            out |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return out
+
+
+class ModuleIndex:
+    """Project modules resolved to files (importlib.util.find_spec), each read and parsed once per key."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
+        self._imports: dict[str, set[str]] = {}
+
+    def spec(self, name: str) -> importlib.machinery.ModuleSpec | None:
+        """None for what is not a project module: also for a name imported from a module (`from m import f` gives
+        m.f), which is refused by looking at m's spec, as asking for m.f's would import m."""
+        if name not in self._specs:
+            parent = name.rpartition(".")[0]
+            parent_spec = self.spec(parent) if _in_project(parent) else None
+            if not _in_project(name) or (parent_spec is not None and parent_spec.submodule_search_locations is None):
+                self._specs[name] = None
+            else:
+                self._specs[name] = importlib.util.find_spec(name)
+        return self._specs[name]
+
+    def path(self, name: str) -> Path | None:
+        """The module's source file; None for a namespace package (`rewardline` itself) and what is no module."""
+        spec = self.spec(name)
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            return None
+        return Path(spec.origin)
+
+    def closure(self, roots: Iterable[str]) -> list[str]:
+        """`roots`, the packages above them (importing a module runs their __init__) and every project module any
+        of these imports, at module level or inside a function, transitively; sorted."""
+        seen: set[str] = set()
+        todo = list(roots)
+        while todo:
+            name = todo.pop()
+            if name in seen or not _in_project(name):
+                continue
+            seen.add(name)
+            todo += [name.rpartition(".")[0]] if "." in name else []
+            path = self.path(name)
+            if path is not None:
+                if name not in self._imports:
+                    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                    self._imports[name] = imported_modules(ast.parse(_read(path)), package)
+                todo += self._imports[name] - seen
+        return sorted(n for n in seen if self.path(n) is not None)
+
+    def data_files(self, name: str) -> dict[str, str]:
+        """The non-Python files of a package module's directory (the judge's .jinja templates), by name; not
+        those of its subpackages, which count when they are imported themselves."""
+        path = self.path(name)
+        if path is None or path.name != "__init__.py":
+            return {}
+        out: dict[str, str] = {}
+        for directory, subdirectories, files in os.walk(path.parent):
+            subdirectories[:] = [
+                d for d in subdirectories if d != "__pycache__" and not Path(directory, d, "__init__.py").exists()
+            ]
+            for file in (Path(directory, f) for f in files if Path(f).suffix not in NOT_DATA):
+                out[f"{name}/{file.relative_to(path.parent).as_posix()}"] = _read(file)
+        return out
+
+
+def _in_project(name: str) -> bool:
+    return name == PROJECT or name.startswith(PROJECT + ".")
+
+
+def _read(path: Path) -> str:
+    """Any file's bytes, losslessly as text (surrogate escapes), so a data file need not be UTF-8."""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def build_key(config: ModelsBuildConfig) -> str:
@@ -66,7 +205,7 @@ def build_key(config: ModelsBuildConfig) -> str:
 def _sha256(parts: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(part.encode())
+        digest.update(part.encode("utf-8", "surrogateescape"))
         digest.update(b"\0")
     return digest.hexdigest()
 

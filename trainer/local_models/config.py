@@ -9,7 +9,6 @@ from rewardline.trainer.local_models.datasets import DatasetsConfig
 from rewardline.trainer.local_models.judge import JudgeTrainConfig
 from rewardline.trainer.local_models.sft import SFTConfig
 from rewardline.trainer.reward_modeling.rm_train import RMRecipe
-from rewardline.trainer.reward_modeling.train import RewardTrainConfig
 
 
 class TokenizerConfig(BaseModel):
@@ -27,11 +26,15 @@ class ModelsBuildConfig(BaseModel):
     data: DatasetsConfig = DatasetsConfig()
     model_size: ModelSize = TINY
     policy: SFTConfig = SFTConfig()
-    # The reward model starts from the policy's weights (as RLHF reward models start from the SFT model):
-    # from scratch it learnt little beyond spotting malformed answers in the same time.
-    reward: RewardTrainConfig = RewardTrainConfig(steps=900, learning_rate=3e-4)
+    # reward: `rm train --kind scalar` from the policy's weights (as RLHF reward models start from the SFT model;
+    # from scratch it learnt little beyond spotting malformed answers in the same time), every parameter at one
+    # rate, on all of prefs_train (prefs_test measures it; the uncertainty step holds out its own calibration
+    # pairs).
+    reward: RMRecipe = RMRecipe(
+        kind="scalar", steps=900, batch_size=32, learning_rate=3e-4, head_learning_rate=3e-4, heldout_fraction=0.0
+    )
     # uncertainty: 5 heads on the reward model's frozen backbone (one forward pass serves all), each from a prior
-    # shaped by the training features and trained on its own bootstrap resample (trainer/reward_modeling/heads.py).
+    # shaped by the training features and trained on its own bootstrap resample (reward_modeling/score_layer.py).
     uncertainty: RMRecipe = RMRecipe(
         kind="ensemble", members=5, freeze_backbone=True, steps=600, batch_size=256, head_learning_rate=1e-2
     )

@@ -8,30 +8,24 @@ accuracy on held-out prompts reaches `target_accuracy`; `steps` is the most it t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
-from pydantic import BaseModel
-from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+from pydantic import BaseModel, NonNegativeInt, PositiveFloat, PositiveInt
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rewardline.trainer.fitting import FitConfig, fit
 from rewardline.trainer.local_models import task
-from rewardline.trainer.reward_modeling.pairs import encode_conversation, pad_right
-from rewardline.trainer.reward_modeling.train import batch_indices
+from rewardline.trainer.reward_modeling.pairs import chat_ids, encode_conversation, pad_right
 
-log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
-class SFTConfig(BaseModel):
-    steps: int = 1200  # at most; cosine decay over this many
-    batch_size: int = 64
-    learning_rate: float = 1.5e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    max_grad_norm: float = 1.0
-    seed: int = 0
+class SFTConfig(FitConfig):
+    steps: PositiveInt = 1200  # at most; cosine decay over this many
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1.5e-3
+    warmup_steps: NonNegativeInt = 50
     # Stop once greedy accuracy on the validation prompts reaches this; accuracy rises steeply once it starts
     # (over 10 points in 50 steps here), so it is checked often (a check of 300 prompts takes ~0.15 s).
     target_accuracy: float = 0.25
@@ -50,8 +44,7 @@ class TaskAccuracy(BaseModel):
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    messages = [{"role": "user", "content": prompt}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+    return chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[list[int], list[int]]:
@@ -76,38 +69,18 @@ def train_sft(
     `validation` is (prompts, answers), checked every `eval_every` steps against `target_accuracy`.
     """
     encoded = [encode_example(tokenizer, e) for e in examples]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    model.train()
-    losses = []
-    progress = tqdm(
-        batch_indices(len(encoded), config.batch_size, config.steps, generator),
-        total=config.steps,
-        desc="policy sft",
-        disable=None,
-    )
-    for step, indices in enumerate(progress, start=1):
+
+    def batch_loss(indices: list[int]) -> torch.Tensor:
         input_ids, attention_mask = pad_right([encoded[i][0] for i in indices], tokenizer.pad_token_id)
         labels, _ = pad_right([encoded[i][1] for i in indices], IGNORE_INDEX)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if step % config.eval_every == 0:
-            accuracy = task_accuracy(model, tokenizer, *validation).accuracy
-            model.train()
-            if accuracy >= config.target_accuracy:
-                break
-    model.eval()
-    tail = losses[-20:]
-    final_loss = sum(tail) / max(len(tail), 1)
-    log.info("policy sft: %d steps, final loss %.3f", len(losses), final_loss, extra={"final_loss": final_loss})
-    return losses
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+    def reached_target(step: int) -> bool:
+        if step % config.eval_every:
+            return False
+        return task_accuracy(model, tokenizer, *validation).accuracy >= config.target_accuracy
+
+    return fit(model, batch_loss, len(encoded), config, name="policy sft", after_step=reached_target)
 
 
 @torch.no_grad()
@@ -126,7 +99,7 @@ def generate_greedy(
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
         attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        output = model.generate(
+        output = model.generate(  # type: ignore[operator]  # GenerationMixin's; PreTrainedModel's type lacks it
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False
         )
         responses += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
-from rewardline.services.model_dir import safetensors_files
+from rewardline.services.modeling import safetensors_files
 from rewardline.services.reward.attributes import attribute_names, combination_weights
-from rewardline.services.uncertainty.outputs import HeadLayout
 from rewardline.services.uncertainty.model_format import UncertaintySpec, read_spec, write_spec
+from rewardline.services.uncertainty.outputs import HeadLayout
 from rewardline.services.uncertainty.scorer import shared_tokenizer
 from rewardline.trainer.reward_modeling.calibration import calibrate
 from rewardline.trainer.reward_modeling.pairs import read_pairs
@@ -34,7 +34,9 @@ class RMEnsembleConfig(BaseModel):
     members: list[Path] = Field(..., min_length=2, description="member reward model directories, comma-separated")
     data: Path = Field(..., description="held-out in-distribution preference pairs to calibrate the OOD threshold on")
     out: Path = Field(..., description="directory to create (must not exist, or be empty)")
-    calibration_percentile: float = Field(95.0, gt=0, lt=100, description="the OOD threshold is this percentile of held-out std")
+    calibration_percentile: float = Field(
+        95.0, gt=0, lt=100, description="the OOD threshold is this percentile of held-out std"
+    )
     max_length: int = Field(512, gt=0, description="longest input in tokens")
     device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
 
@@ -46,7 +48,9 @@ class RMCalibrateConfig(BaseModel):
 
     model: Path = Field(..., description="uncertainty model directory (its rewardline_uncertainty.json is rewritten)")
     data: Path = Field(..., description="held-out in-distribution preference pairs")
-    calibration_percentile: float = Field(95.0, gt=0, lt=100, description="the OOD threshold is this percentile of held-out std")
+    calibration_percentile: float = Field(
+        95.0, gt=0, lt=100, description="the OOD threshold is this percentile of held-out std"
+    )
     max_length: int = Field(512, gt=0, description="longest input in tokens")
     device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
 
@@ -58,8 +62,10 @@ def assemble_checkpoint_ensemble(config: RMEnsembleConfig) -> UncertaintySpec:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        models = [AutoModelForSequenceClassification.from_pretrained(m, dtype=torch.float32, use_safetensors=True)
-                  for m in config.members]
+        models = [
+            AutoModelForSequenceClassification.from_pretrained(m, dtype=torch.float32, use_safetensors=True)
+            for m in config.members
+        ]
     finally:
         hf_logging.set_verbosity(verbosity)
     names = [attribute_names(m.config.id2label, m.config.num_labels) for m in models]
@@ -69,15 +75,20 @@ def assemble_checkpoint_ensemble(config: RMEnsembleConfig) -> UncertaintySpec:
         raise FileExistsError(f"{config.out} exists and is not empty")
     layout = HeadLayout("checkpoint_ensemble", len(models), tuple(names[0]))
     weights = combination_weights(layout.attributes, None)
-    predictor = Predictor([m.to(config.device) for m in models], tokenizer, layout, weights, config.device,
-                          max_length=config.max_length)
+    predictor = Predictor(
+        [m.to(config.device) for m in models], tokenizer, layout, weights, config.device, max_length=config.max_length
+    )
     calibration = calibrate(predictor, read_pairs(config.data), config.calibration_percentile, str(config.data))
     member_dirs = [f"members/{i}" for i in range(len(models))]
     for source, target in zip(config.members, member_dirs):
         shutil.copytree(source, config.out / target)
     spec = UncertaintySpec(
-        kind="checkpoint_ensemble", members=len(models), attributes=names[0], member_dirs=member_dirs,
-        calibration=calibration, training={"members": [str(m) for m in config.members]},
+        kind="checkpoint_ensemble",
+        members=len(models),
+        attributes=names[0],
+        member_dirs=member_dirs,
+        calibration=calibration,
+        training={"members": [str(m) for m in config.members]},
     )
     write_spec(config.out, spec)
     return spec

@@ -73,20 +73,33 @@ def add_rm_commands(sub: argparse._SubParsersAction) -> None:
 
     rm = sub.add_parser("rm", help="train and evaluate reward models, scalar or uncertainty-aware")
     actions = rm.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
-    train = actions.add_parser("train", help="train a reward model on preference pairs",
-                               description="Bradley-Terry training of a scalar, ensemble, Gaussian or quantile reward model; "
-                                           "uncertainty kinds are calibrated on held-out pairs.")
+    train = actions.add_parser(
+        "train",
+        help="train a reward model on preference pairs",
+        description="Bradley-Terry training of a scalar, ensemble, Gaussian or quantile reward model; "
+        "uncertainty kinds are calibrated on held-out pairs.",
+    )
     add_config_flags(train, RMTrainConfig)
     train.set_defaults(handler=_train)
-    evaluate = actions.add_parser("eval", help="pairwise accuracy, calibration error and OOD AUROC of a model",
-                                  description="Evaluate a reward or uncertainty model on preference pairs (and OOD samples).")
+    evaluate = actions.add_parser(
+        "eval",
+        help="pairwise accuracy, calibration error and OOD AUROC of a model",
+        description="Evaluate a reward or uncertainty model on preference pairs (and OOD samples).",
+    )
     add_config_flags(evaluate, RMEvalConfig)
-    evaluate.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON instead of a table")
+    evaluate.add_argument(
+        "--json", dest="as_json", action="store_true", help="print the report as JSON instead of a table"
+    )
     evaluate.set_defaults(handler=_eval)
-    ensemble = actions.add_parser("ensemble", help="an uncertainty model from reward models trained apart",
-                                  description="Copy K reward models into one checkpoint_ensemble directory and calibrate it.")
+    ensemble = actions.add_parser(
+        "ensemble",
+        help="an uncertainty model from reward models trained apart",
+        description="Copy K reward models into one checkpoint_ensemble directory and calibrate it.",
+    )
     add_config_flags(ensemble, RMEnsembleConfig)
     ensemble.set_defaults(handler=_ensemble)
-    calibrate = actions.add_parser("calibrate", help="re-measure an uncertainty model's OOD threshold on held-out pairs")
+    calibrate = actions.add_parser(
+        "calibrate", help="re-measure an uncertainty model's OOD threshold on held-out pairs"
+    )
     add_config_flags(calibrate, RMCalibrateConfig)
     calibrate.set_defaults(handler=_calibrate)

@@ -1,7 +1,7 @@
 """The pooled hidden state a sequence-classification model's linear ``score`` head reads.
 
 Training heads on a frozen backbone computes these once and trains only ``score`` on them (seconds instead of a
-forward pass per step); the head's prior is shaped by their covariance (heads.py). The pooling is
+forward pass per step); the head's prior is shaped by their covariance (score_layer.py). The pooling is
 transformers' own for decoder classifiers: the rightmost token that is not the pad token.
 """
 
@@ -16,9 +16,16 @@ from transformers import PreTrainedModel
 from rewardline.trainer.reward_modeling.pairs import pad_right
 
 
-def backbone(model: PreTrainedModel) -> torch.nn.Module:
-    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
+def score_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """The classifier's linear output layer, the one every head's rows live in."""
+    score = getattr(model, "score", None)
+    if not isinstance(score, torch.nn.Linear):
         raise ValueError(f"{type(model).__name__} has no linear `score` head; uncertainty heads need one")
+    return score
+
+
+def backbone(model: PreTrainedModel) -> torch.nn.Module:
+    score_head(model)  # a model without one has no backbone in this sense
     return getattr(model, model.base_model_prefix)
 
 

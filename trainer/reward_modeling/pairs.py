@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
-from transformers import PreTrainedTokenizerBase
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 
 class PreferencePair(BaseModel):
@@ -50,9 +50,18 @@ def write_jsonl(path: Path, records: Iterable[BaseModel | dict[str, object]]) ->
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def chat_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool = False
+) -> list[int]:
+    """Token ids of `messages` as the tokenizer's chat template renders them."""
+    encoding = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, return_dict=True)
+    if not isinstance(encoding, BatchEncoding):
+        raise TypeError(f"apply_chat_template(return_dict=True) returned {type(encoding).__name__}")
+    return list(encoding["input_ids"])
+
+
 def encode_conversation(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+    return chat_ids(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
 
 
 def encode_pairs(

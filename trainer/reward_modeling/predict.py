@@ -1,8 +1,8 @@
 """In-process rewards and uncertainties of any reward or uncertainty model, as the service computes them.
 
 Calibration and `rm eval` must read the numbers a trainer will get from the service, so inputs are rendered by
-the service's own renderer and logits post-processed by its own `rewardline.services.uncertainty.outputs`; only the forward
-pass is local (transformers, right-padded batches sorted by length).
+the service's own renderer and logits post-processed by its own `rewardline.services.uncertainty.outputs`; only the
+forward pass is local (transformers, right-padded batches sorted by length).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from rewardline.services.api import pb
 from rewardline.services.errors import ServiceError
 from rewardline.services.rendering import InputRenderer
 from rewardline.services.reward.attributes import attribute_names, combination_weights
-from rewardline.services.uncertainty.outputs import HeadLayout, HeadOutputs, head_outputs, split_outputs, stack_members
 from rewardline.services.uncertainty.model_format import is_uncertainty_model, read_spec
+from rewardline.services.uncertainty.outputs import HeadLayout, HeadOutputs, head_outputs, split_outputs, stack_members
 from rewardline.trainer.reward_modeling.pairs import pad_right
 
 
@@ -44,6 +44,8 @@ def forward_logits(
     """(len(rows), num_labels) raw logits, float32; batches of similar length, results in input order."""
     model.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    if not model.config.num_labels:
+        raise ValueError(f"{type(model).__name__}'s config does not say how many outputs it has (num_labels)")
     out = np.empty((len(rows), model.config.num_labels), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=None, leave=False):
         chunk = order[start : start + batch_size]
@@ -76,7 +78,7 @@ class Predictor:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     @classmethod
-    def from_dir(cls, model_dir: Path, device: str = "cpu", batch_size: int = 64, max_length: int = 512) -> "Predictor":
+    def from_dir(cls, model_dir: Path, device: str = "cpu", batch_size: int = 64, max_length: int = 512) -> Predictor:
         """An uncertainty model (its spec decides the layout) or a plain reward model (a one-member ensemble)."""
         from rewardline.services.uncertainty.scorer import shared_tokenizer  # the service's own member-tokenizer check
 
@@ -90,7 +92,9 @@ class Predictor:
         hf_logging.set_verbosity_error()
         try:
             models = [
-                AutoModelForSequenceClassification.from_pretrained(d, dtype=torch.float32, use_safetensors=True).to(device)
+                AutoModelForSequenceClassification.from_pretrained(d, dtype=torch.float32, use_safetensors=True).to(
+                    device
+                )
                 for d in dirs
             ]
         finally:

@@ -56,8 +56,9 @@ def quantile_bradley_terry_loss(
     """Bradley–Terry between two reward distributions given by Q quantiles each (shape (B, Q)).
 
     Each side is read as atoms at its quantile values with probabilities `masses` (Q,)
-    (`rewardline.services.uncertainty.outputs.level_masses`), and P(chosen ≻ rejected) = Σ_ij m_i m_j σ(q_c,i − q_r,j): the
-    Bradley–Terry probability averaged over both distributions. This lets preference pairs alone train quantile heads; `pinball_loss` needs rating targets.
+    (`rewardline.services.uncertainty.outputs.level_masses`), and P(chosen ≻ rejected) = Σ_ij m_i m_j σ(q_c,i − q_r,j):
+    the Bradley–Terry probability averaged over both distributions. This lets preference pairs alone train quantile
+    heads; `pinball_loss` needs rating targets.
     """
     pair_masses = masses[:, None] * masses[None, :]
     sig = torch.sigmoid(quantiles_chosen[:, :, None] - quantiles_rejected[:, None, :])

@@ -4,7 +4,7 @@
 
 - pairwise accuracy as RewardBench counts it (chosen strictly higher wins, a tie counts half), overall and per
   pair `category`;
-- ECE of P(chosen ≻ rejected) = σ(score_c − score_r) (metrics.expected_calibration_error);
+- ECE of P(chosen ≻ rejected) = σ(score_c − score_r) (quality.expected_calibration_error);
 - uncertainty models with `--ood` (JSONL of prompt, response, optional kind): AUROC of `std` at telling the OOD
   responses from the in-distribution ones (both sides of the `--data` pairs), overall and per OOD kind, and how
   often the calibrated flag fires on each.
@@ -19,12 +19,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewardline.services.backends.base import resolve_device
 from rewardline.services.config import LogLevel
+from rewardline.services.modeling import resolve_device
 from rewardline.trainer.reward_modeling.calibration import pair_responses
 from rewardline.trainer.reward_modeling.pairs import read_pairs
-from rewardline.trainer.reward_modeling.quality import auroc, expected_calibration_error, preference_probability
 from rewardline.trainer.reward_modeling.predict import Predictor
+from rewardline.trainer.reward_modeling.quality import (
+    auroc,
+    expected_calibration_error,
+    pairwise_wins,
+    preference_probability,
+)
 
 
 class RMEvalConfig(BaseModel):
@@ -33,11 +38,15 @@ class RMEvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Path = Field(..., description="a reward model or uncertainty model directory")
-    data: Path = Field(..., description="held-out preference pairs, JSONL: prompt, chosen, rejected (optional: category)")
+    data: Path = Field(
+        ..., description="held-out preference pairs, JSONL: prompt, chosen, rejected (optional: category)"
+    )
     ood: Path | None = Field(None, description="out-of-distribution samples, JSONL: prompt, response (optional: kind)")
     bins: int = Field(10, gt=1, description="probability bins of the calibration error")
     batch_size: int = Field(64, gt=0, description="inputs per forward pass")
-    max_length: int = Field(512, gt=0, description="longest input in tokens (longer prompts are cut from the left, as served)")
+    max_length: int = Field(
+        512, gt=0, description="longest input in tokens (longer prompts are cut from the left, as served)"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
     log_level: LogLevel = Field("warning", description="log level (JSON lines on stderr)")
@@ -92,7 +101,7 @@ def evaluate_model(config: RMEvalConfig) -> EvalReport:
     outputs = predictor.predict(pair_responses(pairs))
     n = len(pairs)
     chosen, rejected = outputs.score[:n], outputs.score[n:]
-    wins = (chosen > rejected) + 0.5 * (chosen == rejected)
+    wins = pairwise_wins(chosen, rejected)
     groups: dict[str, list[float]] = defaultdict(list)
     for pair, win in zip(pairs, wins):
         if pair.category is not None:
@@ -134,8 +143,8 @@ def _ood_eval(predictor: Predictor, records: list[OODRecord], in_std: np.ndarray
     flag = lambda values: np.float32(values) > np.float32(threshold)  # noqa: E731
     return OODEval(
         samples=len(records),
-        auroc=auroc(in_std, std),
-        auroc_by_kind={k: auroc(in_std, std[kinds == k]) for k in by_kind},
+        auroc=auroc(std, in_std),
+        auroc_by_kind={k: auroc(std[kinds == k], in_std) for k in by_kind},
         flagged=float(flag(std).mean()),
         flagged_by_kind={k: float(flag(std[kinds == k]).mean()) for k in by_kind},
         flagged_in_distribution=float(flag(in_std).mean()),
