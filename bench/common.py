@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rewardline.services.api import pb
@@ -110,6 +111,12 @@ class BenchModel:
         from rewardline.services.backends.hf import HFClassifier
 
         return HFClassifier(self.path, self.tokenizer, device, dtype)
+
+
+def percentile_ms(latencies_s: Sequence[float], q: float) -> float:
+    """numpy's percentile of latencies in seconds, in milliseconds; NaN for a run in which nothing finished (a
+    configuration too slow for its window is reported, not a crash of the whole benchmark)."""
+    return 1000 * float(np.percentile(latencies_s, q)) if len(latencies_s) else float("nan")
 
 
 def print_table(rows: list[dict]) -> None:

@@ -28,12 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import print_table  # noqa: E402
+from bench.common import percentile_ms, print_table  # noqa: E402
 from rewardline.services.client import AsyncRewardClient  # noqa: E402
 from rewardline.services.process import ServiceProcess  # noqa: E402
 
@@ -71,7 +69,9 @@ class GroupMaker:
         for i in range(self.group_size):
             answer = a + b + self.rng.choice([0, 0, 1, -1, 10])
             tail = self.paragraph(self.rng, sentences=self.rng.randint(0, 2))
-            out.append({"id": f"g{n}-{i}", "prompt": question, "response": f"{tail} The answer is {answer}. ({n}.{i})".strip()})
+            out.append(
+                {"id": f"g{n}-{i}", "prompt": question, "response": f"{tail} The answer is {answer}. ({n}.{i})".strip()}
+            )
         return out
 
 
@@ -83,6 +83,7 @@ async def drive(target: str, maker: GroupMaker, clients: int, seconds: float, wa
     stop = start + seconds
 
     async with AsyncRewardClient(target, timeout=300) as client:
+
         async def one() -> None:
             nonlocal samples
             while True:
@@ -100,15 +101,25 @@ async def drive(target: str, maker: GroupMaker, clients: int, seconds: float, wa
         await asyncio.gather(*(one() for _ in range(clients)))
     return {
         "samples/s": samples / seconds,
-        "group p50 ms": 1000 * np.percentile(latencies, 50),
-        "group p99 ms": 1000 * np.percentile(latencies, 99),
+        "group p50 ms": percentile_ms(latencies, 50),
+        "group p99 ms": percentile_ms(latencies, 99),
         "mean tokens": sum(tokens) / max(len(tokens), 1),
     }
 
 
 def run(model: Path, backend: str, prefix_caching: bool, args: argparse.Namespace) -> dict:
-    flags = ["--model", str(model), "--backend", backend, "--cache-size", "0", "--max-batch-size", "64",
-             "--num-threads", str(args.threads)]
+    flags = [
+        "--model",
+        str(model),
+        "--backend",
+        backend,
+        "--cache-size",
+        "0",
+        "--max-batch-size",
+        "64",
+        "--num-threads",
+        str(args.threads),
+    ]
     env = {"OMP_NUM_THREADS": str(args.threads)}
     if backend == "hf":
         flags += ["--judge-hf-share-prefixes" if prefix_caching else "--no-judge-hf-share-prefixes"]
@@ -127,10 +138,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--model", choices=("bench", "local"), default="bench")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")),
-                        help="torch threads of the hf service (vLLM: see --bind)")
-    parser.add_argument("--bind", default=os.environ.get("BENCH_VLLM_BIND", "0-1"),
-                        help="VLLM_CPU_OMP_THREADS_BIND of the vLLM services ('auto': vLLM's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("BENCH_THREADS", "2")),
+        help="torch threads of the hf service (vLLM: see --bind)",
+    )
+    parser.add_argument(
+        "--bind",
+        default=os.environ.get("BENCH_VLLM_BIND", "0-1"),
+        help="VLLM_CPU_OMP_THREADS_BIND of the vLLM services ('auto': vLLM's default)",
+    )
     parser.add_argument("--backends", default="hf,vllm", help="engines to measure (a GPU machine without vLLM: hf)")
     parser.add_argument("--device", default="cpu", help="where the hf engine runs")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="hf engine")
@@ -142,8 +160,11 @@ def main() -> None:
         from rewardline.trainer.local_models.build import ensure_models
 
         model = ensure_models(REPO / ".cache" / "models") / "judge"
-    print(f"judge {model.name}, verdict mode, {args.clients} clients x groups of {args.group_size}, {args.seconds:.0f}s per run, "
-          f"hf on {args.device} in {args.dtype} with {args.threads} threads, vLLM threads bind {args.bind}")
+    print(
+        f"judge {model.name}, verdict mode, {args.clients} clients x groups of {args.group_size}, "
+        f"{args.seconds:.0f}s per run, "
+        f"hf on {args.device} in {args.dtype} with {args.threads} threads, vLLM threads bind {args.bind}"
+    )
     rows = []
     for backend, caching in (("hf", False), ("hf", True), ("vllm", False), ("vllm", True)):
         if backend not in args.backends.split(","):

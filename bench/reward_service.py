@@ -30,17 +30,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import BenchModel, print_table  # noqa: E402
+from bench.common import BenchModel, percentile_ms, print_table  # noqa: E402
 from rewardline.services.api import pb  # noqa: E402
 from rewardline.services.batching import select_batch  # noqa: E402
 from rewardline.services.client import AsyncRewardClient  # noqa: E402
+from rewardline.services.metrics import sample_value as metric  # noqa: E402
+from rewardline.services.metrics import scrape as metrics  # noqa: E402
 from rewardline.services.process import ServiceProcess  # noqa: E402
-from rewardline.services.metrics import sample_value as metric, scrape as metrics  # noqa: E402
 
 
 async def drive(target: str, pool: list[pb.Sample], clients: int, seconds: float, warmup: float) -> dict:
@@ -69,8 +68,8 @@ async def drive(target: str, pool: list[pb.Sample], clients: int, seconds: float
         await asyncio.gather(*(one(client, w) for w in range(clients)))
     return {
         "samples_s": done / seconds,
-        "p50_ms": 1000 * np.percentile(latencies, 50),
-        "p99_ms": 1000 * np.percentile(latencies, 99),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p99_ms": percentile_ms(latencies, 99),
         "n": done,
     }
 
@@ -127,15 +126,23 @@ def in_process(
         s = time.perf_counter()
         backend.forward([x])
         single.append(time.perf_counter() - s)
-    return {"samples_s": done / elapsed, "batch1_p50_ms": 1000 * statistics.median(single), "batch1_s": len(single) / sum(single)}
+    return {
+        "samples_s": done / elapsed,
+        "batch1_p50_ms": 1000 * statistics.median(single),
+        "batch1_s": len(single) / sum(single),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", default="1,32")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
-                        help="torch threads, the same for the service and the in-process reference")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("BENCH_THREADS", "1")),
+        help="torch threads, the same for the service and the in-process reference",
+    )
     parser.add_argument("--model", choices=("anchor", "large"), default="anchor", help="bench/common.py BENCH_SIZES")
     parser.add_argument("--device", default="cpu", help="where the service and the in-process reference run")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -145,17 +152,26 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = BenchModel.load_or_build(REPO / ".cache" / "bench", args.model)
-    print(f"model: {model.parameters / 1e6:.2f}M parameters, vocabulary {model.vocab}, samples {model.min_len}-{model.max_len} tokens "
-          f"(mean {model.mean_len:.0f}), {args.device} {args.dtype}, "
-          f"torch threads {args.threads}, {args.seconds:.0f}s per run")
+    print(
+        f"model: {model.parameters / 1e6:.2f}M parameters, vocabulary {model.vocab}, samples "
+        f"{model.min_len}-{model.max_len} tokens "
+        f"(mean {model.mean_len:.0f}), {args.device} {args.dtype}, "
+        f"torch threads {args.threads}, {args.seconds:.0f}s per run"
+    )
     rows = []
     counts = [int(c) for c in args.clients.split(",")]
     for clients in counts:
         s = served(model, clients, args.seconds, args.threads, [], **on)
         ref = in_process(model, max(1, round(s["mean_batch"])), clients, args.seconds, **on)
-        row = {"clients": clients, "served/s": s["samples_s"], "p50 ms": s["p50_ms"], "p99 ms": s["p99_ms"],
-               "mean batch": s["mean_batch"], "in-process/s": ref["samples_s"],
-               "served/in-process": s["samples_s"] / ref["samples_s"]}
+        row = {
+            "clients": clients,
+            "served/s": s["samples_s"],
+            "p50 ms": s["p50_ms"],
+            "p99 ms": s["p99_ms"],
+            "mean batch": s["mean_batch"],
+            "in-process/s": ref["samples_s"],
+            "served/in-process": s["samples_s"] / ref["samples_s"],
+        }
         if clients == 1:
             row["overhead ms"] = s["p50_ms"] - ref["batch1_p50_ms"]
             row["in-process b1 p50 ms"] = ref["batch1_p50_ms"]

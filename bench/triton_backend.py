@@ -21,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import BenchModel, print_table  # noqa: E402
+from bench.common import BenchModel, percentile_ms, print_table  # noqa: E402
 from bench.reward_service import drive  # noqa: E402
-from rewardline.services.metrics import sample_value as metric, scrape as metrics  # noqa: E402
+from rewardline.services.metrics import sample_value as metric  # noqa: E402
+from rewardline.services.metrics import scrape as metrics  # noqa: E402
 from rewardline.services.process import ServiceProcess, free_port  # noqa: E402
 from rewardline.services.triton.config import TritonRepoConfig, TritonStartConfig  # noqa: E402
 from rewardline.services.triton.launcher import TritonServer  # noqa: E402
@@ -38,7 +37,9 @@ from rewardline.services.triton.repository import build_repository, model_facts 
 MODEL_NAME = "bench"
 
 
-async def drive_triton(url: str, token_ids: list[tuple[int, ...]], pad_id: int, clients: int, seconds: float, warmup: float) -> dict:
+async def drive_triton(
+    url: str, token_ids: list[tuple[int, ...]], pad_id: int, clients: int, seconds: float, warmup: float
+) -> dict:
     """N clients, each sending one pre-tokenized sample per ModelInfer; counts what finishes in the window."""
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -75,8 +76,8 @@ async def drive_triton(url: str, token_ids: list[tuple[int, ...]], pad_id: int, 
         await asyncio.gather(*(one(client, w) for w in range(clients)))
     return {
         "samples_s": done / seconds,
-        "p50_ms": 1000 * np.percentile(latencies, 50),
-        "p99_ms": 1000 * np.percentile(latencies, 99),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p99_ms": percentile_ms(latencies, 99),
         "n": done,
     }
 
@@ -106,21 +107,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", default="32")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
-                        help="torch threads, the same for the service's hf backend and each Triton instance")
-    parser.add_argument("--queue-delay-us", type=int, default=1000, help="Triton dynamic batcher's max_queue_delay_microseconds")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="the most samples in one forward pass, for Triton and the service")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("BENCH_THREADS", "1")),
+        help="torch threads, the same for the service's hf backend and each Triton instance",
+    )
+    parser.add_argument(
+        "--queue-delay-us", type=int, default=1000, help="Triton dynamic batcher's max_queue_delay_microseconds"
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=64,
+        help="the most samples in one forward pass, for Triton and the service",
+    )
     parser.add_argument("--triton-concurrency", type=int, default=4, help="the service's batches in flight to Triton")
     args = parser.parse_args()
 
     model = BenchModel.load_or_build(REPO / ".cache" / "bench")
     repo = REPO / ".cache" / "bench" / "triton-repo"
-    build_repository(TritonRepoConfig(model=model.path, out=repo, name=MODEL_NAME, max_batch_size=args.max_batch_size,
-                                      max_queue_delay_us=args.queue_delay_us, num_threads=args.threads, force=True))
+    build_repository(
+        TritonRepoConfig(
+            model=model.path,
+            out=repo,
+            name=MODEL_NAME,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.queue_delay_us,
+            num_threads=args.threads,
+            force=True,
+        )
+    )
     pad_id = int(model_facts(model.path)["pad_token_id"])
-    print(f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens "
-          f"(mean {model.mean_len:.0f}), torch threads {args.threads}, {args.seconds:.0f}s per run, "
-          f"Triton queue delay {args.queue_delay_us} us, max batch {args.max_batch_size}")
+    print(
+        f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens "
+        f"(mean {model.mean_len:.0f}), torch threads {args.threads}, {args.seconds:.0f}s per run, "
+        f"Triton queue delay {args.queue_delay_us} us, max batch {args.max_batch_size}"
+    )
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # Triton's stub inherits it
     triton = TritonServer(TritonStartConfig(repo=repo, grpc_port=free_port()), log_path=repo.parent / "triton.log")
     rows = []
@@ -131,13 +154,36 @@ def main() -> None:
             after = triton_batches(triton.url)
             direct["mean_batch"] = (after[0] - before[0]) / max(1, after[1] - before[1])
             hf = served(model, clients, args.seconds, args.threads, ["--max-batch-size", str(args.max_batch_size)])
-            fronting = served(model, clients, args.seconds, args.threads, [
-                "--max-batch-size", str(args.max_batch_size), "--backend", "triton", "--triton-url", triton.url,
-                "--triton-model", MODEL_NAME, "--triton-concurrency", str(args.triton_concurrency)])
+            fronting = served(
+                model,
+                clients,
+                args.seconds,
+                args.threads,
+                [
+                    "--max-batch-size",
+                    str(args.max_batch_size),
+                    "--backend",
+                    "triton",
+                    "--triton-url",
+                    triton.url,
+                    "--triton-model",
+                    MODEL_NAME,
+                    "--triton-concurrency",
+                    str(args.triton_concurrency),
+                ],
+            )
             for name, r in (("triton direct", direct), ("service hf", hf), ("service triton", fronting)):
-                rows.append({"mode": name, "clients": clients, "samples/s": r["samples_s"], "p50 ms": r["p50_ms"],
-                             "p99 ms": r["p99_ms"], "mean batch": r["mean_batch"],
-                             "vs direct": r["samples_s"] / direct["samples_s"] if direct["samples_s"] else float("nan")})
+                rows.append(
+                    {
+                        "mode": name,
+                        "clients": clients,
+                        "samples/s": r["samples_s"],
+                        "p50 ms": r["p50_ms"],
+                        "p99 ms": r["p99_ms"],
+                        "mean batch": r["mean_batch"],
+                        "vs direct": r["samples_s"] / direct["samples_s"] if direct["samples_s"] else float("nan"),
+                    }
+                )
     print_table(rows)
 
 

