@@ -281,3 +281,26 @@ def test_nemo_rl_environment_scores_the_last_assistant_turn(face_services, clien
     assert out.metadata[0]["answer"] == problems[0]["answer"] and "num_tokens" in out.metadata[0]["rewardline"]
     batch, metrics = env.global_post_process_and_metrics({"rewards": out.rewards})
     assert metrics["rewardline/mean_reward"] == pytest.approx(float(out.rewards.mean()))
+
+
+def test_verl_on_a_judge_and_nemo_rl_on_an_uncertainty_service(face_services, clients, problems):
+    """The adapters are kind-agnostic: a judge's verdict (the ground truth as its reference) through verl's
+    compute_score, and an uncertainty model's penalised score through the NeMo-RL environment."""
+    from rewardline.services.integrations import verl
+    from rewardline.services.integrations.nemo_rl import RewardlineEnvironment
+
+    p = problems[5]
+    judged = verl.compute_score(
+        "math", "The answer is 3.", p["answer"], {"prompt": p["prompt"]}, target=face_services["judge"].target
+    )
+    (expected,) = clients["judge"].score(
+        [{"id": "j", "prompt": p["prompt"], "response": "The answer is 3.", "reference": p["answer"]}]
+    )
+    assert judged["score"] == pytest.approx(expected.score, abs=TOLERANCE)
+    assert judged["verdict_probability"] == pytest.approx(expected.score, abs=TOLERANCE)
+    env = RewardlineEnvironment({"target": face_services["uncertainty"].target, "uncertainty_penalty": 1.0})
+    log = [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": ""}]
+    out = env.step([log], [None])
+    (uncertain,) = clients["uncertainty"].score([{"id": "u", "messages": log}])
+    assert out.rewards.tolist() == pytest.approx([uncertain.score - uncertain.uncertainty.std], abs=TOLERANCE)
+    assert out.metadata[0]["rewardline"]["uncertainty_std"] == pytest.approx(uncertain.uncertainty.std, abs=TOLERANCE)
