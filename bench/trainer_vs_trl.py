@@ -14,6 +14,14 @@ then ``--steps`` timed ones; the per-step figure is the median.
 ``--devices`` runs our trainer once per device (``policy.device``); the table then also gives each run's speed
 against the first device's.
 
+``--modes sync,async`` runs ours synchronously (``rollout.max_staleness 0``) and asynchronously (``--max-staleness``
+k: the next steps' rollouts are generated and scored while a step updates). Our per-step figure is the wall clock
+between consecutive steps (what TRL's is: the time between its step-end callbacks), and a second table breaks it
+down: waiting for generation, waiting for rewards, preparing the batch (reference log-probs, advantages), the
+update, the weight sync and the rest (Python overhead), beside the rollout engine's own time per step.
+``--latency-ms L`` (default 100) then runs ours again in both modes with L ms added to every call of the reward
+function, as a reward service on another machine adds, and prints the async/sync step-time ratio.
+
 Only the standard library is imported at the top: the worker mode runs under the TRL environment.
 """
 
@@ -49,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", default="cpu", help="policy.device of our runs (comma-separated: one run each)")
     p.add_argument("--no-trl", dest="trl", action="store_false", help="skip TRL (no .venv-trl, e.g. on a GPU machine)")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--modes", default="sync,async", help="our modes to measure (comma-separated: sync, async)")
+    p.add_argument("--max-staleness", type=int, default=1, help="async mode: rollout.max_staleness")
+    p.add_argument(
+        "--latency-ms", type=float, default=100.0, help="also run both modes with this reward latency (0: skip)"
+    )
     p.add_argument("--trl-python", type=Path, default=TRL_VENV / "bin" / "python", help="the TRL environment's python")
     p.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -62,14 +75,23 @@ def prompts(models: Path, count: int) -> list[dict]:
 
 # --- TRL, run inside .venv-trl -----------------------------------------------------------------------------
 def trl_worker(args: argparse.Namespace) -> None:
+    import importlib.util
+
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    sys.path.insert(0, str(REPO))
-    from rewardline.trainer.local_models.task import is_correct  # pure Python: the same check as our exact_answer
+    # The same check as our exact_answer. The TRL environment does not have rewardline installed (its package
+    # directories become `rewardline.*` only through the project's install), so the module, pure Python, is
+    # loaded from its file.
+    spec = importlib.util.spec_from_file_location("task", REPO / "trainer" / "local_models" / "task.py")
+    assert spec is not None and spec.loader is not None
+    task = importlib.util.module_from_spec(spec)
+    sys.modules["task"] = task  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(task)
+    is_correct = task.is_correct
 
     torch.set_num_threads(args.threads)
     total = args.warmup + args.steps
@@ -198,7 +220,29 @@ def run_trl(args: argparse.Namespace) -> dict:
 
 
 # --- ours, in this process ---------------------------------------------------------------------------------
-def run_ours(args: argparse.Namespace, engine: str, device: str = "cpu") -> dict:
+def exact_answer_after_delay(prompts, completions, answer, delay_s: float = 0.1, **columns):
+    """The exact-answer reward, answered ``delay_s`` after each call: a remote reward service's latency."""
+    from rewardline.trainer.rewards.verifiable import exact_answer
+
+    time.sleep(delay_s)
+    return exact_answer(prompts, completions, answer, **columns)
+
+
+# metrics.jsonl figure -> column of the profile table
+PROFILE = {
+    "generate_s": "generation",
+    "reward_wait_s": "rewards",
+    "prepare_s": "prepare",
+    "update_s": "update",
+    "weight_sync_s": "sync",
+    "overhead_s": "other",
+    "rollout_generate_s": "engine",
+}
+
+
+def run_ours(
+    args: argparse.Namespace, engine: str, device: str = "cpu", staleness: int = 0, latency_ms: float = 0.0
+) -> dict:
     from rewardline.trainer.config import TrainConfig
     from rewardline.trainer.train import train
 
@@ -220,6 +264,7 @@ def run_ours(args: argparse.Namespace, engine: str, device: str = "cpu") -> dict
                     "temperature": 1.0,
                     "top_p": 1.0,
                     "top_k": 0,
+                    "max_staleness": staleness,
                 },
                 "rewards": {
                     "sources": [
@@ -227,6 +272,13 @@ def run_ours(args: argparse.Namespace, engine: str, device: str = "cpu") -> dict
                             "name": "exact",
                             "type": "python",
                             "function": "rewardline.trainer.rewards.verifiable:exact_answer",
+                        }
+                        if not latency_ms
+                        else {
+                            "name": "exact",
+                            "type": "python",
+                            "function": "bench.trainer_vs_trl:exact_answer_after_delay",
+                            "kwargs": {"delay_s": latency_ms / 1000},
                         }
                     ]
                 },
@@ -239,14 +291,16 @@ def run_ours(args: argparse.Namespace, engine: str, device: str = "cpu") -> dict
         assert train(config) == 0
         history = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][args.warmup :]
     return {
-        "step_s": [h["step_s"] for h in history],
-        "tokens_per_s": [h["tokens_per_s"] for h in history],
+        "step_s": [h.get("wall_s", h["step_s"]) for h in history],
+        "tokens_per_s": [h["completion_tokens"] / h.get("wall_s", h["step_s"]) for h in history],
         "completion_length": [h["completion_length"] for h in history],
+        "profile": {key: statistics.mean(h.get(key, 0.0) for h in history) for key in PROFILE},
     }
 
 
 def row(name: str, result: dict) -> dict:
-    return {
+    extra = {"profile": result["profile"]} if "profile" in result else {}
+    return extra | {
         "trainer": name,
         "s/step (median)": statistics.median(result["step_s"]),
         "tokens/s (median)": statistics.median(result["tokens_per_s"]),
@@ -261,6 +315,8 @@ def main() -> int:
         trl_worker(args)
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # bench.trainer_vs_trl:exact_answer_after_delay, the reward with latency
     from rewardline.trainer.local_models.build import ensure_models
 
     ensure_models(args.models)
@@ -273,10 +329,23 @@ def main() -> int:
     )
     rows = [row("TRL GRPOTrainer (transformers generate)", run_trl(args))] if args.trl else []
     devices = [d for d in args.devices.split(",") if d]
+    modes = {"sync": 0, "async": args.max_staleness}
+    chosen = [m for m in args.modes.split(",") if m]
+    if unknown := [m for m in chosen if m not in modes]:
+        raise SystemExit(f"--modes: unknown {unknown} (sync, async)")
+    latency_rows = []
     for engine in [e for e in args.engines.split(",") if e]:
         for device in devices:
             on = f", {device}" if len(devices) > 1 or device != "cpu" else ""
-            rows.append(row(f"rewardline train ({engine} rollouts{on})", run_ours(args, engine, device)))
+            for mode in chosen:
+                label = "" if mode == "sync" else f", async k={modes[mode]}"
+                result = run_ours(args, engine, device, modes[mode])
+                rows.append(row(f"rewardline train ({engine} rollouts{on}{label})", result))
+            if args.latency_ms:
+                for mode in chosen:
+                    label = "sync" if mode == "sync" else f"async k={modes[mode]}"
+                    result = run_ours(args, engine, device, modes[mode], args.latency_ms)
+                    latency_rows.append(row(f"{engine}{on}, {label}, reward +{args.latency_ms:.0f} ms", result))
     reference = rows[0]
     versus = "TRL" if args.trl else "first"
     print(f"\n{'trainer':<48} {'s/step':>8} {'steps/s':>8} {'tokens/s':>9} {'len':>5} {'speed-up vs ' + versus:>18}")
@@ -286,8 +355,24 @@ def main() -> int:
             f"{r['trainer']:<48} {r['s/step (median)']:>8.3f} {1 / r['s/step (median)']:>8.2f} "
             f"{r['tokens/s (median)']:>9.0f} {r['completion length']:>5.1f} {r['speed-up']:>17.2f}x"
         )
+    profiled = [r for r in rows + latency_rows if "profile" in r]
+    if profiled:
+        print(
+            "\nwhere a step's time goes (mean seconds per step, waiting included; 'engine' is the rollout engine's own "
+            "time on the step's batch, which overlaps earlier steps in async mode)"
+        )
+        print(f"{'run':<56} " + " ".join(f"{name:>10}" for name in PROFILE.values()))
+        for r in profiled:
+            print(f"{r['trainer']:<56} " + " ".join(f"{r['profile'][k]:>10.3f}" for k in PROFILE))
+    if latency_rows:
+        print(f"\nwith {args.latency_ms:.0f} ms added to every reward call")
+        base = latency_rows[0]
+        for r in latency_rows:
+            ratio = r["s/step (median)"] / base["s/step (median)"]
+            print(f"{r['trainer']:<56} {r['s/step (median)']:>8.3f} s/step {ratio:>6.2f}x the first row's step time")
     if args.json:
-        args.json.write_text(json.dumps({"versus": versus, "rows": rows}, indent=2) + "\n")
+        out = {"versus": versus, "rows": rows, "latency_ms": args.latency_ms, "latency_rows": latency_rows}
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

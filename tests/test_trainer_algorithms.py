@@ -57,7 +57,12 @@ CASES = {
     "grpo_lora": {"policy": {"lora": {"enabled": True, "r": 4}}, "optim": {"lr": 5e-3}},
     "reinforce_plus_plus_async": {"algorithm": {"name": "reinforce_plus_plus"}, "rollout": {"max_staleness": 1}},
     "reinforce_plus_plus_baseline": {
-        "algorithm": {"name": "reinforce_plus_plus_baseline", "kl_in": "reward", "mask_truncated": True},
+        "algorithm": {
+            "name": "reinforce_plus_plus_baseline",
+            "kl_estimator": "k2",
+            "loss_aggregation": "constant",
+            "mask_truncated": True,
+        },
         "rewards": {"running_norm": True, "clip": 2.0},
     },
     "ppo_async_two_epochs": {"algorithm": {"name": "ppo", "epochs": 2}, "rollout": {"max_staleness": 1}},

@@ -12,7 +12,9 @@ from rewardline.trainer.algorithms.losses import (
     clipped_surrogate,
     entropy_from_logits,
     k1_kl,
+    k2_kl,
     k3_kl,
+    logprobs_and_entropy,
     off_policy_surrogate,
     token_logprobs,
     value_loss,
@@ -112,6 +114,9 @@ def test_entropy_and_token_logprobs():
     np.testing.assert_allclose(entropy_from_logits(t(logits)).numpy(), -(p * np.log(p)).sum(-1), atol=1e-6)
     expected = [[math.log(p[0, 0, 1]), math.log(p[0, 1, 2])]]
     np.testing.assert_allclose(token_logprobs(t(logits), torch.tensor(tokens)).numpy(), expected, atol=1e-6)
+    logp, entropy = logprobs_and_entropy(t(logits), torch.tensor(tokens))  # the two from one log-softmax
+    np.testing.assert_allclose(logp.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(entropy.numpy(), -(p * np.log(p)).sum(-1), atol=1e-6)
 
 
 BEHAVIOUR = np.array([[-1.1, -1.0, -1.05], [-0.2, -1.0, -0.6]])  # μ: the rollout engine's, some versions back
@@ -152,5 +157,13 @@ def test_off_policy_surrogate_on_policy_and_without_correction():
     assert torch.equal(loss, plain) and torch.all(w == 1)
 
 
-def test_k1_is_the_log_ratio():
+def test_k1_and_k2_estimators():
     np.testing.assert_allclose(k1_kl(t(LOGP), t(REF)).numpy(), LOGP - REF, atol=1e-15)
+    np.testing.assert_allclose(k2_kl(t(LOGP), t(REF)).numpy(), 0.5 * (LOGP - REF) ** 2, atol=1e-15)
+
+
+def test_constant_aggregation_is_dr_grpo_normaliser():
+    x = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 99.0]])
+    # Σ over valid tokens / (sequences × a fixed length): here the width 3, or a normaliser of 2 rows × 16
+    assert abs(float(aggregate(t(x), t(MASK), "constant")) - 36 / (2 * 3)) < 1e-12
+    assert abs(float(aggregate(t(x), t(MASK), "constant", normalizer=2 * 16)) - 36 / 32) < 1e-12

@@ -4,4 +4,5 @@ import sys
 
 from rewardline.services.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned child (vLLM's engine process) imports the main module
+    sys.exit(main())

@@ -68,6 +68,12 @@ class RolloutConfig(_Section):
         "updates old (trainer/rollout/pipeline.py)",
     )
     vllm_kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU build: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    vllm_engine_process: bool = Field(
+        False,
+        description="run vLLM's engine core in its own process (vLLM's multiprocessing mode): with max_staleness >= 1 "
+        "generation then overlaps the update without sharing this process's interpreter lock; starts slower, and "
+        "new weights are copied to it rather than handed over in place",
+    )
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM GPU build: memory fraction")
 
 
@@ -206,15 +212,21 @@ class AlgorithmConfig(_Section):
     clip_eps: float = Field(0.2, gt=0, description="ratio clipping: [1 − clip_eps, 1 + clip_eps_high]")
     clip_eps_high: float | None = Field(None, gt=0, description="upper clipping (default: clip_eps)")
     kl_coef: float = Field(0.04, ge=0, description="β of the KL term to the reference")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3",
+        description="the KL term's estimator in the loss: k3 (GRPO's, unbiased), k2 (½ log-ratio², OpenRLHF's "
+        "for REINFORCE++-baseline) or k1 (the log-ratio); the logged kl is k3 whichever is chosen",
+    )
     kl_in: Literal["auto", "loss", "reward"] = Field(
         "auto",
         description="where the KL to the reference goes: loss (β·k3 per token, as GRPO) or reward (−β·k1 per token "
         "in the rewards, as REINFORCE++ and classic RLHF PPO); auto: reward for reinforce_plus_plus, else loss",
     )
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
-    loss_aggregation: Literal["token", "sequence"] = Field(
+    loss_aggregation: Literal["token", "sequence", "constant"] = Field(
         "token",
-        description="token: mean over every completion token of the batch; sequence: mean of per-sequence means",
+        description="token: mean over every completion token of the batch; sequence: mean of per-sequence means; "
+        "constant: sum over tokens / (sequences × rollout.max_new_tokens), Dr. GRPO's length-unbiased normaliser",
     )
     epochs: int = Field(1, gt=0, description="optimisation passes over each batch of rollouts")
     tis_cap: float | None = Field(
@@ -328,6 +340,8 @@ class TrainConfig(_Section):
             raise ValueError("distributed.strategy: fsdp is not supported with LoRA adapters; use ddp")
         if self.algorithm.name == "ppo" and self.policy.lora.enabled and self.algorithm.value_model == "model":
             raise ValueError("algorithm.value_model: a separate value model is not supported with LoRA; use head")
+        if self.rollout.vllm_engine_process and self.rollout.engine != "vllm":
+            raise ValueError("rollout.vllm_engine_process: only with rollout.engine vllm")
         if self.algorithm.dynamic_sampling and self.algorithm.name not in GROUP_ALGORITHMS:
             raise ValueError(
                 f"algorithm.dynamic_sampling: drops prompt groups whose rewards are all equal, which only a group "

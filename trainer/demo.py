@@ -4,10 +4,12 @@
    when their builders exist — an uncertainty ensemble and a generative judge;
 2. starts the reward, uncertainty and judge services as separate processes on loopback;
 3. measures the policy's greedy accuracy on held-out problems;
-4. trains it online with GRPO for a few minutes: vLLM rollouts (the CPU build) streamed to every service over
-   ScoreStream, plus the verifiable exact-answer reward, with a progress bar;
-5. measures held-out accuracy again, prints a summary table, leaves ``metrics.jsonl``, the plots and the
-   final checkpoint under ``--out``, and stops the services cleanly.
+4. trains it online with GRPO for a few minutes: vLLM rollouts (the CPU build, asynchronous by default: the next
+   step's samples are generated and scored while a step updates) streamed to every service over ScoreStream,
+   plus the verifiable exact-answer reward, with a progress bar;
+5. measures held-out accuracy again, prints a summary table (with the rollout mode and where a step's time
+   went), leaves ``metrics.jsonl``, the plots and the final checkpoint under ``--out``, and stops the services
+   cleanly.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class DemoConfig(BaseModel):
     prompts_per_step: int = Field(8, gt=0, description="prompts per step")
     n: int = Field(8, ge=2, description="samples per prompt (GRPO group size)")
     lr: float = Field(5e-5, gt=0, description="learning rate")
+    max_staleness: int = Field(
+        1,
+        ge=0,
+        description="asynchronous rollouts: the next steps' samples are generated and scored while a step updates, "
+        "by a policy at most this many updates old (0: synchronous)",
+    )
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
     kl_coef: float = Field(0.04, ge=0, description="β of the KL to the reference")
     scale_rewards: bool = Field(
         False,
@@ -204,6 +213,8 @@ def run_demo(config: DemoConfig) -> int:
                     "n": config.n,
                     "prompts_per_step": config.prompts_per_step,
                     "max_new_tokens": 12,
+                    "temperature": config.temperature,
+                    "max_staleness": config.max_staleness,
                 },
                 "rewards": {"combine": "normalize_then_sum", "sources": sources},
                 "algorithm": {"name": "grpo", "kl_coef": config.kl_coef, "scale_rewards": config.scale_rewards},
@@ -214,7 +225,7 @@ def run_demo(config: DemoConfig) -> int:
         )
         print(
             f"[4/5] GRPO: {config.steps} steps × {config.prompts_per_step} prompts × {config.n} samples, "
-            f"{config.engine} rollouts, "
+            f"{config.engine} rollouts ({_mode(config.max_staleness)}), "
             f"rewards: {', '.join(str(s['name']) for s in sources)}"
         )
         trainer = Trainer(train_config)
@@ -230,14 +241,39 @@ def run_demo(config: DemoConfig) -> int:
         for svc in services.values():
             svc.stop()
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    summary = _summary(history, kinds, before, after, trained, time.monotonic() - started, out)
+    summary = _summary(history, kinds, before, after, trained, time.monotonic() - started, out, config.max_staleness)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(_table(summary))
     return 0
 
 
+def _mode(max_staleness: int) -> str:
+    if not max_staleness:
+        return "synchronous"
+    return f"asynchronous: samples at most {max_staleness} update{'s' if max_staleness > 1 else ''} old"
+
+
+# metrics.jsonl figure -> what a person reads (where a step's wall time went; "engine" overlaps in async mode)
+STEP_TIME = {
+    "generate_s": "waiting for generation",
+    "reward_wait_s": "waiting for rewards",
+    "prepare_s": "preparing (reference log-probs, advantages)",
+    "update_s": "update",
+    "weight_sync_s": "weight sync",
+    "overhead_s": "other",
+    "rollout_generate_s": "engine time on the step's samples",
+}
+
+
 def _summary(
-    history: list[dict], kinds: list[str], before: dict, after: dict, train_s: float, total_s: float, out: Path
+    history: list[dict],
+    kinds: list[str],
+    before: dict,
+    after: dict,
+    train_s: float,
+    total_s: float,
+    out: Path,
+    max_staleness: int = 0,
 ) -> dict:
     rows = {
         "reward (combined)": "reward",
@@ -259,6 +295,8 @@ def _summary(
             label: {"before": before[key], "after": after[key]}
             for label, key in {"reward (combined)": "combined", **{f"{k} service": k for k in kinds}}.items()
         },
+        "mode": {"name": "async" if max_staleness else "sync", "max_staleness": max_staleness},
+        "step_time": {key: _mean([h.get(key) for h in history]) for key in STEP_TIME},
         "seconds_per_step": _mean([h["step_s"] for h in history]),
         "tokens_per_s": _mean([h["tokens_per_s"] for h in history]),
         "reward_wait_share": sum(h["reward_wait_s"] for h in history) / max(sum(h["step_s"] for h in history), 1e-9),
@@ -288,6 +326,10 @@ def _table(s: dict) -> str:
     ]
     for label, r in s["held_out_rewards"].items():
         lines.append(f"{label:<22} {r['before']:>9.3f} {r['after']:>9.3f} {r['after'] - r['before']:>+8.3f}")
+    mode = s["mode"]
+    lines += ["", f"rollouts: {_mode(mode['max_staleness'])}; where a step's time went (mean seconds per step):"]
+    for key, label in STEP_TIME.items():
+        lines.append(f"  {label:<46} {s['step_time'][key]:>7.3f}")
     lines += [
         "",
         f"{s['steps']} steps in {s['train_s']:.0f} s ({s['seconds_per_step']:.2f} s/step, {s['tokens_per_s']:.0f} "

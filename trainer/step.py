@@ -42,9 +42,10 @@ from rewardline.trainer.algorithms.advantages import (
 )
 from rewardline.trainer.algorithms.losses import (
     aggregate,
-    entropy_from_logits,
     k1_kl,
+    k2_kl,
     k3_kl,
+    logprobs_and_entropy,
     off_policy_surrogate,
     token_logprobs,
     value_loss,
@@ -159,6 +160,7 @@ def global_whiten(values: torch.Tensor, mask: torch.Tensor, world: World) -> tor
     return whiten(values, mask, torch.tensor(mean), torch.tensor(std))
 
 
+KL = {"k1": k1_kl, "k2": k2_kl, "k3": k3_kl}  # algorithm.kl_estimator: the KL term of the loss
 COLLECTED = (
     "ahead",
     "rollout_generate_s",
@@ -205,7 +207,7 @@ def collect(ctx: StepContext, step: int) -> Collected:
         if stale:
             keep = np.zeros(groups, dtype=bool)
             sums["stale_samples"] += len(batch.completions)
-        elif cfg.algorithm.dynamic_sampling:
+        elif cfg.algorithm.dynamic_sampling and groups:
             scored = combine(round_answers, sources, "sum")
             scores = torch.tensor(np.stack([np.nan_to_num(scored.per_source[s.name]) for s in sources]))
             informative = informative_groups(
@@ -319,7 +321,12 @@ def run_step(ctx: StepContext, step: int) -> tuple[dict[str, float], list[Prompt
     #    the whole batch at once.
     rows = float((mask.sum(dim=1) > 0).sum())
     tokens, global_rows = all_reduce_sum([float(mask.sum()), rows], world)
-    normalizer = max(tokens if algo.loss_aggregation == "token" else global_rows, 1.0)
+    normalizer = max(
+        {"token": tokens, "sequence": global_rows, "constant": global_rows * cfg.rollout.max_new_tokens}[
+            algo.loss_aggregation
+        ],
+        1.0,
+    )
     kl_in_loss = ref_logp is not None and not cfg.kl_in_reward
     parts = micro_batches(batch.input_ids.shape[0], cfg.optim.micro_batch_size)
     grad_norm = 0.0
@@ -329,16 +336,18 @@ def run_step(ctx: StepContext, step: int) -> tuple[dict[str, float], list[Prompt
             b, m = batch.rows(part), mask[part]
             with gradient_sync(ctx.module, enabled=i == len(parts) - 1 or not world.distributed):
                 logits, values = ctx.module(b.input_ids, b.attention_mask, b.position_ids, b.completion_width)
-                logits = logits / temperature
-                logp = token_logprobs(logits, b.completion_ids)
+                if temperature != 1:
+                    logits = logits / temperature
+                logp, entropy = logprobs_and_entropy(logits, b.completion_ids, entropy_grad=bool(algo.entropy_coef))
                 prox = prox_logp[part] if prox_logp is not None else logp.detach()
                 per_token, clipped, is_weight, truncated = off_policy_surrogate(
                     logp, prox, b.behaviour_logprobs, advantages[part], algo.clip_eps, algo.clip_eps_high, algo.tis_cap
                 )
                 kl = k3_kl(logp, ref_logp[part]) if ref_logp is not None else torch.zeros_like(logp)
                 if kl_in_loss:
-                    per_token = per_token + algo.kl_coef * kl
-                entropy = entropy_from_logits(logits) if algo.entropy_coef else entropy_from_logits(logits.detach())
+                    assert ref_logp is not None
+                    penalty = kl if algo.kl_estimator == "k3" else KL[algo.kl_estimator](logp, ref_logp[part])
+                    per_token = per_token + algo.kl_coef * penalty
                 per_token = per_token - algo.entropy_coef * entropy
                 v_loss = v_clipped = torch.zeros_like(logp)
                 if values is not None and returns is not None and old_values is not None:

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Aggregation = Literal["token", "sequence"]
+Aggregation = Literal["token", "sequence", "constant"]
 
 
 def clipped_surrogate(
@@ -78,6 +78,12 @@ def k1_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return logprobs - ref_logprobs
 
 
+def k2_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """½ (log π − log π_ref)² per token: Schulman's k2 estimator (low variance, biased; OpenRLHF's choice for
+    REINFORCE++-baseline's KL loss)."""
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """KL(π‖π_ref) per token with Schulman's k3 estimator, as in GRPO: r − log r − 1 with r = π_ref/π.
 
@@ -113,17 +119,30 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     return torch.log_softmax(_upcast(logits), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def logprobs_and_entropy(logits: Tensor, tokens: Tensor, entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
+    """`token_logprobs` and `entropy_from_logits` from one log-softmax (the update's largest tensor); the
+    entropy carries a gradient only when asked (an entropy bonus)."""
+    logp = torch.log_softmax(_upcast(logits), dim=-1)
+    source = logp if entropy_grad else logp.detach()
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(source.exp() * source).sum(dim=-1)
+
+
 def aggregate(per_token: Tensor, mask: Tensor, level: Aggregation, normalizer: float | Tensor | None = None) -> Tensor:
     """One scalar from per-token values over the masked (completion) tokens.
 
-    token: Σ x·m / Σ m. sequence: Σ_i (Σ_t x·m / Σ_t m) / (rows with at least one token).
-    ``normalizer`` replaces the denominator (tokens, resp. rows) — under DDP or micro-batching it is the
-    count over the whole batch, so that the pieces' gradients add up to the whole batch's.
+    token: Σ x·m / Σ m. sequence: Σ_i (Σ_t x·m / Σ_t m) / (rows with at least one token). constant: Σ x·m /
+    (rows × a fixed length: the batch's width, or max_new_tokens as the caller's normalizer), Dr. GRPO's
+    length-unbiased normaliser (verl's ``seq-mean-token-sum-norm``).
+    ``normalizer`` replaces the denominator (tokens, rows, resp. rows × length) — under DDP or micro-batching it
+    is the count over the whole batch, so that the pieces' gradients add up to the whole batch's.
     """
     mask = mask.to(per_token.dtype)
-    if level == "token":
+    if level in ("token", "constant"):
         total = (per_token * mask).sum()
-        return total / (mask.sum().clamp(min=1) if normalizer is None else normalizer)
+        if normalizer is None:
+            rows = (mask.sum(dim=1) > 0).sum() * mask.shape[1]
+            normalizer = (mask.sum() if level == "token" else rows).clamp(min=1)
+        return total / normalizer
     lengths = mask.sum(dim=1)
     per_sequence = (per_token * mask).sum(dim=1) / lengths.clamp(min=1)
     return per_sequence.sum() / ((lengths > 0).sum().clamp(min=1) if normalizer is None else normalizer)

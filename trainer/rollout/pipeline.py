@@ -122,7 +122,7 @@ class RolloutPipeline:
         batch = next((b for b in self.batches if b.step == step and b.round == 0), None)
         if batch is None:
             raise NoMorePrompts(self.exhausted or f"no rollouts planned for step {step}")
-        if self.thread is None:
+        if self.thread is None and not batch.done.is_set():  # (a restored batch is generated already)
             self._generate_here(batch)
         while not batch.done.wait(1.0):
             if self.thread is not None and not self.thread.is_alive():
