@@ -6,8 +6,13 @@ certificate is renewed, so the files are watched:
 
 - gRPC: gRPC's own dynamic credentials (``grpc.dynamic_ssl_server_credentials``) ask for the configuration at every
   new handshake; the fetcher answers with a fresh one when a file changed, else keeps the current one.
-- HTTP (the services' HTTP face): one ``ssl.SSLContext`` whose chain is loaded again when a file changed, checked
-  on a timer; new handshakes use the new chain, open connections keep theirs.
+- HTTP (the services' HTTP face): the listening ``ssl.SSLContext`` hands every new handshake (through its SNI
+  callback, which OpenSSL calls with or without SNI) to the newest context built from the files, checked on a
+  timer; open connections keep theirs. A whole new context, not the old one loaded again: loading a client CA into
+  an existing context adds to its trust store, so a CA removed from the file would stay trusted until a restart.
+
+Files are read as a pair: a certificate is taken only with the key that matches it, so a rotation caught half-way
+(the new certificate beside the old key) keeps the old pair in force until the key arrives.
 
 Clients (the Python client, ``rewardline score``/``info``, the trainer's reward sources and control client) take a
 CA to trust (``tls_ca``) and, for mutual TLS, their own certificate and key.
@@ -65,6 +70,10 @@ class FileWatch:
         self._stamps = stamps
         return True
 
+    def forget(self) -> None:
+        """The next look reports a change (files that did not load yet are tried again)."""
+        self._stamps = []
+
 
 def _files(tls: ServerTLS) -> list[Path]:
     return [tls.cert, tls.key, *([tls.client_ca] if tls.client_ca else [])]
@@ -79,6 +88,21 @@ def _read_pem(tls: ServerTLS) -> tuple[bytes, bytes, bytes | None]:
     return cert, key, ca
 
 
+def server_ssl_context(tls: ServerTLS) -> ssl.SSLContext:
+    """A server context from the files as they are now (TLS 1.2 at least; client certificates required with a
+    client CA); ValueError when they do not load together."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+        if tls.client_ca:
+            context.load_verify_locations(tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"tls_cert/tls_key/tls_client_ca do not load: {e}") from None
+    return context
+
+
 def check_server_files(tls: ServerTLS) -> None:
     """ValueError naming the flag whose file is missing, not PEM, or does not pair with the key; checked at
     start, so a misconfigured server exits with the reason instead of failing every handshake."""
@@ -86,13 +110,7 @@ def check_server_files(tls: ServerTLS) -> None:
         if path is not None and not Path(path).is_file():
             raise ValueError(f"{name}: no such file: {path}")
     _read_pem(tls)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(tls.cert, tls.key)
-        if tls.client_ca:
-            context.load_verify_locations(tls.client_ca)
-    except ssl.SSLError as e:
-        raise ValueError(f"tls_cert/tls_key/tls_client_ca do not load: {e}") from None
+    server_ssl_context(tls)
 
 
 def grpc_server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
@@ -103,6 +121,7 @@ def grpc_server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
 
     def configuration() -> grpc.ServerCertificateConfiguration:
         cert, key, ca = _read_pem(tls)
+        server_ssl_context(tls)  # the pair matches (gRPC would take a mismatched one and fail every handshake)
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
@@ -114,7 +133,7 @@ def grpc_server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
                 fresh = configuration()
             except (OSError, ValueError) as e:  # half-written during a rotation: the next handshake tries again
                 log.warning("TLS files changed but do not load yet", extra={"error": str(e)})
-                watch._stamps = []  # look again next time
+                watch.forget()
                 return None
             log.warning("TLS certificate reloaded", extra={"cert": str(tls.cert)})
             return fresh
@@ -125,31 +144,34 @@ def grpc_server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
 
 
 class ReloadingSSLContext:
-    """An ``ssl.SSLContext`` for an HTTP server whose chain is reloaded when its files change (``maybe_reload``,
-    called on a timer by the server)."""
+    """The ``ssl.SSLContext`` of an HTTP server (``context``, given to the server once) whose certificate and client
+    CA follow their files: ``maybe_reload`` (called on a timer by the server) builds a fresh context when a file
+    changed, and the listening context's SNI callback hands each new handshake to the newest one."""
 
     def __init__(self, tls: ServerTLS) -> None:
         check_server_files(tls)
         self.tls = tls
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.load_cert_chain(tls.cert, tls.key)
-        if tls.client_ca:
-            self.context.load_verify_locations(tls.client_ca)
-            self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context = server_ssl_context(tls)
+        self._current = self.context
         self._watch = FileWatch(_files(tls))
+        self.context.sni_callback = self._select
+
+    def _select(self, connection: ssl.SSLObject, server_name: str | None, listening: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not listening:
+            connection.context = current
 
     def maybe_reload(self) -> bool:
         if not self._watch.changed():
             return False
         try:
-            self.context.load_cert_chain(self.tls.cert, self.tls.key)
-            if self.tls.client_ca:
-                self.context.load_verify_locations(self.tls.client_ca)
-        except (OSError, ssl.SSLError) as e:
+            _read_pem(self.tls)
+            fresh = server_ssl_context(self.tls)
+        except (OSError, ValueError) as e:
             log.warning("TLS files changed but do not load yet", extra={"error": str(e)})
-            self._watch._stamps = []
+            self._watch.forget()
             return False
+        self._current = fresh
         log.warning("TLS certificate reloaded", extra={"cert": str(self.tls.cert)})
         return True
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from certs import CertificateAuthority
+from certs import CertificateAuthority, Issued
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from rewardline.services import auth
 from rewardline.services.auth import AsyncAuthInterceptor, AuthError, TokenStore, hashed_entries, required_scopes
-from rewardline.services.tls import ServerTLS, check_server_files, grpc_server_credentials
+from rewardline.services.tls import ReloadingSSLContext, ServerTLS, check_server_files, grpc_server_credentials
 
 SCORER, OPS = "s3cr3t-scorer", "s3cr3t-ops"
 
@@ -166,8 +166,10 @@ def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(tm
             loop = asyncio.get_running_loop()
             before = await loop.run_in_executor(None, peer_certificate, port, ca.path)
             assert ssl.DER_cert_to_PEM_cert(before).strip() == first.cert.read_text().strip()
-            shutil.copy(second.key, live.key)  # cert-manager rewrites the files in place
-            shutil.copy(second.cert, live.cert)
+            shutil.copy(second.cert, live.cert)  # rewritten in place, caught half-way: the old pair stays in force
+            during = await loop.run_in_executor(None, peer_certificate, port, ca.path)
+            assert ssl.DER_cert_to_PEM_cert(during).strip() == first.cert.read_text().strip()
+            shutil.copy(second.key, live.key)
             after = await loop.run_in_executor(None, peer_certificate, port, ca.path)
             assert ssl.DER_cert_to_PEM_cert(after).strip() == second.cert.read_text().strip()
             creds = grpc.ssl_channel_credentials(root_certificates=ca.path.read_bytes())
@@ -192,3 +194,69 @@ def test_server_files_are_checked_at_start(tmp_path):
         check_server_files(ServerTLS(tmp_path / "der.crt", leaf.key))
     with pytest.raises(ValueError, match="do not load"):
         check_server_files(ServerTLS(leaf.cert, other.key))  # a key of another certificate
+
+
+def https_handshake(port: int, ca: Path, client: Issued | None = None) -> bytes:
+    """The certificate a new TLS handshake gets from an HTTP server (HTTP/1.1), with a client certificate or none;
+    raises ssl.SSLError (or ConnectionError) when the server refuses the handshake."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as conn:
+            der = conn.getpeercert(binary_form=True)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            if not conn.recv(64):  # TLS 1.3: a refused client certificate shows as a closed connection here
+                raise ConnectionError("the server closed the connection after the handshake")
+    assert der is not None
+    return der
+
+
+def test_the_http_context_follows_its_files_and_a_removed_client_ca_stops_being_trusted(tmp_path):
+    """ReloadingSSLContext: a new certificate for new handshakes, and a client CA replaced in the file replaces
+    the trust (loading into the old context would only add to it)."""
+    old_ca, new_ca = (
+        CertificateAuthority.create(tmp_path / "old"),
+        CertificateAuthority.create(tmp_path / "new", "new CA"),
+    )
+    first, second = old_ca.issue(tmp_path / "first", "localhost"), new_ca.issue(tmp_path / "second", "localhost")
+    old_client = old_ca.issue(tmp_path / "oc", "old client", server=False)
+    new_client = new_ca.issue(tmp_path / "nc", "new client", server=False)
+    live = ServerTLS(cert=tmp_path / "tls.crt", key=tmp_path / "tls.key", client_ca=tmp_path / "ca.crt")
+    for source, target in ((first.cert, live.cert), (first.key, live.key), (old_ca.path, live.client_ca)):
+        shutil.copy(source, target)
+    both = tmp_path / "both.pem"
+    both.write_bytes(old_ca.path.read_bytes() + new_ca.path.read_bytes())
+    reloading = ReloadingSSLContext(live)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=reloading.context)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+
+        async def handshake(client):
+            return await loop.run_in_executor(None, https_handshake, port, both, client)
+
+        try:
+            assert ssl.DER_cert_to_PEM_cert(await handshake(old_client)).strip() == first.cert.read_text().strip()
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await handshake(None)  # mutual TLS: no client certificate, no connection
+            assert not reloading.maybe_reload()  # nothing changed
+            shutil.copy(second.cert, live.cert)  # half-way through a rotation: the new certificate, the old key
+            assert not reloading.maybe_reload()
+            shutil.copy(second.key, live.key)
+            shutil.copy(new_ca.path, live.client_ca)
+            assert reloading.maybe_reload()
+            assert ssl.DER_cert_to_PEM_cert(await handshake(new_client)).strip() == second.cert.read_text().strip()
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await handshake(old_client)  # its CA left the file
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
