@@ -211,9 +211,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         try:
             name = self.store.check(header, needed)
         except AuthError as e:
-            _note(self.observe, e.token, e.code, method)
+            note_outcome(self.observe, e.token, e.code, method)
             return _refusal(handler, e, asynchronous=False)
-        _note(self.observe, name, grpc.StatusCode.OK, method)
+        note_outcome(self.observe, name, grpc.StatusCode.OK, method)
         return handler
 
 
@@ -238,13 +238,14 @@ class AsyncAuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             name = self.store.check(header, needed)
         except AuthError as e:
-            _note(self.observe, e.token, e.code, method)
+            note_outcome(self.observe, e.token, e.code, method)
             return _refusal(handler, e, asynchronous=True)
-        _note(self.observe, name, grpc.StatusCode.OK, method)
+        note_outcome(self.observe, name, grpc.StatusCode.OK, method)
         return handler
 
 
-def _note(observe: Observer | None, token: str, code: grpc.StatusCode, method: str) -> None:
+def note_outcome(observe: Observer | None, token: str, code: grpc.StatusCode, method: str) -> None:
+    """A check's outcome: a refusal logged (with the token's name at most), and every outcome to the observer."""
     if code is not grpc.StatusCode.OK:
         # the token's name at most (a known token lacking a scope); never the token
         log.warning("call refused", extra={"method": method, "code": code.name, "token_name": token or None})

@@ -13,11 +13,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from rewardline.services.config import ServeConfig
+from rewardline.services.config import InfoCommandConfig, ScoreCommandConfig, ServeConfig
 from rewardline.services.config_loading import ConfigError, add_config_flags, load_config
 from rewardline.services.kinds import KINDS
 from rewardline.services.logs import setup_logging
@@ -42,31 +42,58 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_call(command: str, call: Callable[[], int]) -> int:
+    """A client command's call; a refusal (UNAUTHENTICATED, an unreachable server, a bad certificate) is one line
+    on stderr and exit code 1, not a traceback."""
+    import grpc
+
+    try:
+        return call()
+    except grpc.RpcError as e:
+        code = e.code().name if isinstance(e, grpc.Call) else "ERROR"
+        details = e.details() if isinstance(e, grpc.Call) else str(e)
+        print(f"rewardline {command}: {code}: {details}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:  # an unreadable input, certificate or token file
+        print(f"rewardline {command}: {e}", file=sys.stderr)
+        return 1
+
+
 def _score(args: argparse.Namespace) -> int:
     """Scores samples from a JSONL file (or one prompt/response pair) against a running service."""
-    from google.protobuf.json_format import MessageToDict
+    config = load_config(ScoreCommandConfig, args)
 
-    from rewardline.services.client import RewardClient
+    def call() -> int:
+        from google.protobuf.json_format import MessageToDict
 
-    if args.input:
-        lines = Path(args.input).read_text().splitlines()
-        samples = [json.loads(line) for line in lines if line.strip()]
-    else:
-        samples = [{"id": "0", "prompt": args.prompt or "", "response": args.response or ""}]
-    with RewardClient(args.target, timeout=args.timeout) as client:
-        for reward in client.score(samples):
-            print(json.dumps(MessageToDict(reward, preserving_proto_field_name=True)))
-    return 0
+        from rewardline.services.client import RewardClient
+
+        if config.input:
+            lines = Path(config.input).read_text().splitlines()
+            samples = [json.loads(line) for line in lines if line.strip()]
+        else:
+            samples = [{"id": "0", "prompt": config.prompt or "", "response": config.response or ""}]
+        with RewardClient(config.target, timeout=config.timeout, settings=config.channel_settings()) as client:
+            for reward in client.score(samples):
+                print(json.dumps(MessageToDict(reward, preserving_proto_field_name=True)))
+        return 0
+
+    return _client_call("score", call)
 
 
 def _info(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
+    config = load_config(InfoCommandConfig, args)
 
-    from rewardline.services.client import RewardClient
+    def call() -> int:
+        from google.protobuf.json_format import MessageToDict
 
-    with RewardClient(args.target, timeout=args.timeout) as client:
-        print(json.dumps(MessageToDict(client.info(), preserving_proto_field_name=True), indent=2))
-    return 0
+        from rewardline.services.client import RewardClient
+
+        with RewardClient(config.target, timeout=config.timeout, settings=config.channel_settings()) as client:
+            print(json.dumps(MessageToDict(client.info(), preserving_proto_field_name=True), indent=2))
+        return 0
+
+    return _client_call("info", call)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -81,16 +108,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_client(sub: argparse._SubParsersAction) -> None:
-    score = sub.add_parser("score", help="score samples against a running service")
-    score.add_argument("--target", default="127.0.0.1:50051", help="host:port or dns:///name:port")
-    score.add_argument("--input", type=Path, help="JSONL with id, prompt, response (or messages) per line")
-    score.add_argument("--prompt")
-    score.add_argument("--response")
-    score.add_argument("--timeout", type=float, default=60.0)
+    score = sub.add_parser(
+        "score",
+        help="score samples against a running service",
+        description="Score samples against a running service (TLS and a bearer token with --tls-ca, --token-file).",
+    )
+    add_config_flags(score, ScoreCommandConfig)
     score.set_defaults(handler=_score)
-    info = sub.add_parser("info", help="describe the model behind a running service")
-    info.add_argument("--target", default="127.0.0.1:50051")
-    info.add_argument("--timeout", type=float, default=10.0)
+    info = sub.add_parser(
+        "info", help="describe the model behind a running service", description="GetInfo of a running service."
+    )
+    add_config_flags(info, InfoCommandConfig)
     info.set_defaults(handler=_info)
 
 

@@ -9,6 +9,12 @@ retry never scores a sample twice into one answer.
 ``score`` takes any number of samples: more than the server's ``max_samples_per_request`` (read once, from
 GetInfo, on the first call) go as several requests sent together, which the server batches
 as one; the answer is still one Reward per sample in order, and the call fails if any of the requests does.
+
+Servers that speak TLS or want tokens (``rewardline serve --tls-cert ... --auth-tokens ...``): ``ChannelSettings``
+takes a ``ClientTLS`` (the CA to trust, a client certificate for mutual TLS) and a token file, whose token goes as
+``authorization: Bearer TOKEN`` metadata on every call, health checks included (a server asks none there; it is
+harmless). The token is metadata, not gRPC call credentials, so it also reaches a server that runs without TLS
+behind a mesh or on loopback.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
+from rewardline.services.auth import bearer_metadata
+from rewardline.services.tls import ClientTLS, grpc_channel_credentials
 
 SampleLike = pb.Sample | Mapping[str, Any]
 
@@ -44,6 +53,8 @@ class ChannelSettings:
     load_balancing: str = "round_robin"
     max_message_mb: float = 64.0
     keepalive_s: float = 30.0
+    tls: ClientTLS | None = None  # None: plaintext
+    token_file: Path | None = None  # a bearer token sent on every call
 
 
 def service_config(settings: ChannelSettings) -> str:
@@ -62,7 +73,7 @@ def service_config(settings: ChannelSettings) -> str:
 
 def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
     size = int(settings.max_message_mb * 1024 * 1024)
-    return [
+    options: list[tuple[str, Any]] = [
         ("grpc.service_config", service_config(settings)),
         ("grpc.enable_retries", 1 if settings.retry is not None else 0),
         ("grpc.max_receive_message_length", size),
@@ -70,6 +81,30 @@ def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", int(settings.keepalive_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 0),
     ]
+    if settings.tls is not None and settings.tls.server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
+    return options
+
+
+def open_channel(target: str, settings: ChannelSettings) -> grpc.Channel:
+    """A blocking channel to ``target``: TLS when ``settings.tls`` is set, else plaintext."""
+    options = channel_options(settings)
+    if settings.tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, grpc_channel_credentials(settings.tls), options=options)
+
+
+def open_aio_channel(target: str, settings: ChannelSettings) -> grpc.aio.Channel:
+    """The asyncio form of ``open_channel`` (belongs to the running event loop)."""
+    options = channel_options(settings)
+    if settings.tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, grpc_channel_credentials(settings.tls), options=options)
+
+
+def call_metadata(settings: ChannelSettings) -> tuple[tuple[str, str], ...]:
+    """The metadata of one call: the bearer token, read from its file now (so a rotated token is picked up)."""
+    return bearer_metadata(settings.token_file)
 
 
 def to_sample(sample: SampleLike, index: int = 0) -> pb.Sample:
@@ -109,10 +144,14 @@ class RewardClient:
     def __init__(self, target: str, timeout: float | None = 60.0, settings: ChannelSettings | None = None) -> None:
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target, options=channel_options(settings or ChannelSettings()))
+        self.settings = settings or ChannelSettings()
+        self.channel = open_channel(target, self.settings)
         self.stub = pb_grpc.RewardServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self._max_samples: int | None = None
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return call_metadata(self.settings)
 
     def max_samples_per_request(self, timeout: float | None = None) -> int:
         """The server's limit on samples per Score request (GetInfo, asked once)."""
@@ -126,9 +165,13 @@ class RewardClient:
         timeout = timeout or self.timeout
         size = self.max_samples_per_request(timeout)
         if len(request.samples) <= size:
-            return list(self.stub.Score(request, timeout=timeout, wait_for_ready=True).rewards)
+            return list(
+                self.stub.Score(request, timeout=timeout, metadata=self._metadata(), wait_for_ready=True).rewards
+            )
         calls = [
-            self.stub.Score.future(pb.ScoreRequest(samples=part), timeout=timeout, wait_for_ready=True)
+            self.stub.Score.future(
+                pb.ScoreRequest(samples=part), timeout=timeout, metadata=self._metadata(), wait_for_ready=True
+            )
             for part in chunks(request.samples, size)
         ]
         try:
@@ -141,11 +184,15 @@ class RewardClient:
         self, items: Iterable[SampleLike | Sequence[SampleLike]], timeout: float | None = None
     ) -> Iterator[pb.Reward]:
         """Streams samples (one at a time, or in lists) and yields rewards as they are ready, in any order."""
-        for response in self.stub.ScoreStream(_stream_requests(items), timeout=timeout, wait_for_ready=True):
+        for response in self.stub.ScoreStream(
+            _stream_requests(items), timeout=timeout, metadata=self._metadata(), wait_for_ready=True
+        ):
             yield from response.rewards
 
     def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
-        return self.stub.GetInfo(pb.GetInfoRequest(), timeout=timeout or self.timeout, wait_for_ready=True)
+        return self.stub.GetInfo(
+            pb.GetInfoRequest(), timeout=timeout or self.timeout, metadata=self._metadata(), wait_for_ready=True
+        )
 
     def compare(
         self,
@@ -159,11 +206,15 @@ class RewardClient:
         request = pb.CompareRequest(
             id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference
         )
-        return self.stub.Compare(request, timeout=timeout or self.timeout, wait_for_ready=True)
+        return self.stub.Compare(
+            request, timeout=timeout or self.timeout, metadata=self._metadata(), wait_for_ready=True
+        )
 
     def health(self, service: str = REWARD_SERVICE, timeout: float = 5.0) -> str:
         """ "SERVING", "NOT_SERVING", ... (raises grpc.RpcError when the server cannot be reached)."""
-        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        response = self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=self._metadata()
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def close(self) -> None:
@@ -182,10 +233,14 @@ class AsyncRewardClient:
     def __init__(self, target: str, timeout: float | None = 60.0, settings: ChannelSettings | None = None) -> None:
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(settings or ChannelSettings()))
+        self.settings = settings or ChannelSettings()
+        self.channel = open_aio_channel(target, self.settings)
         self.stub = pb_grpc.RewardServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self._max_samples: int | None = None
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return call_metadata(self.settings)
 
     async def max_samples_per_request(self, timeout: float | None = None) -> int:
         """The server's limit on samples per Score request (GetInfo, asked once)."""
@@ -199,9 +254,17 @@ class AsyncRewardClient:
         timeout = timeout or self.timeout
         size = await self.max_samples_per_request(timeout)
         if len(request.samples) <= size:
-            return list((await self.stub.Score(request, timeout=timeout, wait_for_ready=True)).rewards)
+            return list(
+                (
+                    await self.stub.Score(request, timeout=timeout, metadata=self._metadata(), wait_for_ready=True)
+                ).rewards
+            )
         calls = [
-            asyncio.ensure_future(self.stub.Score(pb.ScoreRequest(samples=part), timeout=timeout, wait_for_ready=True))
+            asyncio.ensure_future(
+                self.stub.Score(
+                    pb.ScoreRequest(samples=part), timeout=timeout, metadata=self._metadata(), wait_for_ready=True
+                )
+            )
             for part in chunks(request.samples, size)
         ]
         try:
@@ -225,7 +288,7 @@ class AsyncRewardClient:
                 for request in _stream_requests(items):
                     yield request
 
-        call = self.stub.ScoreStream(requests(), timeout=timeout, wait_for_ready=True)
+        call = self.stub.ScoreStream(requests(), timeout=timeout, metadata=self._metadata(), wait_for_ready=True)
         async for response in call:
             for reward in response.rewards:
                 yield reward
@@ -233,10 +296,12 @@ class AsyncRewardClient:
     def open_stream(self, timeout: float | None = None) -> grpc.aio.StreamStreamCall:
         """A raw ScoreStream call: ``await call.write(ScoreRequest)``, ``await call.read()``,
         ``await call.done_writing()`` — for callers that send and receive from separate tasks (the trainer)."""
-        return self.stub.ScoreStream(timeout=timeout, wait_for_ready=True)
+        return self.stub.ScoreStream(timeout=timeout, metadata=self._metadata(), wait_for_ready=True)
 
     async def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
-        return await self.stub.GetInfo(pb.GetInfoRequest(), timeout=timeout or self.timeout, wait_for_ready=True)
+        return await self.stub.GetInfo(
+            pb.GetInfoRequest(), timeout=timeout or self.timeout, metadata=self._metadata(), wait_for_ready=True
+        )
 
     async def compare(
         self,
@@ -250,10 +315,14 @@ class AsyncRewardClient:
         request = pb.CompareRequest(
             id=id, prompt=prompt, response_a=response_a, response_b=response_b, reference=reference
         )
-        return await self.stub.Compare(request, timeout=timeout or self.timeout, wait_for_ready=True)
+        return await self.stub.Compare(
+            request, timeout=timeout or self.timeout, metadata=self._metadata(), wait_for_ready=True
+        )
 
     async def health(self, service: str = REWARD_SERVICE, timeout: float = 5.0) -> str:
-        response = await self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        response = await self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=self._metadata()
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def close(self) -> None:

@@ -2,16 +2,156 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from rewardline.services.client import ChannelSettings
+    from rewardline.services.tls import ClientTLS, ServerTLS
+
 ServiceKind = Literal["reward", "uncertainty", "judge"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+# --- Security settings every server shares (a service here, the trainer's control API): one definition each, so a
+# flag means the same on every program. Files are re-read when they change: certificates rotate and tokens are
+# revoked without a restart.
+TlsCert = Annotated[
+    Path | None,
+    Field(
+        description=(
+            "PEM certificate (chain) of this server: with tls_key, every port but health_port speaks TLS; reloaded "
+            "when the file changes"
+        )
+    ),
+]
+TlsKey = Annotated[Path | None, Field(description="PEM private key of tls_cert")]
+TlsClientCa = Annotated[
+    Path | None,
+    Field(description="PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS)"),
+]
+AuthTokens = Annotated[
+    Path | None,
+    Field(
+        description=(
+            "YAML list of accepted tokens [{name, sha256, scopes}] (services/auth.py): calls need 'authorization: "
+            "Bearer TOKEN' with the method's scope; health stays open; re-read when it changes"
+        )
+    ),
+]
+HealthPort = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=65535,
+        description=(
+            "a plaintext port that serves only grpc.health.v1, for kubelet's native gRPC probes, which can send "
+            "neither TLS nor a token (off when unset)"
+        ),
+    ),
+]
+
+
+def check_server_security(
+    tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None, health_port: int | None, *ports: int | None
+) -> None:
+    """ValueError for settings that cannot work together (the files themselves are checked when the server starts)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("tls_cert and tls_key go together (--tls-cert FILE --tls-key FILE)")
+    if tls_client_ca is not None and tls_cert is None:
+        raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+    if health_port and health_port in {p for p in ports if p}:
+        raise ValueError(f"health_port {health_port} is another port of this server")
+
+
+def make_server_tls(tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None) -> ServerTLS | None:
+    from rewardline.services.tls import ServerTLS
+
+    if tls_cert is None or tls_key is None:
+        return None
+    return ServerTLS(cert=tls_cert, key=tls_key, client_ca=tls_client_ca)
+
+
+def beyond_loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from other machines (any name but localhost counts)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True
+
+
+class ClientSecurity(BaseModel):
+    """How a client (``rewardline score``/``info``/``control``, the trainer's reward sources, the adapters) trusts
+    a server and proves itself: TLS with a CA, a client certificate for mutual TLS, a bearer token from a file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tls: bool = Field(False, description="speak TLS, trusting the system's CAs (implied by tls_ca and tls_cert)")
+    tls_ca: Path | None = Field(None, description="PEM CA certificate(s) to trust for the server's certificate")
+    tls_cert: Path | None = Field(None, description="PEM client certificate, for mutual TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_server_name: str | None = Field(
+        None, description="the name the server's certificate must carry (default: the target's host)"
+    )
+    token_file: Path | None = Field(
+        None,
+        description=(
+            "a file holding a bearer token (a mounted Secret), sent as 'authorization: Bearer TOKEN' on every call; "
+            "read again on each new call, so a rotated token is picked up"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _client_certificate_pairs(self) -> ClientSecurity:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (a client certificate and its key)")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.tls_ca is not None or self.tls_cert is not None or self.tls_server_name is not None
+
+    def client_tls(self) -> ClientTLS | None:
+        from rewardline.services.tls import ClientTLS
+
+        if not self.uses_tls:
+            return None
+        return ClientTLS(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, server_name=self.tls_server_name)
+
+    def channel_settings(self, base: ChannelSettings | None = None) -> ChannelSettings:
+        """The client's channel settings (``base``, or the defaults) with this TLS and token."""
+        import dataclasses
+
+        from rewardline.services.client import ChannelSettings
+
+        return dataclasses.replace(base or ChannelSettings(), tls=self.client_tls(), token_file=self.token_file)
+
+
+class ClientTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field("127.0.0.1:50051", min_length=1, description="host:port or dns:///name:port of the service")
+    timeout: float = Field(60.0, gt=0, description="deadline of each call, in seconds")
+
+
+class ScoreCommandConfig(ClientSecurity, ClientTarget):
+    """``rewardline score``: samples from a JSONL file, or one prompt and response, scored by a running service."""
+
+    input: Path | None = Field(None, description="JSONL with id, prompt, response (or messages) per line")
+    prompt: str | None = Field(None, description="the prompt of one sample (without --input)")
+    response: str | None = Field(None, description="the response of one sample (without --input)")
+
+
+class InfoCommandConfig(ClientSecurity, ClientTarget):
+    """``rewardline info``: what a running service serves (GetInfo)."""
+
+    timeout: float = Field(10.0, gt=0, description="deadline of the call, in seconds")
 
 
 class ServeConfig(BaseModel):
@@ -28,6 +168,13 @@ class ServeConfig(BaseModel):
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus /metrics port (0: no exporter)")
+    metrics_host: str | None = Field(
+        None,
+        description=(
+            "address of the /metrics exporter (default: host, so Prometheus reaches it where it reaches the service; "
+            "127.0.0.1 keeps it on the machine)"
+        ),
+    )
     http_port: int | None = Field(
         None,
         ge=1,
@@ -37,6 +184,11 @@ class ServeConfig(BaseModel):
             "/v1/compare, /v1/info), OpenRLHF's /get_reward, vLLM's /classify, /health and /ready (off when unset)"
         ),
     )
+    tls_cert: TlsCert = None
+    tls_key: TlsKey = None
+    tls_client_ca: TlsClientCa = None
+    auth_tokens: AuthTokens = None
+    health_port: HealthPort = None
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights and compute dtype")
     max_length: int | None = Field(None, gt=0, description="longest input in tokens (default: the model's)")
@@ -204,6 +356,19 @@ class ServeConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _security(self) -> ServeConfig:
+        check_server_security(
+            self.tls_cert,
+            self.tls_key,
+            self.tls_client_ca,
+            self.health_port,
+            self.port,
+            self.http_port,
+            self.metrics_port,
+        )
+        return self
+
+    @model_validator(mode="after")
     def _triton_needs_url(self) -> ServeConfig:
         if self.backend == "triton" and not self.triton_url:
             raise ValueError("backend triton needs triton_url (--triton-url HOST:PORT)")
@@ -231,6 +396,10 @@ class ServeConfig(BaseModel):
                 "could never run"
             )
         return max_length
+
+    @property
+    def server_tls(self) -> ServerTLS | None:
+        return make_server_tls(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
     def name(self) -> str:

@@ -6,6 +6,7 @@ here too so that a dashboard finds every ``rewardline_*`` series in one place.
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -25,6 +26,7 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 SCORE_BUCKETS = (-10, -5, -3, -2, -1, -0.5, 0, 0.25, 0.5, 0.75, 1, 2, 3, 5, 10)
 STD_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5)
+NO_TOKEN = "(none)"  # no token, or one the file does not list; token names cannot contain parentheses
 
 
 class ServiceMetrics:
@@ -69,6 +71,13 @@ class ServiceMetrics:
         self.backend_errors = Counter(
             "rewardline_backend_errors", "Forward batches that failed in the backend", registry=r
         )
+        self.auth_refusals = Counter(
+            "rewardline_auth_refusals",
+            "Calls refused for their bearer token (UNAUTHENTICATED, PERMISSION_DENIED), by token name: the name in the "
+            "token file, or (none) when no known token came (the token itself is never a label)",
+            ["token", "code"],
+            registry=r,
+        )
         self.model_info = Info("rewardline_model", "The model being served", registry=r)
         self.serving = Gauge("rewardline_serving", "1 when the health status is SERVING", registry=r)
         # uncertainty services
@@ -83,6 +92,11 @@ class ServiceMetrics:
         self.judge_generated_tokens = Counter(
             "rewardline_judge_generated_tokens", "Tokens judges generated (rationales)", registry=r
         )
+
+    def auth_outcome(self, token_name: str, code: grpc.StatusCode) -> None:
+        """The token check's observer (services/auth.py): refusals counted by token name."""
+        if code is not grpc.StatusCode.OK:
+            self.auth_refusals.labels(token=token_name or NO_TOKEN, code=code.name).inc()
 
 
 def start_exporter(port: int, host: str = "0.0.0.0") -> None:

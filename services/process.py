@@ -22,6 +22,8 @@ from typing import BinaryIO, Self, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rewardline.services.tls import ClientTLS
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -29,10 +31,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(target: str, timeout: float, process: subprocess.Popen | None = None, service: str = "") -> None:
-    """Returns once ``target``'s health says SERVING; raises if the process dies or time runs out."""
+def wait_serving(
+    target: str,
+    timeout: float,
+    process: subprocess.Popen | None = None,
+    service: str = "",
+    tls: ClientTLS | None = None,
+) -> None:
+    """Returns once ``target``'s health says SERVING (over TLS with ``tls``); raises if the process dies or time
+    runs out."""
+    from rewardline.services.client import ChannelSettings, open_channel
+
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, ChannelSettings(retry=None, tls=tls)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
@@ -148,12 +159,14 @@ class ServiceProcess(ChildProcess):
         log_path: Path | None = None,
         threads: int | None = 1,
         http_port: int | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         super().__init__(log_path)
         self.kind = kind
         self.port = port or free_port()
         self.metrics_port = metrics_port if metrics_port is not None else free_port()
         self.http_port = http_port  # the HTTP face's port (``free_port()`` for any); None: no HTTP face
+        self.tls = tls  # how to reach a service started with --tls-cert (waiting for it, http_url's scheme)
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         if threads is not None:
@@ -165,10 +178,10 @@ class ServiceProcess(ChildProcess):
 
     @property
     def http_url(self) -> str:
-        """The HTTP face's base URL (``http://127.0.0.1:PORT``)."""
+        """The HTTP face's base URL (``http://127.0.0.1:PORT``, https with ``tls``)."""
         if self.http_port is None:
             raise ValueError("this service was started without an HTTP face (http_port)")
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
     def command(self) -> list[str]:
         return [
@@ -191,7 +204,7 @@ class ServiceProcess(ChildProcess):
         return self.env
 
     def wait_ready(self, timeout: float) -> None:
-        wait_serving(self.target, timeout, self.process)
+        wait_serving(self.target, timeout, self.process, tls=self.tls)
 
 
 C = TypeVar("C", bound=ChildProcess)

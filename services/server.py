@@ -9,6 +9,10 @@ Life of a process:
    UNAVAILABLE so clients retry elsewhere, in-flight work gets ``grace_period_s`` to finish, and the process exits 0.
 While serving, a backend that stops being ready (a remote Triton going away) turns health NOT_SERVING
 until it is back.
+
+Exposure (``tls_cert``/``tls_key``/``tls_client_ca``, ``auth_tokens``, ``health_port``): both faces take the same
+certificate (gRPC's dynamic credentials; the HTTP face's context checked on a timer) and the same token file (the
+gRPC interceptor; the HTTP face's middleware); the health-only port is for probes (services/security.py).
 """
 
 from __future__ import annotations
@@ -25,19 +29,24 @@ from grpc_reflection.v1alpha import reflection
 
 from rewardline.services import __version__
 from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
+from rewardline.services.auth import AsyncAuthInterceptor, TokenStore
 from rewardline.services.config import ServeConfig
 from rewardline.services.core import ScoringCore
 from rewardline.services.http_face.app import HttpFace
+from rewardline.services.http_face.auth import bearer_auth
 from rewardline.services.kinds import load_scorer
 from rewardline.services.metrics import ServiceMetrics, start_exporter
 from rewardline.services.scorer import Scorer
+from rewardline.services.security import AsyncHealthPort, add_port, warn_if_exposed
 from rewardline.services.servicer import RewardServicer
+from rewardline.services.tls import ReloadingSSLContext
 
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 READINESS_POLL_S = 1.0
+TLS_RELOAD_CHECK_S = 1.0  # how often the HTTP face looks at its certificate files (one stat each)
 
 
 def warmup_request() -> pb.ScoreRequest:
@@ -58,7 +67,19 @@ class RewardServer:
         self.metrics = ServiceMetrics()
         self.core = ScoringCore(config, self.metrics)
         self.servicer = RewardServicer(self.core)
-        self.http = HttpFace(self.core, lambda: self._serving) if config.http_port is not None else None
+        # Tokens and TLS, the same on both faces: one token store (one file, one reload), one certificate.
+        tls = config.server_tls
+        self.tokens = TokenStore(config.auth_tokens) if config.auth_tokens else None
+        self.http_tls = ReloadingSSLContext(tls) if tls and config.http_port is not None else None
+        self.http = (
+            HttpFace(
+                self.core,
+                lambda: self._serving,
+                [bearer_auth(self.tokens, self.metrics.auth_outcome)] if self.tokens else [],
+            )
+            if config.http_port is not None
+            else None
+        )
         self.health = health.aio.HealthServicer()
         max_bytes = int(config.max_message_mb * 1024 * 1024)
         options = [
@@ -71,13 +92,16 @@ class RewardServer:
                 ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(config.grace_period_s * 1000)),
             ]
-        self.server = grpc.aio.server(options=options)
+        # With tokens, every method but health needs one (reflection too: it lists what the server serves).
+        interceptors = [AsyncAuthInterceptor(self.tokens, self.metrics.auth_outcome)] if self.tokens else []
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((REWARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.host}:{config.port}")
+        self.port = add_port(self.server, f"{config.host}:{config.port}", tls)
+        self.health_port = (
+            AsyncHealthPort(self.health, config.host, config.health_port) if config.health_port is not None else None
+        )
         self._stop = asyncio.Event()
         self._serving = False
 
@@ -89,18 +113,30 @@ class RewardServer:
         self.metrics.serving.set(1 if serving else 0)
 
     async def start(self) -> None:
-        start_exporter(self.config.metrics_port, self.config.host)
+        config = self.config
+        start_exporter(config.metrics_port, config.metrics_host or config.host)
         await self._set_health(False)
         await self.server.start()
-        if self.http is not None and self.config.http_port is not None:
-            await self.http.start(self.config.host, self.config.http_port)
+        if self.health_port is not None:
+            await self.health_port.start()
+        if self.http is not None and config.http_port is not None:
+            await self.http.start(config.host, config.http_port, self.http_tls.context if self.http_tls else None)
+            if self.http_tls is not None:
+                asyncio.get_running_loop().create_task(self._reload_http_tls())
+        warn_if_exposed(
+            f"rewardline serve {config.kind}", config.host, self.port, config.server_tls is not None, bool(self.tokens)
+        )
         log.info(
             "listening",
             extra={
                 "port": self.port,
-                "http_port": self.config.http_port,
-                "metrics_port": self.config.metrics_port,
-                "kind": self.config.kind,
+                "http_port": config.http_port,
+                "metrics_port": config.metrics_port,
+                "health_port": self.health_port.port if self.health_port else None,
+                "tls": config.server_tls is not None,
+                "mutual_tls": config.tls_client_ca is not None,
+                "tokens": self.tokens is not None,
+                "kind": config.kind,
             },
         )
         started = time.monotonic()
@@ -158,6 +194,21 @@ class RewardServer:
                 log.warning("backend readiness changed", extra={"ready": ready})
                 await self._set_health(ready)
 
+    async def _reload_http_tls(self) -> None:
+        """Looks at the HTTP face's certificate files on a timer (gRPC's own credentials look at every handshake)."""
+        assert self.http_tls is not None
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), TLS_RELOAD_CHECK_S)
+                return
+            except TimeoutError:
+                self.http_tls.maybe_reload()
+
+    async def close_health_port(self) -> None:
+        """Stops the health-only port, after the drain (probes see NOT_SERVING there until the end, as on gRPC)."""
+        if self.health_port is not None:
+            await self.health_port.stop()
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -207,6 +258,10 @@ def serve(config: ServeConfig) -> None:
     """Runs a service until SIGTERM; returns after a clean drain."""
 
     async def main() -> None:  # grpc.aio servers belong to the loop they are created in
-        await RewardServer(config).run()
+        server = RewardServer(config)
+        try:
+            await server.run()
+        finally:
+            await server.close_health_port()
 
     asyncio.run(main())

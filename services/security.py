@@ -1,0 +1,74 @@
+"""What a server's TLS, token and health-port settings make of its ports, written once for every server: the
+services (grpc.aio, with their HTTP face) and the trainer's control API (a threaded grpc.server).
+
+- ``add_port``: the listening port, TLS (``tls.grpc_server_credentials``: gRPC's dynamic credentials, which follow
+  rotated files) when a certificate is set, plaintext otherwise.
+- ``HealthPort`` / ``AsyncHealthPort``: a second, plaintext server on ``health_port`` serving only
+  ``grpc.health.v1.Health`` with the main server's own health servicer, so it always says what the main port's
+  health says. Kubelet's native gRPC probes cannot speak TLS or send a token; this port gives them nothing else
+  to reach: no scoring, no reflection, no control.
+- ``warn_if_exposed``: a server that listens beyond loopback with neither TLS nor tokens says so at start.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+from rewardline.services.config import beyond_loopback
+from rewardline.services.tls import ServerTLS, grpc_server_credentials
+
+log = logging.getLogger(__name__)
+
+
+def add_port(server: grpc.Server | grpc.aio.Server, address: str, tls: ServerTLS | None) -> int:
+    """Binds ``address`` (TLS with ``tls``); OSError when the port cannot be bound. Returns the port."""
+    port = server.add_secure_port(address, grpc_server_credentials(tls)) if tls else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+def warn_if_exposed(what: str, host: str, port: int, tls: bool, tokens: bool) -> None:
+    """The start-up warning of a server that anyone who can reach ``host`` may call, unencrypted."""
+    if beyond_loopback(host) and not tls and not tokens:
+        log.warning(
+            f"{what} listens beyond loopback with neither TLS nor tokens: anyone who reaches it can call it, in clear "
+            "(set tls_cert/tls_key and auth_tokens, or bind to 127.0.0.1)",
+            extra={"host": host, "port": port},
+        )
+
+
+class AsyncHealthPort:
+    """The plaintext health-only port of a grpc.aio server (the services)."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, host: str, port: int) -> None:
+        self.server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, self.server)
+        self.port = add_port(self.server, f"{host}:{port}", None)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop(0)
+
+
+class HealthPort:
+    """The plaintext health-only port of a threaded grpc.server (the trainer's control API)."""
+
+    def __init__(self, servicer: health.HealthServicer, host: str, port: int) -> None:
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, self.server)
+        self.port = add_port(self.server, f"{host}:{port}", None)
+
+    def start(self) -> HealthPort:
+        self.server.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> Any:
+        return self.server.stop(grace)
