@@ -1,8 +1,10 @@
-"""The trainer side's subcommands of ``rewardline``: local models, the demo (and, as they land, training)."""
+"""The trainer side's subcommands of ``rewardline``: local models, training, the control client, the demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from rewardline.services.config_loading import add_config_flags, load_config
@@ -36,6 +38,31 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args)
     setup_logging(config.log_level)
     return train(config, resume=args.resume)
+
+
+def _control(args: argparse.Namespace) -> int:
+    """One call of a running trainer's control API; its answer as JSON, a refusal as one line on stderr (exit 1)."""
+    import grpc
+
+    from rewardline.trainer.control import ControlClientConfig, control_call
+
+    config = load_config(ControlClientConfig, args)
+    try:
+        print(json.dumps(control_call(config, args.action), indent=2))
+    except grpc.RpcError as e:
+        code = e.code().name if isinstance(e, grpc.Call) else "ERROR"
+        details = e.details() if isinstance(e, grpc.Call) else str(e)
+        print(f"rewardline control {args.action}: {code}: {details}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:  # an unreadable certificate or token file
+        print(f"rewardline control {args.action}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+CONTROL_DESCRIPTION = """Call a running trainer's control API (rewardline.v1.TrainerService): status, or pause, resume,
+checkpoint (these need a token with the admin scope when the trainer has control.auth_tokens). Prints the answer as
+JSON. TLS: --tls-ca (and --tls-cert/--tls-key for mutual TLS); the token: --token-file."""
 
 
 TRAIN_DESCRIPTION = """Train a policy online against reward services and reward functions (GRPO, RLOO, PPO).
@@ -78,6 +105,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run_dir")
     add_config_flags(train, TrainConfig, skip={"rewards.sources"})
     train.set_defaults(handler=_train)
+
+    from rewardline.trainer.control import CONTROL_ACTIONS, ControlClientConfig
+
+    control = sub.add_parser(
+        "control",
+        help="call a running trainer's control API (status, pause, resume, checkpoint)",
+        description=CONTROL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    control.add_argument("action", choices=list(CONTROL_ACTIONS), help="the TrainerService call")
+    add_config_flags(control, ControlClientConfig)
+    control.set_defaults(handler=_control)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on local models (the README's main command)")
     add_config_flags(demo, DemoConfig)

@@ -14,7 +14,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rewardline.services.config import LogLevel
+from rewardline.services.config import (
+    AuthTokens,
+    ClientSecurity,
+    HealthPort,
+    LogLevel,
+    TlsCert,
+    TlsClientCa,
+    TlsKey,
+    check_server_security,
+)
 
 
 class _Section(BaseModel):
@@ -111,8 +120,9 @@ class _SourceBase(_Section):
     )
 
 
-class GrpcSourceConfig(_SourceBase):
-    """A rewardline service (reward, uncertainty or judge) reached over ScoreStream."""
+class GrpcSourceConfig(_SourceBase, ClientSecurity):
+    """A rewardline service (reward, uncertainty or judge) reached over ScoreStream; TLS, a client certificate and a
+    token file as ``ClientSecurity`` says (any of them left unset here comes from ``rewards.client``)."""
 
     type: Literal["grpc"] = "grpc"
     target: str = Field(..., min_length=1, description="host:port or dns:///name:port of the service")
@@ -168,6 +178,13 @@ RewardSourceConfig = Annotated[GrpcSourceConfig | PythonSourceConfig | TritonSou
 
 class RewardsConfig(_Section):
     sources: list[RewardSourceConfig] = Field(..., min_length=1, description="reward sources (YAML only)")
+    client: ClientSecurity = Field(
+        ClientSecurity(),
+        description=(
+            "TLS and token settings for every grpc source, each used where the source sets none of its own (flags "
+            "--rewards.client.tls-ca, --rewards.client.token-file, ...: how a deployment mounts them for all sources)"
+        ),
+    )
     combine: Literal["sum", "normalize_then_sum", "sum_then_normalize"] = Field(
         "sum",
         description="sum: weighted sum of scores; normalize_then_sum: z-score each source over the batch first; "
@@ -195,6 +212,18 @@ class RewardsConfig(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"reward source names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _client_defaults(self) -> RewardsConfig:
+        """Each grpc source takes the ``client`` settings it does not set itself."""
+        for i, source in enumerate(self.sources):
+            if not isinstance(source, GrpcSourceConfig):
+                continue
+            inherited = {k: getattr(self.client, k) for k in self.client.model_fields_set - source.model_fields_set}
+            if inherited:
+                merged = {**source.model_dump(exclude_unset=True), **inherited}
+                self.sources[i] = GrpcSourceConfig.model_validate(merged)
         return self
 
 
@@ -294,7 +323,19 @@ class ControlConfig(_Section):
     port: int | None = Field(
         None, ge=0, le=65535, description="gRPC TrainerService port (None: no control API; 0: any free port)"
     )
-    host: str = Field("127.0.0.1", description="address of the control API")
+    host: str = Field(
+        "127.0.0.1", description="address of the control API (loopback unless told otherwise: it can stop training)"
+    )
+    tls_cert: TlsCert = None
+    tls_key: TlsKey = None
+    tls_client_ca: TlsClientCa = None
+    auth_tokens: AuthTokens = None
+    health_port: HealthPort = None
+
+    @model_validator(mode="after")
+    def _security(self) -> ControlConfig:
+        check_server_security(self.tls_cert, self.tls_key, self.tls_client_ca, self.health_port, self.port)
+        return self
 
 
 class DistributedConfig(_Section):
@@ -368,9 +409,17 @@ class TrainConfig(_Section):
 
 # Fields that may change between a run and its resumption without changing what the run computes.
 _NOT_HASHED = {"steps", "log_level", "observability", "control", "checkpoint"}
+# ... nor how the sources are reached (certificates and tokens rotate).
+_NOT_HASHED_IN_REWARDS = {"client"}
+_NOT_HASHED_IN_SOURCES = set(ClientSecurity.model_fields)
 
 
 def config_hash(config: TrainConfig) -> str:
     """What a checkpoint records so that resuming under a different configuration is noticed."""
     data = config.model_dump(mode="json", exclude=_NOT_HASHED)
+    data["rewards"] = {k: v for k, v in data["rewards"].items() if k not in _NOT_HASHED_IN_REWARDS}
+    data["rewards"]["sources"] = [
+        {k: v for k, v in source.items() if not (source.get("type") == "grpc" and k in _NOT_HASHED_IN_SOURCES)}
+        for source in data["rewards"]["sources"]
+    ]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,6 +3,12 @@
 The server runs on its own threads and only records requests in `Control`; the training loop acts on them at
 step boundaries (a half-done update is never checkpointed or interrupted). Checkpoint blocks the caller until
 the loop has written it, so a client gets back the path of a checkpoint that exists.
+
+It can stop training, so it binds to loopback unless ``control.host`` says otherwise, and takes the services' TLS,
+mutual TLS and tokens (``control.tls_cert``, ``control.auth_tokens``, ...): Pause, Resume and Checkpoint need a token
+with the ``admin`` scope, Status any valid token, health none; ``control.health_port`` serves health alone in
+plaintext for kubelet's probes. ``rewardline control status|pause|resume|checkpoint`` is its client
+(``ControlClientConfig``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import BaseModel, ConfigDict, Field
 
+from rewardline.services.auth import AuthInterceptor, Observer, TokenStore
+from rewardline.services.client import ChannelSettings, call_metadata, open_channel
+from rewardline.services.config import ClientSecurity, make_server_tls
+from rewardline.services.security import HealthPort, add_port, warn_if_exposed
+from rewardline.trainer.config import ControlConfig
 from rewardline.v1 import trainer_pb2 as tpb
 from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
 
@@ -141,20 +153,33 @@ class TrainerServicer(tpb_grpc.TrainerServiceServicer):
 
 
 class ControlServer:
-    def __init__(self, control: Control, host: str, port: int) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="control"))
+    def __init__(self, control: Control, config: ControlConfig, observe: Observer | None = None) -> None:
+        assert config.port is not None
+        self.tokens = TokenStore(config.auth_tokens) if config.auth_tokens else None
+        interceptors = [AuthInterceptor(self.tokens, observe)] if self.tokens else []
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="control"), interceptors=interceptors
+        )
         tpb_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(control), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (TRAINER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port} for the control API")
+        tls = make_server_tls(config.tls_cert, config.tls_key, config.tls_client_ca)
+        try:
+            self.port = add_port(self.server, f"{config.host}:{config.port}", tls)
+        except OSError:
+            raise OSError(f"cannot listen on {config.host}:{config.port} for the control API") from None
+        self.health_port = (
+            HealthPort(self.health, config.host, config.health_port) if config.health_port is not None else None
+        )
+        warn_if_exposed("the trainer's control API", config.host, self.port, tls is not None, self.tokens is not None)
 
     def start(self) -> ControlServer:
         self.server.start()
+        if self.health_port is not None:
+            self.health_port.start()
         for name in ("", TRAINER_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self
@@ -162,3 +187,41 @@ class ControlServer:
     def stop(self) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace=2).wait()
+        if self.health_port is not None:
+            self.health_port.stop(0).wait()
+
+
+# --- the client: rewardline control status|pause|resume|checkpoint -----------------------------------------------
+class _ControlTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field("127.0.0.1:50052", min_length=1, description="host:port of the trainer's control API")
+    timeout: float = Field(
+        60.0, gt=0, description="deadline in seconds (Checkpoint waits for the step in progress to end)"
+    )
+
+
+class ControlClientConfig(ClientSecurity, _ControlTarget):
+    """``rewardline control ACTION``: the trainer's control API at ``target``, with TLS and a token as the server
+    asks (Pause, Resume and Checkpoint need a token with the admin scope)."""
+
+
+# action -> (TrainerService method, its request)
+CONTROL_ACTIONS = {
+    "status": ("Status", tpb.StatusRequest),
+    "pause": ("Pause", tpb.PauseRequest),
+    "resume": ("Resume", tpb.ResumeRequest),
+    "checkpoint": ("Checkpoint", tpb.CheckpointRequest),
+}
+
+
+def control_call(config: ControlClientConfig, action: str) -> dict[str, object]:
+    """One TrainerService call; its answer as a dict (grpc.RpcError when refused)."""
+    from google.protobuf.json_format import MessageToDict
+
+    method, request = CONTROL_ACTIONS[action]
+    settings = config.channel_settings(ChannelSettings(retry=None))
+    with open_channel(config.target, settings) as channel:
+        call = getattr(tpb_grpc.TrainerServiceStub(channel), method)
+        answer = call(request(), timeout=config.timeout, metadata=call_metadata(settings))
+    return MessageToDict(answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

@@ -7,7 +7,10 @@ a service must not collide with the service's default-registry metrics). Names s
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from rewardline.services.metrics import NO_TOKEN
 
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -83,6 +86,17 @@ class TrainerMetrics:
         self.paused = Gauge(
             "rewardline_trainer_paused", "1 while training is paused through the control API", registry=r
         )
+        self.auth_refusals = Counter(
+            "rewardline_trainer_auth_refusals",
+            "Control API calls refused for their bearer token, by token name ((none): no known token) and status",
+            ["token", "code"],
+            registry=r,
+        )
+
+    def auth_outcome(self, token_name: str, code: grpc.StatusCode) -> None:
+        """The control API's token check observer (services/auth.py): refusals counted by token name."""
+        if code is not grpc.StatusCode.OK:
+            self.auth_refusals.labels(token=token_name or NO_TOKEN, code=code.name).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Starts the /metrics exporter; returns the port (0 picks a free one)."""

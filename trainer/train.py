@@ -205,7 +205,7 @@ class Trainer:
             if c.observability.metrics_port is not None:
                 self.metrics_port = self.metrics.serve(c.observability.metrics_port, c.observability.metrics_host)
             if c.control.port is not None:
-                self.control_server = ControlServer(self.control, c.control.host, c.control.port).start()
+                self.control_server = ControlServer(self.control, c.control, self.metrics.auth_outcome).start()
                 log.warning(
                     f"control API on {c.control.host}:{self.control_server.port}",
                     extra={"port": self.control_server.port},

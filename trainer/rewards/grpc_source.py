@@ -7,6 +7,9 @@ reports the outage, waits for the service's health to say SERVING again (with ba
 gRPC's own reconnect backoff does not delay noticing), opens a new stream and resends exactly the pending
 samples. A sample is removed from ``pending`` when its reward arrives, so it is never sent again after
 being answered; and a sample is written at most once per stream, so the service never sees a duplicate id.
+
+TLS, a client certificate and a bearer token come from the source's config (``ClientSecurity``); each reconnection
+opens a fresh channel, so it reads rotated certificates and a rotated token file.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ RETRYABLE = {
     grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
 }
 RETRY_DELAY_S = 0.5
+# The service is up but refuses this client (its token or certificate): an outage until someone fixes the token file
+# on either side, so it is reported like one and retried with backoff instead of at once.
+REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 HEALTH_TIMEOUT_S = 2.0
 
 
@@ -60,6 +66,8 @@ class GrpcRewardSource:
         self.task: asyncio.Task | None = None
         self.call: grpc.aio.StreamStreamCall | None = None
         self.streams_opened = 0
+        self.refused = False  # the last stream was refused for its token or certificate; no answer since
+        self.refused_backoff = Backoff(maximum=config.reconnect_max_backoff_s)
 
     async def start(self, sink: RewardSink) -> None:
         self.sink = sink
@@ -88,6 +96,11 @@ class GrpcRewardSource:
                 reason = "the stream ended"
             except grpc.aio.AioRpcError as e:
                 reason = f"{e.code().name}: {e.details()}"
+                if e.code() in REFUSED and not self.closing:
+                    self.refused = True
+                    self.sink.set_available(self.name, False, f"the service refuses this client: {reason}")
+                    await self.refused_backoff.sleep()
+                    continue
             except asyncio.CancelledError:
                 raise
             if not self.closing:
@@ -101,7 +114,7 @@ class GrpcRewardSource:
         assert self.sink is not None
         backoff, reported = Backoff(maximum=self.config.reconnect_max_backoff_s), False
         while not self.closing:
-            client = AsyncRewardClient(self.config.target, timeout=None)
+            client = AsyncRewardClient(self.config.target, timeout=None, settings=self.config.channel_settings())
             try:
                 status = await client.health(timeout=HEALTH_TIMEOUT_S)
                 reason = f"health is {status}"
@@ -158,6 +171,10 @@ class GrpcRewardSource:
 
     def _answer(self, reward: pb.Reward) -> None:
         assert self.sink is not None
+        if self.refused:  # answered again: whatever refused this client was fixed
+            self.refused = False
+            self.refused_backoff.reset()
+            self.sink.set_available(self.name, True)
         self.inflight.discard(reward.id)
         if reward.HasField("error"):
             if reward.error.code in RETRYABLE and reward.id in self.pending:
