@@ -90,8 +90,8 @@ def load_policy(config: TrainConfig) -> PolicyModule:
         lora = config.policy.lora
         adapters = LoraConfig(
             r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,  # type: ignore[arg-type]  # peft annotates an int; any positive number scales
+            lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates an int; any positive number scales
+            lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
             task_type="CAUSAL_LM",
         )

@@ -132,7 +132,7 @@ def write_datasets(out: Path, config: DatasetsConfig, rng: random.Random) -> dic
     """Writes every file of `FILES` as `out/<name>.jsonl`; returns the number of records in each."""
     splits = split_operands(rng, config)
     train_pool = splits["sft_train"] + splits["prompts_train"]
-    datasets: dict[str, list[BaseModel]] = {
+    datasets: dict[str, Sequence[BaseModel]] = {
         "prompts_test": prompt_records(splits["prompts_test"], rng),
         "prompts_train": prompt_records(splits["prompts_train"], rng),
         "prompts_val": prompt_records(splits["prompts_val"], rng),
