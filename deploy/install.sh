@@ -3,8 +3,9 @@
 # torch is installed first with its exact pin: an unpinned torch (or a later package asking for a range that
 # admits a newer release) pulls the newest CUDA build and several GB of nvidia-* wheels.
 #   bash deploy/install.sh          the services, the trainer and vLLM's CPU build (the demo)
-#   bash deploy/install.sh --test   the above plus Triton, the test tools, and .venv-peers (the training
-#                                   frameworks the adapters are tested against: TRL, OpenRLHF, verl)
+#   bash deploy/install.sh --test   the above plus Triton, the test tools, .venv-peers (the training
+#                                   frameworks the adapters are tested against: TRL, OpenRLHF, verl) and
+#                                   the local models the tests serve (.cache/models)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -62,3 +63,9 @@ fi
 .venv/bin/python -c "import torch, vllm, grpc, transformers" 2>/dev/null \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
 echo "install.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
+if [ $want_test = 1 ]; then
+  # The small local models the tests serve, built here (about 6 minutes on 2 cores the first time; a step whose
+  # code and config are unchanged is reused) rather than inside the first test that needs them, where pytest's
+  # per-test timeout would count the build.
+  .venv/bin/rewardline models build --out .cache/models
+fi

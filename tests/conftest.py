@@ -26,8 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def local_models() -> Path:
     """The directory `rewardline models build` makes (reward, policy, tokenizer, data, build.json).
 
-    Built once into <repo>/.cache/models (about two minutes on a 2-core machine) and rebuilt only when the
-    builder's code or config changes; later sessions reuse it.
+    `bash deploy/install.sh --test` builds it into <repo>/.cache/models (about six minutes on a 2-core machine);
+    here it is only checked, and rebuilt when the builder's code or config changed since (a step at a time: an
+    edit of the judge's code retrains the judge alone).
     """
     from rewardline.trainer.local_models.build import ensure_models
 
