@@ -240,6 +240,63 @@ def test_compose_file_follows_the_compose_spec() -> None:
     assert any("healtcheck" in e for e in compose_schema_errors(misspelt))
 
 
+def compose_with_security() -> dict[str, Any]:
+    """compose.yaml with compose.security.yaml merged over it as `docker compose -f ... -f ...` does. The override
+    only replaces whole commands and healthchecks and adds secrets (checked here), so a shallow merge per service is
+    compose's merge for it."""
+    override = yaml.safe_load((DEPLOY / "compose.security.yaml").read_text())
+    assert {k for k in override if not k.startswith("x-")} == {"services", "secrets"}, "what the merge covers"
+    merged = {**compose(), "secrets": override["secrets"], "services": dict(compose()["services"])}
+    for name, service in override["services"].items():
+        assert set(service) <= {"command", "healthcheck", "secrets"} and name in merged["services"], name
+        if "healthcheck" in service:
+            assert set(service["healthcheck"]) == set(compose()["services"][name]["healthcheck"]), name
+        merged["services"][name] = {**merged["services"][name], **service}
+    return merged
+
+
+def test_compose_security_override_puts_tls_and_tokens_on_every_rewardline_port() -> None:
+    """Every server of the merged file takes TLS and tokens from its secrets; the trainer trusts the CA and sends
+    the client token; each healthcheck (a `rewardline info` line) does the same; the merged file follows the spec."""
+    merged = compose_with_security()
+    assert compose_schema_errors(merged) == []
+    secrets = {f"/run/secrets/{name}": spec["file"] for name, spec in merged["secrets"].items()}
+    assert all(Path(f).parent == Path("secrets") for f in secrets.values()), "files under deploy/secrets/"
+    assert "deploy/secrets/" in (REPO / ".gitignore").read_text().splitlines()
+
+    def mounted(service: dict, path: Path | None, file: str) -> None:
+        assert path is not None and secrets.get(str(path)) == f"./secrets/{file}", f"{path} is not {file}"
+        assert Path(str(path)).name in service["secrets"], f"{path}: the service does not mount that secret"
+
+    found = set()
+    for name, service in merged["services"].items():
+        if not service.get("image", "").startswith(OUR_IMAGE) or name == "models":
+            continue
+        _, argv, _ = command_line(["rewardline"], service["command"])
+        ns = parse_rewardline(argv)
+        config = program_config(ns, lambda p, s=service: compose_config_file(p, s))
+        server = config if ns.command == "serve" else config.control
+        mounted(service, server.tls_cert, "tls.crt")
+        mounted(service, server.tls_key, "tls.key")
+        mounted(service, server.auth_tokens, "tokens.yaml")
+        if ns.command == "train":
+            mounted(service, config.rewards.client.tls_ca, "ca.crt")
+            mounted(service, config.rewards.client.token_file, "client.token")
+        else:
+            health = service["healthcheck"]["test"]
+            _, argv, _ = command_line(health[1:2], health[2:])
+            check = parse_rewardline(argv)
+            assert check.command == "info" and check.target == f"127.0.0.1:{config.port}", name
+            mounted(service, Path(check.tls_ca), "ca.crt")
+            mounted(service, Path(check.token_file), "client.token")
+        found.add(name)
+    assert found == {"reward", "uncertainty", "judge", "trainer"}
+    plain = {n: s for n, s in compose()["services"].items() if n in found}
+    for name in found:  # the same lines as compose.yaml's, plus the security flags
+        before = plain[name]["command"]
+        assert merged["services"][name]["command"][: len(before)] == before, f"{name}: compose.yaml's line changed"
+
+
 def test_compose_images_are_pinned() -> None:
     for name, service in compose()["services"].items():
         image, _, tag = service["image"].rpartition(":")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,13 +30,30 @@ from rewardline.services.config import ServeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
-OVERLAYS = ["base", "overlays/cpu-dev", "overlays/gpu", "overlays/gpu-multinode"]
-GPU_OVERLAYS = {"overlays/gpu", "overlays/gpu-multinode"}
+# "X+security": overlay X with k8s/components/security added, as a user's kustomization adds it.
+SECURE = "+security"
+OVERLAYS = [
+    "base",
+    "overlays/cpu-dev",
+    "overlays/gpu",
+    "overlays/gpu-multinode",
+    "overlays/cpu-dev" + SECURE,
+    "overlays/gpu" + SECURE,
+    "overlays/gpu-multinode" + SECURE,
+]
+GPU_OVERLAYS = {o for o in OVERLAYS if o.startswith("overlays/gpu")}
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]  # native gRPC probes, autoscaling/v2 and indexed Jobs are GA in both
 NAMESPACE = "rewardline"
 OUR_IMAGES = "ghcr.io/rewardline/"
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
-CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_RESOURCES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
+# Secrets the security component mounts that the operator creates (k8s/README.md, "TLS and tokens"), with their keys.
+USER_SECRETS = {"rewardline-auth-tokens": {"tokens.yaml"}, "rewardline-trainer-token": {"token"}}
+CERT_MANAGER_KEYS = {"tls.crt", "tls.key", "ca.crt"}  # what cert-manager writes into a Certificate's Secret
 GPU = "nvidia.com/gpu"
 
 
@@ -51,9 +70,23 @@ def kubectl() -> Path:
 
 @functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
-    done = subprocess.run(
-        [str(kubectl()), "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = K8S / overlay
+        if overlay.endswith(SECURE):  # a kustomization of the user's: the overlay plus the component
+            root = Path(tmp)
+            to_k8s = os.path.relpath(K8S, root)  # kustomize takes relative paths only
+            (root / "kustomization.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                        "kind": "Kustomization",
+                        "namespace": NAMESPACE,
+                        "resources": [f"{to_k8s}/{overlay.removesuffix(SECURE)}"],
+                        "components": [f"{to_k8s}/components/security"],
+                    }
+                )
+            )
+        done = subprocess.run([str(kubectl()), "kustomize", str(root)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"kubectl kustomize {overlay} failed:\n{done.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
 
@@ -219,9 +252,18 @@ def test_security_context_and_resources(overlay: str, docs: tuple[dict, ...]) ->
         for volume in spec.get("volumes", []):
             sources = set(volume) - {"name"}
             assert len(sources) == 1, f"{where(workload)}: volume {volume['name']} has sources {sorted(sources)}"
-            assert sources <= {"configMap", "emptyDir", "persistentVolumeClaim"}, (
+            assert sources <= {"configMap", "emptyDir", "persistentVolumeClaim", "secret"}, (
                 f"{where(workload)}: volume {volume['name']}"
             )
+            if "secret" in volume:  # keys and certificates: readable by the pod's group only, mounted read-only
+                assert overlay.endswith(SECURE), f"{where(workload)}: a Secret outside the security component"
+                assert volume["secret"]["defaultMode"] & 0o007 == 0, (
+                    f"{where(workload)}: {volume['name']} world-readable"
+                )
+                for container, _ in containers(spec):
+                    for mount in container.get("volumeMounts", []):
+                        if mount["name"] == volume["name"]:
+                            assert mount.get("readOnly") is True, where(workload, container)
         for container, _ in containers(spec):
             w = where(workload, container)
             security = container["securityContext"]
@@ -312,6 +354,11 @@ def test_selectors_and_references(docs: tuple[dict, ...]) -> None:
         for volume in template["spec"].get("volumes", []):
             if "configMap" in volume:
                 named(docs, "ConfigMap", volume["configMap"]["name"])
+            if "secret" in volume:  # made by a Certificate here, or one of the Secrets the operator creates
+                secret = volume["secret"]["secretName"]
+                assert secret in USER_SECRETS or [
+                    c for c in of_kind(docs, "Certificate") if c["spec"]["secretName"] == secret
+                ], f"{where(workload)}: no Certificate makes Secret {secret}, nor does the README have you create it"
             if "persistentVolumeClaim" in volume:
                 named(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
         spec = template["spec"]
@@ -395,7 +442,7 @@ def test_autoscalers(overlay: str, docs: tuple[dict, ...]) -> None:
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             assert "cpu" in container["resources"]["requests"], "CPU utilization is relative to the request"
     assert len(of_kind(docs, "HorizontalPodAutoscaler")) == 3
-    if overlay == "overlays/cpu-dev":
+    if overlay.removesuffix(SECURE) == "overlays/cpu-dev":
         assert all(h["spec"]["maxReplicas"] == 1 for h in of_kind(docs, "HorizontalPodAutoscaler"))
 
 
@@ -471,11 +518,14 @@ def test_command_lines_ports_and_configs(overlay: str, docs: tuple[dict, ...]) -
             if ns.command == "serve":
                 assert isinstance(config, ServeConfig) and not init
                 assert config.kind == template["metadata"]["labels"]["app.kubernetes.io/component"], w
-                assert ports == {"grpc": config.port, "http": config.http_port, "metrics": config.metrics_port}, (
-                    f"{w}: container ports vs the server's flags (the HTTP face is on in every deployment)"
-                )
-                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert container[probe]["grpc"]["port"] == config.port, f"{w}: {probe} port"
+                health = {"health": config.health_port} if config.health_port is not None else {}
+                assert ports == {
+                    "grpc": config.port,
+                    "http": config.http_port,
+                    "metrics": config.metrics_port,
+                    **health,
+                }, f"{w}: container ports vs the server's flags (the HTTP face is on in every deployment)"
+                check_probes_and_secured_files(docs, spec, container, w, config, config.port, config.health_port)
                 assert spec["terminationGracePeriodSeconds"] > config.grace_period_s, (
                     f"{w}: the kubelet would kill a draining server"
                 )
@@ -526,7 +576,7 @@ def test_command_lines_ports_and_configs(overlay: str, docs: tuple[dict, ...]) -
                 )
             else:
                 pytest.fail(f"{w} runs `rewardline {ns.command}`, which the deployment has no use for")
-    expected = {"serve": 3, "train": 1} | ({"models": 4} if overlay == "overlays/cpu-dev" else {})
+    expected = {"serve": 3, "train": 1} | ({"models": 4} if overlay.removesuffix(SECURE) == "overlays/cpu-dev" else {})
     assert checked == expected
 
 
@@ -539,9 +589,10 @@ def check_trainer(docs, workload, spec, container, config, ports, torchrun) -> N
         f"{w}: metrics must be reachable from Prometheus"
     )
     assert ipaddress.ip_address(config.control.host).is_unspecified, f"{w}: the control API must be reachable"
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        if probe in container:
-            assert container[probe]["grpc"]["port"] == config.control.port, f"{w}: {probe} port"
+    assert ports.get("health") == config.control.health_port, f"{w}: the health-only port vs control.health_port"
+    check_probes_and_secured_files(
+        docs, spec, container, w, config.control, config.control.port, config.control.health_port
+    )
     run_mount = mount_for(container, config.run_dir)
     assert not run_mount.get("readOnly") and run_mount["name"] == "checkpoints", (
         f"{w}: run_dir must be on the checkpoint volume"
@@ -558,6 +609,14 @@ def check_trainer(docs, workload, spec, container, config, ports, torchrun) -> N
             continue
         service, port = grpc_target_service(source.target, docs)
         assert service["spec"]["clusterIP"] == "None", f"{source.target}: not headless (no client-side balancing)"
+        if of_kind(docs, "Certificate"):  # with TLS: the trainer trusts the services' CA, and sends its token
+            assert source.tls_ca is not None and source.token_file is not None, f"{w}: source {source.name}"
+            assert secret_key_at(docs, spec, container, source.tls_ca) == ("ca.crt", "certificate")
+            assert secret_key_at(docs, spec, container, source.token_file) == ("token", "rewardline-trainer-token")
+            names = certificate_names(docs, service["spec"]["selector"]["app.kubernetes.io/component"])
+            assert (source.tls_server_name or service["metadata"]["name"]) in names, (
+                f"{source.target}: the service's certificate does not carry the name the trainer checks"
+            )
         port_spec = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
         assert port_spec is not None and port_spec["targetPort"] == "grpc", (
             f"{source.target}: not the Service's gRPC port"
@@ -589,6 +648,103 @@ def check_trainer(docs, workload, spec, container, config, ports, torchrun) -> N
         assert (
             workload["kind"] == "StatefulSet" and workload["spec"]["replicas"] == 1 and "--resume" in container["args"]
         )
+
+
+# --- TLS, tokens and the probes ---------------------------------------------------------------------------------
+def check_probes_and_secured_files(docs, spec, container, w, server, port, health_port) -> None:
+    """Probes reach a port that answers them: the server's own while it speaks plaintext, the plaintext health-only
+    port (which serves grpc.health.v1 alone) once it speaks TLS, since kubelet's gRPC probes speak no TLS and send no
+    token. The files the TLS and token flags name come from Secrets with those keys."""
+    tls = server.tls_cert is not None
+    probed = {
+        container[p]["grpc"]["port"] for p in ("startupProbe", "readinessProbe", "livenessProbe") if p in container
+    }
+    if tls:
+        assert health_port is not None and probed <= {health_port}, f"{w}: probes on a TLS port would fail"
+        assert secret_key_at(docs, spec, container, server.tls_cert) == ("tls.crt", "certificate")
+        assert secret_key_at(docs, spec, container, server.tls_key) == ("tls.key", "certificate")
+    else:
+        assert probed <= {port}, f"{w}: probe ports"
+    if server.auth_tokens is not None:
+        assert secret_key_at(docs, spec, container, server.auth_tokens) == ("tokens.yaml", "rewardline-auth-tokens")
+    if of_kind(docs, "Certificate"):  # the security component: TLS and tokens everywhere
+        assert tls and server.auth_tokens is not None, f"{w}: left without TLS or tokens"
+
+
+def secret_key_at(docs: tuple[dict, ...], spec: dict, container: dict, path: Path) -> tuple[str, str]:
+    """(the key, and "certificate" or the Secret's name) of the Secret file mounted at ``path``; fails unless the
+    Secret has that key: one a Certificate writes, or one the README has the operator create."""
+    path = Path(path)
+    mount = mount_for(container, path)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume, f"{container['name']}: {path} is not on a Secret"
+    key, secret = str(path.relative_to(mount["mountPath"])), volume["secret"]["secretName"]
+    if secret in USER_SECRETS:
+        assert key in USER_SECRETS[secret], f"{path}: Secret {secret} has no key {key}"
+        return key, secret
+    assert [c for c in of_kind(docs, "Certificate") if c["spec"]["secretName"] == secret], f"{path}: no Certificate"
+    assert key in CERT_MANAGER_KEYS, f"{path}: cert-manager writes no {key}"
+    return key, "certificate"
+
+
+def certificate_names(docs: tuple[dict, ...], component: str) -> set[str]:
+    (cert,) = [
+        c
+        for c in of_kind(docs, "Certificate")
+        if c["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
+    return set(cert["spec"]["dnsNames"])
+
+
+def test_certificates(overlay: str, docs: tuple[dict, ...]) -> None:
+    """cert-manager's Certificate and Issuer (custom resources, no schema offline) checked by hand: each issued by an
+    Issuer that exists, the CA chain complete, each service's certificate naming its gRPC and HTTP Services, and every
+    workload's TLS Secret made by one."""
+    certificates, issuers = of_kind(docs, "Certificate"), of_kind(docs, "Issuer")
+    if not overlay.endswith(SECURE):
+        assert not certificates and not issuers, "TLS is the security component's, not the overlays'"
+        return
+    for doc in [*certificates, *issuers]:
+        assert set(doc) == {"apiVersion", "kind", "metadata", "spec"} and doc["metadata"]["namespace"] == NAMESPACE
+    issuer_names = {i["metadata"]["name"] for i in issuers}
+    for issuer in issuers:
+        assert len(issuer["spec"]) == 1 and set(issuer["spec"]) <= {"selfSigned", "ca"}
+        if "ca" in issuer["spec"]:
+            (ca,) = [c for c in certificates if c["spec"]["secretName"] == issuer["spec"]["ca"]["secretName"]]
+            assert ca["spec"]["isCA"] is True
+    fields = {
+        "secretName",
+        "issuerRef",
+        "dnsNames",
+        "commonName",
+        "isCA",
+        "duration",
+        "renewBefore",
+        "privateKey",
+        "usages",
+    }
+    for cert in certificates:
+        spec = cert["spec"]
+        assert set(spec) <= fields and spec["secretName"], cert["metadata"]["name"]
+        assert spec["issuerRef"]["kind"] == "Issuer" and spec["issuerRef"]["name"] in issuer_names
+        assert spec["issuerRef"].get("group", "cert-manager.io") == "cert-manager.io"
+        for key in ("duration", "renewBefore"):
+            if key in spec:
+                assert re.fullmatch(r"\d+h", spec[key]), f"{cert['metadata']['name']}: {key}"
+        if "renewBefore" in spec:
+            assert int(spec["renewBefore"][:-1]) < int(spec["duration"][:-1])
+        if not spec.get("isCA"):
+            assert "server auth" in spec["usages"] and "key encipherment" not in spec["usages"], "ECDSA keys sign"
+            assert spec["privateKey"].get("rotationPolicy") == "Always", "a renewal brings a new key"
+    for kind in ("reward", "uncertainty", "judge"):
+        names = certificate_names(docs, kind)
+        for face in ("grpc", "http"):
+            service = f"rewardline-{kind}-{face}"
+            assert {service, f"{service}.{NAMESPACE}.svc"} <= names, f"{kind}: its certificate lacks {service}"
+    assert (
+        "client auth"
+        in [c for c in certificates if c["metadata"]["name"] == "rewardline-trainer-tls"][0]["spec"]["usages"]
+    ), "the trainer's certificate serves as its client certificate under mutual TLS"
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------

@@ -1,5 +1,12 @@
-"""What every adapter needs: its target, clients kept per target (and per event loop), and samples built from
-the shapes frameworks hand over (plain strings, or chat messages whose content may be a list of text parts)."""
+"""What every adapter needs: its target and how to reach it (TLS, a token), clients kept per target and settings
+(and per event loop), and samples built from the shapes frameworks hand over (plain strings, or chat messages whose
+content may be a list of text parts).
+
+TLS and tokens: every adapter takes ``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_server_name`` and ``token_file``
+(``ClientSecurity``), each else from $REWARDLINE_TLS_CA, $REWARDLINE_TLS_CERT, $REWARDLINE_TLS_KEY,
+$REWARDLINE_TLS_SERVER_NAME, $REWARDLINE_TOKEN_FILE, as the target comes from $REWARDLINE_TARGET: some frameworks
+load an adapter by file path and pass it nothing (OpenRLHF).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +18,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rewardline.services.api import pb
-from rewardline.services.client import AsyncRewardClient, RewardClient
+from rewardline.services.client import AsyncRewardClient, ChannelSettings, RewardClient
+from rewardline.services.config import ClientSecurity
 
 TARGET_ENV = "REWARDLINE_TARGET"
+SECURITY_ENV = {
+    "tls_ca": "REWARDLINE_TLS_CA",
+    "tls_cert": "REWARDLINE_TLS_CERT",
+    "tls_key": "REWARDLINE_TLS_KEY",
+    "tls_server_name": "REWARDLINE_TLS_SERVER_NAME",
+    "token_file": "REWARDLINE_TOKEN_FILE",
+}
 DEFAULT_TIMEOUT_S = 120.0
 
+ClientKey = tuple[str, float | None, ChannelSettings]
 _lock = threading.Lock()
-_sync_clients: dict[tuple[str, float | None], RewardClient] = {}
+_sync_clients: dict[ClientKey, RewardClient] = {}
 # grpc.aio channels belong to the loop they were made in: one client per target per live loop.
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, float | None], AsyncRewardClient]]
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ClientKey, AsyncRewardClient]]
 _async_clients = weakref.WeakKeyDictionary()
 
 
@@ -31,22 +47,48 @@ def resolve_target(target: str | None) -> str:
     return resolved
 
 
-def sync_client(target: str, timeout: float | None = DEFAULT_TIMEOUT_S) -> RewardClient:
-    """One blocking client per target for the whole process (gRPC channels are thread-safe)."""
+def resolve_settings(
+    tls_ca: str | os.PathLike | None = None,
+    tls_cert: str | os.PathLike | None = None,
+    tls_key: str | os.PathLike | None = None,
+    token_file: str | os.PathLike | None = None,
+    tls_server_name: str | None = None,
+) -> ChannelSettings:
+    """The channel settings of an adapter: each argument, else its environment variable (SECURITY_ENV); plaintext
+    and no token when neither is given. ValueError (pydantic's) for a certificate without its key."""
+    given = {
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "token_file": token_file,
+        "tls_server_name": tls_server_name,
+    }
+    values = {k: v if v is not None else os.environ.get(SECURITY_ENV[k]) or None for k, v in given.items()}
+    return ClientSecurity.model_validate({k: v for k, v in values.items() if v is not None}).channel_settings()
+
+
+def sync_client(
+    target: str, timeout: float | None = DEFAULT_TIMEOUT_S, settings: ChannelSettings | None = None
+) -> RewardClient:
+    """One blocking client per target and settings for the whole process (gRPC channels are thread-safe)."""
+    key = (target, timeout, settings or ChannelSettings())
     with _lock:
-        client = _sync_clients.get((target, timeout))
+        client = _sync_clients.get(key)
         if client is None:
-            client = _sync_clients[(target, timeout)] = RewardClient(target, timeout=timeout)
+            client = _sync_clients[key] = RewardClient(target, timeout=timeout, settings=key[2])
         return client
 
 
-def async_client(target: str, timeout: float | None = DEFAULT_TIMEOUT_S) -> AsyncRewardClient:
-    """One asyncio client per target in the running event loop."""
+def async_client(
+    target: str, timeout: float | None = DEFAULT_TIMEOUT_S, settings: ChannelSettings | None = None
+) -> AsyncRewardClient:
+    """One asyncio client per target and settings in the running event loop."""
     loop = asyncio.get_running_loop()
     clients = _async_clients.setdefault(loop, {})
-    client = clients.get((target, timeout))
+    key = (target, timeout, settings or ChannelSettings())
+    client = clients.get(key)
     if client is None:
-        client = clients[(target, timeout)] = AsyncRewardClient(target, timeout=timeout)
+        client = clients[key] = AsyncRewardClient(target, timeout=timeout, settings=key[2])
     return client
 
 

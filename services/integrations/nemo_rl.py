@@ -28,7 +28,13 @@ from typing import Any, NamedTuple
 
 from rewardline.services.api import pb
 from rewardline.services.extras import reward_extras
-from rewardline.services.integrations.common import DEFAULT_TIMEOUT_S, resolve_target, sync_client, to_messages
+from rewardline.services.integrations.common import (
+    DEFAULT_TIMEOUT_S,
+    resolve_settings,
+    resolve_target,
+    sync_client,
+    to_messages,
+)
 
 
 class StandaloneEnvironmentReturn(NamedTuple):
@@ -67,11 +73,19 @@ def last_assistant_turn(message_log: Sequence[Mapping[str, Any]], index: int) ->
 
 
 class RewardlineEnvironment(_EnvironmentBase):  # type: ignore[misc,valid-type]  # nemo_rl's EnvironmentInterface when installed
-    """config: ``target`` (else $REWARDLINE_TARGET), ``uncertainty_penalty`` (0), ``timeout`` (seconds)."""
+    """config: ``target`` (else $REWARDLINE_TARGET), ``uncertainty_penalty`` (0), ``timeout`` (seconds); ``tls_ca``,
+    ``tls_cert``, ``tls_key``, ``token_file``, ``tls_server_name`` (else $REWARDLINE_TLS_CA, ...)."""
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         config = dict(config or {})
         self.target = resolve_target(config.get("target"))
+        self.settings = resolve_settings(
+            config.get("tls_ca"),
+            config.get("tls_cert"),
+            config.get("tls_key"),
+            config.get("token_file"),
+            config.get("tls_server_name"),
+        )
         self.uncertainty_penalty = float(config.get("uncertainty_penalty", 0.0))
         self.timeout = config.get("timeout", DEFAULT_TIMEOUT_S)
 
@@ -81,7 +95,7 @@ class RewardlineEnvironment(_EnvironmentBase):  # type: ignore[misc,valid-type] 
         samples = [
             pb.Sample(id=str(i), messages=last_assistant_turn(log, i)) for i, log in enumerate(message_log_batch)
         ]
-        rewards = sync_client(self.target, self.timeout).score(samples) if samples else []
+        rewards = sync_client(self.target, self.timeout, self.settings).score(samples) if samples else []
         scores = [float(r.score) - self.uncertainty_penalty * float(r.uncertainty.std) for r in rewards]
         extras: list[dict[str, Any]] = [dict(reward_extras(r)) for r in rewards]
         for extra, reward in zip(extras, rewards):

@@ -1,7 +1,7 @@
 """A ``reward_func`` for OpenRLHF's ``--reward.remote_url path.py``, scoring with a rewardline service.
 
-Either pass this very file (its ``reward_func`` reads the target from $REWARDLINE_TARGET, and the policy's tokenizer
-from $REWARDLINE_TOKENIZER when set)::
+Either pass this very file (its ``reward_func`` reads the target from $REWARDLINE_TARGET, the policy's tokenizer
+from $REWARDLINE_TOKENIZER when set, and TLS and a token from $REWARDLINE_TLS_CA, $REWARDLINE_TOKEN_FILE, ...)::
 
     --reward.remote_url $(python -c "import rewardline.services.integrations.openrlhf as m; print(m.__file__)")
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from rewardline.services.api import pb
 from rewardline.services.extras import reward_extras, shaped_score
-from rewardline.services.integrations.common import DEFAULT_TIMEOUT_S, resolve_target, sync_client
+from rewardline.services.integrations.common import DEFAULT_TIMEOUT_S, resolve_settings, resolve_target, sync_client
 from rewardline.services.queries import QuerySplitter
 
 TOKENIZER_ENV = "REWARDLINE_TOKENIZER"
@@ -50,13 +50,20 @@ def make_reward_func(
     tokenizer: Any = None,
     uncertainty_penalty: float = 0.0,
     timeout: float | None = DEFAULT_TIMEOUT_S,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token_file: str | None = None,
+    tls_server_name: str | None = None,
 ) -> RewardFunc:
     """``reward_func(queries, prompts, labels, **kwargs)`` for the service at ``target`` (default $REWARDLINE_TARGET).
 
     ``tokenizer``: the policy's tokenizer (object or directory); it unwraps chat-rendered prompts and cuts the stop
     token, so the reward model renders the conversation with its own template. ``labels`` are sent as the samples'
-    reference answers."""
+    reference answers. ``tls_ca``, ``tls_cert``/``tls_key``, ``token_file``: TLS, mutual TLS and a bearer token (else
+    $REWARDLINE_TLS_CA, $REWARDLINE_TLS_CERT, $REWARDLINE_TLS_KEY, $REWARDLINE_TOKEN_FILE: what this very file uses)."""
     resolved = resolve_target(target)
+    settings = resolve_settings(tls_ca, tls_cert, tls_key, token_file, tls_server_name)
     splitter = QuerySplitter(load_tokenizer(tokenizer))
 
     def reward_func(
@@ -68,7 +75,7 @@ def make_reward_func(
             pb.Sample(id=str(i), prompt=p, response=r, reference="" if ref is None else str(ref))
             for i, ((p, r), ref) in enumerate(zip(pairs, refs))
         ]
-        rewards = sync_client(resolved, timeout).score(samples) if samples else []
+        rewards = sync_client(resolved, timeout, settings).score(samples) if samples else []
         extras = [reward_extras(r) for r in rewards]
         return {
             "rewards": [shaped_score(r, uncertainty_penalty) for r in rewards],

@@ -27,8 +27,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rewardline.services.api import pb
+from rewardline.services.client import ChannelSettings
 from rewardline.services.extras import reward_extras, shaped_score
-from rewardline.services.integrations.common import DEFAULT_TIMEOUT_S, async_client, make_sample, sync_client
+from rewardline.services.integrations.common import (
+    DEFAULT_TIMEOUT_S,
+    async_client,
+    make_sample,
+    resolve_settings,
+    sync_client,
+)
 
 LogExtra = Callable[[str, list], None]
 LogMetric = Callable[[str, float], None]
@@ -45,8 +52,10 @@ class RewardFunction:
         mask_out_of_distribution: bool = False,
         reference_column: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
+        settings: ChannelSettings | None = None,
     ) -> None:
         self.target = target
+        self.settings = settings or ChannelSettings()
         self.__name__ = name
         self.uncertainty_penalty = uncertainty_penalty
         self.mask_out_of_distribution = mask_out_of_distribution
@@ -90,7 +99,9 @@ class RewardFunction:
         log_metric: LogMetric | None = None,
         **columns: Any,
     ) -> list[float | None]:
-        rewards = sync_client(self.target, self.timeout).score(self.samples(prompts, completions, columns))
+        rewards = sync_client(self.target, self.timeout, self.settings).score(
+            self.samples(prompts, completions, columns)
+        )
         return self.finish(rewards, log_extra, log_metric)
 
 
@@ -107,7 +118,7 @@ class AsyncRewardFunction(RewardFunction):
         log_metric: LogMetric | None = None,
         **columns: Any,
     ) -> list[float | None]:
-        client = async_client(self.target, self.timeout)
+        client = async_client(self.target, self.timeout, self.settings)
         rewards = await client.score(self.samples(prompts, completions, columns))
         return self.finish(rewards, log_extra, log_metric)
 
@@ -121,11 +132,19 @@ def reward_function(
     reference_column: str | None = None,
     asynchronous: bool = True,
     timeout: float | None = DEFAULT_TIMEOUT_S,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token_file: str | None = None,
+    tls_server_name: str | None = None,
 ) -> RewardFunction:
     """A TRL reward function scoring with the rewardline service at ``target`` (``host:port`` or ``dns:///name:port``).
 
     ``reference_column``: a dataset column sent as each sample's reference answer (judges that verify read it).
     ``asynchronous``: awaited by TRL (the default; several services are then scored concurrently) or blocking.
+    ``tls_ca``, ``tls_cert``/``tls_key``, ``token_file``: TLS, mutual TLS and a bearer token (else from
+    $REWARDLINE_TLS_CA, ... as ``common.resolve_settings`` says).
     """
     kind = AsyncRewardFunction if asynchronous else RewardFunction
-    return kind(target, name, uncertainty_penalty, mask_out_of_distribution, reference_column, timeout)
+    settings = resolve_settings(tls_ca, tls_cert, tls_key, token_file, tls_server_name)
+    return kind(target, name, uncertainty_penalty, mask_out_of_distribution, reference_column, timeout, settings)

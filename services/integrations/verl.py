@@ -5,6 +5,7 @@
         path: <this file: python -c "import rewardline.services.integrations.verl as m; print(m.__file__)">
         name: compute_score          # or compute_score_async (the reward loop awaits it), compute_score_batch
         reward_kwargs: {target: "reward:50051"}        # or $REWARDLINE_TARGET
+        # with TLS and a token: {target: ..., tls_ca: /etc/rewardline/tls/ca.crt, token_file: /etc/rewardline/token}
 
 Matched against verl 0.9.1 (PyPI): ``verl/trainer/ppo/reward.py`` (``get_custom_reward_fn`` loads the named function
 from the file and merges ``reward_kwargs`` into every call; a coroutine function stays one),
@@ -35,6 +36,7 @@ from rewardline.services.integrations.common import (
     as_list,
     async_client,
     make_sample,
+    resolve_settings,
     resolve_target,
     sync_client,
 )
@@ -79,10 +81,17 @@ def compute_score(
     prompt_key: str | None = None,
     uncertainty_penalty: float = 0.0,
     timeout: float | None = DEFAULT_TIMEOUT_S,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token_file: str | None = None,
+    tls_server_name: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """One sample's score, blocking (the legacy NaiveRewardManager; the reward loop runs it in an executor)."""
-    client = sync_client(resolve_target(target), timeout)
+    client = sync_client(
+        resolve_target(target), timeout, resolve_settings(tls_ca, tls_cert, tls_key, token_file, tls_server_name)
+    )
     (reward,) = client.score([_sample(solution_str, ground_truth, extra_info, prompt_key)])
     return _result(reward, uncertainty_penalty)
 
@@ -97,10 +106,17 @@ async def compute_score_async(
     prompt_key: str | None = None,
     uncertainty_penalty: float = 0.0,
     timeout: float | None = DEFAULT_TIMEOUT_S,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token_file: str | None = None,
+    tls_server_name: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """One sample's score, awaited by the reward loop: concurrent samples batch together in the service."""
-    client = async_client(resolve_target(target), timeout)
+    client = async_client(
+        resolve_target(target), timeout, resolve_settings(tls_ca, tls_cert, tls_key, token_file, tls_server_name)
+    )
     (reward,) = await client.score([_sample(solution_str, ground_truth, extra_info, prompt_key)])
     return _result(reward, uncertainty_penalty)
 
@@ -115,6 +131,11 @@ def compute_score_batch(
     prompt_key: str | None = None,
     uncertainty_penalty: float = 0.0,
     timeout: float | None = DEFAULT_TIMEOUT_S,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token_file: str | None = None,
+    tls_server_name: str | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Every sample of a batch in one call (verl's BatchRewardManager)."""
@@ -125,5 +146,8 @@ def compute_score_batch(
         make_sample(str(i), prompt_of(info, prompt_key), solution, truth)
         for i, (solution, truth, info) in enumerate(zip(solutions, truths, infos))
     ]
-    rewards = sync_client(resolve_target(target), timeout).score(samples) if samples else []
+    client = sync_client(
+        resolve_target(target), timeout, resolve_settings(tls_ca, tls_cert, tls_key, token_file, tls_server_name)
+    )
+    rewards = client.score(samples) if samples else []
     return [_result(r, uncertainty_penalty) for r in rewards]
