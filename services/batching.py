@@ -7,7 +7,10 @@ With ``max_wait_s == 0`` a batch starts as soon as the backend is free (continuo
 while one batch runs forms the next, and a lone request pays no wait); a positive ``max_wait_s`` holds a
 small batch back until it fills or its oldest sample has waited that long.
 
-The queue is bounded so that overload answers RESOURCE_EXHAUSTED at once instead of growing memory.
+The queue is bounded so that overload answers RESOURCE_EXHAUSTED at once instead of growing memory. Room is
+reserved (``reserve``) before a request is rendered, so a request the queue cannot take is refused before any
+tokenizing is spent on it, and requests being rendered count against the bound. A caller that would rather wait
+than be refused (a stream, which has flow control to slow its sender) waits with ``reserve_waiting``.
 Cancelled samples (a client that went away) and samples past their deadline are dropped before they reach
 the backend. A batch that fails is retried sample by sample, so one bad input cannot fail its neighbours.
 """
@@ -132,22 +135,54 @@ class Batcher(Generic[P, R]):
         self._running: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._closed = False
+        self._reserved = 0  # room held for requests still being rendered
+        self._freed = asyncio.Event()  # set (and replaced) whenever room is freed
 
     # -- admission --------------------------------------------------------------------------------------
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, payloads: Sequence[tuple[P, int]], deadline: float | None = None) -> list[asyncio.Future]:
-        """Queues all of ``payloads`` (payload, cost in tokens) or none: RESOURCE_EXHAUSTED when full."""
+    def _make_room(self, n: int) -> None:
+        """Raises UNAVAILABLE when closed, RESOURCE_EXHAUSTED unless ``n`` more samples fit the bound."""
         if self._closed:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if len(self._queue) + len(payloads) > self.max_queue:
+        if len(self._queue) + self._reserved + n > self.max_queue:
             self._purge()
-            if len(self._queue) + len(payloads) > self.max_queue:
+            if len(self._queue) + self._reserved + n > self.max_queue:
                 raise resource_exhausted(
-                    f"queue full: {len(self._queue)} samples waiting, {len(payloads)} more would exceed "
+                    f"queue full: {len(self._queue) + self._reserved} samples waiting, {n} more would exceed "
                     f"max_queue_samples={self.max_queue}; retry later or on another replica"
                 )
+
+    def _room_freed(self) -> None:
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+    def reserve(self, n: int) -> Reservation[P]:
+        """Room for ``n`` samples, held until they are submitted through it or it is released."""
+        self._make_room(n)
+        self._reserved += n
+        return Reservation(self, n)
+
+    async def reserve_waiting(self, n: int) -> Reservation[P]:
+        """Like ``reserve``, but waits for room instead of refusing (``n`` must not exceed the bound)."""
+        if n > self.max_queue:
+            raise ValueError(f"{n} samples can never fit a queue of {self.max_queue}")
+        while True:
+            freed = self._freed
+            try:
+                return self.reserve(n)
+            except ServiceError as e:
+                if e.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+            await freed.wait()
+
+    def submit(self, payloads: Sequence[tuple[P, int]], deadline: float | None = None) -> list[asyncio.Future]:
+        """Queues all of ``payloads`` (payload, cost in tokens) or none: RESOURCE_EXHAUSTED when full."""
+        self._make_room(len(payloads))
+        return self._enqueue(payloads, deadline)
+
+    def _enqueue(self, payloads: Sequence[tuple[P, int]], deadline: float | None) -> list[asyncio.Future]:
         loop = asyncio.get_running_loop()
         futures = []
         for payload, cost in payloads:
@@ -176,6 +211,7 @@ class Batcher(Generic[P, R]):
                 item.future.set_exception(ServiceError(grpc.StatusCode.UNAVAILABLE, "server is shutting down"))
         self._queue.clear()
         self._set_depth()
+        self._room_freed()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
@@ -194,8 +230,11 @@ class Batcher(Generic[P, R]):
                 item.future.set_exception(deadline_exceeded("deadline passed while the sample waited in the queue"))
                 continue
             live.append(item)
+        shrunk = len(live) < len(self._queue)
         self._queue = live
         self._set_depth()
+        if shrunk:
+            self._room_freed()
 
     def _full_enough(self) -> bool:
         costs = [it.cost for it in self._queue[: self.max_batch_size]]
@@ -248,6 +287,7 @@ class Batcher(Generic[P, R]):
         batch = [self._queue[i] for i in sorted(chosen)]
         self._queue = [it for i, it in enumerate(self._queue) if i not in picked]
         self._set_depth()
+        self._room_freed()
         return batch
 
     async def _execute(self, batch: list[WorkItem[P]]) -> None:
@@ -292,3 +332,33 @@ class Batcher(Generic[P, R]):
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(error)
+
+
+class Reservation(Generic[P]):
+    """Room held in a Batcher's queue for samples not rendered yet (``Batcher.reserve``)."""
+
+    def __init__(self, batcher: Batcher[P, Any], n: int) -> None:
+        self._batcher = batcher
+        self.held = n
+
+    def submit(self, payloads: Sequence[tuple[P, int]], deadline: float | None = None) -> list[asyncio.Future]:
+        """Queues ``payloads`` (at most the room held) in that room, and gives back the rest of it."""
+        if len(payloads) > self.held:
+            raise ValueError(f"{len(payloads)} samples submitted through a reservation of {self.held}")
+        self.release()
+        if self._batcher._closed:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        return self._batcher._enqueue(payloads, deadline)
+
+    def release(self) -> None:
+        """Gives the room back (once; a no-op after ``submit``)."""
+        if self.held:
+            self._batcher._reserved -= self.held
+            self.held = 0
+            self._batcher._room_freed()
+
+    def __enter__(self) -> Reservation[P]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

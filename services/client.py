@@ -68,7 +68,15 @@ def service_config(settings: ChannelSettings) -> str:
             "backoffMultiplier": r.backoff_multiplier,
             "retryableStatusCodes": list(r.retryable_codes),
         }
-    return json.dumps({"loadBalancingConfig": [{settings.load_balancing: {}}], "methodConfig": [method]})
+    # Client-side health checking (gRFC A17): a replica whose health says NOT_SERVING (loading, draining) gets no new
+    # calls, so a draining replica is left alone before it stops instead of refusing calls that race its stop.
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{settings.load_balancing: {}}],
+            "methodConfig": [method],
+            "healthCheckConfig": {"serviceName": REWARD_SERVICE},
+        }
+    )
 
 
 def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:

@@ -221,6 +221,14 @@ class ServeConfig(BaseModel):
     )
     max_queue_samples: int = Field(2048, gt=0, description="samples that may wait; beyond, RESOURCE_EXHAUSTED")
     max_samples_per_request: int = Field(256, gt=0, description="most samples in one ScoreRequest")
+    max_stream_samples: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "samples one ScoreStream may have waiting or being scored; beyond, the server reads no more of it until "
+            "some are answered (flow control slows the sender) (default: a quarter of max_queue_samples)"
+        ),
+    )
     empty_response: Literal["score", "refuse"] = Field(
         "score",
         description=(

@@ -2,7 +2,9 @@
 
 The pipeline (validation, rendering, cache, admission, batching, health, metrics, shutdown) is written
 once; a kind — reward, uncertainty, judge — only says how to render a sample, how to run a batch and what
-a Reward carries. Kinds that cannot compare two responses leave ``compare`` to raise UNIMPLEMENTED.
+a Reward carries. Kinds that can compare two responses (``compares``) render a Compare request as inputs that go
+through the same queue and batcher as samples (``compare_inputs``), and read the answer from their rewards
+(``compared``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,15 @@ class Scorer(Protocol):
         """Kind-specific metrics for one reward."""
         ...
 
-    async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse: ...
+    compares: bool  # whether Compare is served (judges); the others answer UNIMPLEMENTED
+
+    def compare_inputs(self, request: pb.CompareRequest) -> list[RenderedInput]:
+        """What the model reads to compare the pair, as inputs for ``score_batch`` (rendering: runs off the loop)."""
+        ...
+
+    def compared(self, request: pb.CompareRequest, rewards: list[pb.Reward]) -> pb.CompareResponse:
+        """The CompareResponse from ``score_batch``'s rewards for ``compare_inputs``."""
+        ...
 
     async def ready(self) -> bool:
         """Whether the backend can serve now; folded into the health status."""

@@ -6,7 +6,8 @@ Life of a process:
 2. The model loads (on a worker thread, so health keeps answering) and one warm-up batch runs through the
    whole pipeline; only then health says SERVING.
 3. SIGTERM or SIGINT: health goes NOT_SERVING, new requests on either face (and new samples on open streams) get
-   UNAVAILABLE so clients retry elsewhere, in-flight work gets ``grace_period_s`` to finish, and the process exits 0.
+   UNAVAILABLE so clients retry elsewhere, in-flight work gets ``grace_period_s`` to finish, open streams end as
+   soon as what they accepted is answered, and the process exits 0 (``drain`` says in which order, and why).
 While serving, a backend that stops being ready (a remote Triton going away) turns health NOT_SERVING
 until it is back.
 
@@ -24,11 +25,11 @@ import time
 from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from rewardline.services import __version__
-from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
+from rewardline.services.api import REWARD_SERVICE, pb
 from rewardline.services.auth import AsyncAuthInterceptor, TokenStore
 from rewardline.services.config import ServeConfig
 from rewardline.services.core import ScoringCore
@@ -38,7 +39,7 @@ from rewardline.services.kinds import load_scorer
 from rewardline.services.metrics import ServiceMetrics, start_exporter
 from rewardline.services.scorer import Scorer
 from rewardline.services.security import AsyncHealthPort, add_port, warn_if_exposed
-from rewardline.services.servicer import RewardServicer
+from rewardline.services.servicer import RewardServicer, add_health_to_server, add_to_server
 from rewardline.services.tls import ReloadingSSLContext
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 READINESS_POLL_S = 1.0
+# After the drain, how long no new call may have come in before the port closes (a call that races the close is
+# cancelled by gRPC itself, and CANCELLED is not retried).
+DRAIN_QUIET_S = 0.5
 TLS_RELOAD_CHECK_S = 1.0  # how often the HTTP face looks at its certificate files (one stat each)
 
 
@@ -95,8 +99,8 @@ class RewardServer:
         # With tokens, every method but health needs one (reflection too: it lists what the server serves).
         interceptors = [AsyncAuthInterceptor(self.tokens, self.metrics.auth_outcome)] if self.tokens else []
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
-        pb_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        add_to_server(self.servicer, self.server)  # lenient parsing: malformed bytes get INVALID_ARGUMENT
+        self._end_health_watches = add_health_to_server(self.health, self.server)
         reflection.enable_server_reflection((REWARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = add_port(self.server, f"{config.host}:{config.port}", tls)
         self.health_port = (
@@ -213,17 +217,31 @@ class RewardServer:
         self._stop.set()
 
     async def drain(self) -> None:
-        """Stops taking work, lets in-flight RPCs finish within the grace period, then stops."""
+        """Stops taking work, lets admitted work finish within the grace period, then stops.
+
+        In this order, so that no call fails that a retry could have saved:
+        1. health NOT_SERVING (clients that watch it, as services/client.py's do, stop sending here) and every new
+           call, and every sample sent on an open stream, answered UNAVAILABLE, which retry policies retry elsewhere;
+        2. admitted calls finish; an open stream answers what it accepted and then ends with UNAVAILABLE at once,
+           so its client moves to another replica (before, it was held for the whole grace period and then cut);
+        3. once no call has come in for DRAIN_QUIET_S, gRPC's own graceful stop: answers still being written go out
+           (``stop(0)`` cut them: "Cancelling all calls"), and only a call racing the stop itself can be cancelled.
+        """
         gate = self.core.gate
-        gate.draining = True
+        grace = self.config.grace_period_s
+        deadline = time.monotonic() + grace
+        gate.begin_drain()
         await self.health.enter_graceful_shutdown()
         self._serving = False
         self.metrics.serving.set(0)
-        log.info("draining", extra={"inflight": gate.inflight, "grace_period_s": self.config.grace_period_s})
-        finished = await gate.wait_idle(self.config.grace_period_s)
-        if not finished:
+        log.info("draining", extra={"inflight": gate.inflight, "grace_period_s": grace})
+        finished = await gate.wait_idle(grace)
+        if finished:
+            await gate.wait_quiet(DRAIN_QUIET_S, deadline)
+        else:
             log.warning("grace period over; cancelling in-flight RPCs", extra={"inflight": gate.inflight})
-        await self.server.stop(0)
+        self._end_health_watches()  # open Watch streams would hold the graceful stop for the whole grace period
+        await self.server.stop(max(0.0, deadline - time.monotonic()) if finished else 0)
         if self.http is not None:
             await self.http.stop()
         if self.core.batcher:

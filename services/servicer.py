@@ -1,9 +1,13 @@
 """The RewardService RPCs: the gRPC face of the shared admission path (core.py), written once for every kind.
 
-Score:        core.score: validate -> render -> cache -> admission -> batcher -> Rewards in request order (atomic).
+Score:        core.score: queue room -> validate -> render -> cache -> batcher -> Rewards in request order (atomic).
 ScoreStream:  the same per sample, answered as each is ready; a failed sample is an in-band Reward.error.
 GetInfo:      the model's description plus this server's limits.
-Compare:      delegated to the kind (judges); others answer UNIMPLEMENTED.
+Compare:      core.compare, for judges; other kinds answer UNIMPLEMENTED.
+
+Requests are parsed by ``lenient`` deserializers: bytes that are no valid message reach the handler as
+``Malformed`` and get INVALID_ARGUMENT with a plain message. With protobuf's own parser in gRPC's place they got
+UNKNOWN naming a Python exception class (unary) or INTERNAL with a logged traceback (stream).
 """
 
 from __future__ import annotations
@@ -13,34 +17,136 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2
 
-from rewardline.services.api import pb, pb_grpc
-from rewardline.services.core import ScoringCore
-from rewardline.services.errors import ServiceError, unavailable
+from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
+from rewardline.services.core import ScoringCore, request_bytes
+from rewardline.services.errors import ServiceError, invalid_argument, unavailable
 from rewardline.services.rendering import RenderedInput
-from rewardline.services.validation import check_sample
+from rewardline.services.validation import MAX_ID_CHARS, check_sample, quoted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A status message travels in a trailer, and clients refuse large ones: never send more than this.
+MAX_STATUS_CHARS = 1024
+
+
+class Malformed:
+    """What ``lenient`` gives for bytes that are no valid message of the expected type."""
+
+    def __init__(self, message_type: type[Message]) -> None:
+        self.type_name = message_type.DESCRIPTOR.full_name
+
+    def error(self) -> ServiceError:
+        return invalid_argument(f"the request is not a valid {self.type_name} message (it does not parse)")
+
+
+def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """A request deserializer that returns ``Malformed`` instead of raising."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception:  # DecodeError, and whatever else a hostile byte string can make the parser raise
+            return Malformed(message_type)
+
+    return parse
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     """Ends the RPC with ``code``; grpc's ``abort`` always raises, which this signature says."""
+    if len(message) > MAX_STATUS_CHARS:
+        message = message[: MAX_STATUS_CHARS - 3] + "..."
     await context.abort(code, message)
     raise AssertionError("grpc.aio.ServicerContext.abort returned")
 
 
 def _error_reward(sample_id: str, error: ServiceError) -> pb.Reward:
-    return pb.Reward(id=sample_id, error=pb.Error(code=error.code.value[0], message=error.message))
+    message = error.message if len(error.message) <= MAX_STATUS_CHARS else error.message[:MAX_STATUS_CHARS] + "..."
+    return pb.Reward(id=sample_id[:MAX_ID_CHARS], error=pb.Error(code=error.code.value[0], message=message))
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline on this process's monotonic clock (None: the client set none)."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def add_to_server(servicer: RewardServicer, server: grpc.aio.Server) -> None:
+    """Registers the RewardService as the generated ``add_RewardServiceServicer_to_server`` does, with lenient
+    request deserializers."""
+    handlers = {
+        "Score": grpc.unary_unary_rpc_method_handler(
+            servicer.Score,
+            request_deserializer=lenient(pb.ScoreRequest),
+            response_serializer=pb.ScoreResponse.SerializeToString,
+        ),
+        "ScoreStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ScoreStream,
+            request_deserializer=lenient(pb.ScoreRequest),
+            response_serializer=pb.ScoreResponse.SerializeToString,
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetInfo,
+            request_deserializer=lenient(pb.GetInfoRequest),
+            response_serializer=pb.GetInfoResponse.SerializeToString,
+        ),
+        "Compare": grpc.unary_unary_rpc_method_handler(
+            servicer.Compare,
+            request_deserializer=lenient(pb.CompareRequest),
+            response_serializer=pb.CompareResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REWARD_SERVICE, handlers),))
+    server.add_registered_method_handlers(REWARD_SERVICE, handlers)
+
+
+def add_health_to_server(servicer: health.aio.HealthServicer, server: grpc.aio.Server) -> Callable[[], None]:
+    """The standard health service, with lenient deserializers (a probe that sends garbage gets INVALID_ARGUMENT);
+    returns the function that ends every open Watch (call it just before stopping the server).
+
+    Watch streams never end by themselves, and every client of services/client.py holds one per replica (its
+    client-side health checking): a graceful ``server.stop(grace)`` would wait the whole grace period for them and
+    then cancel them with a logged error. Ended first (each has already sent NOT_SERVING), they let the stop
+    return as soon as the real work is done.
+    """
+    ending = asyncio.Event()
+
+    async def check(request: Any, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        if isinstance(request, Malformed):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
+        return await servicer.Check(request, context)
+
+    async def watch(request: Any, context: grpc.aio.ServicerContext) -> None:  # writes through the context
+        if isinstance(request, Malformed):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.error().message)
+        if ending.is_set():  # a Watch that raced the stop: the status is known, and the stream ends at once
+            await context.write(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING))
+            return
+        watching = asyncio.ensure_future(servicer.Watch(request, context))
+        ended = asyncio.ensure_future(ending.wait())
+        try:
+            await asyncio.wait({watching, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watching, ended):
+                task.cancel()
+            await asyncio.gather(watching, ended, return_exceptions=True)
+        if watching.done() and not watching.cancelled() and (error := watching.exception()) is not None:
+            raise error
+
+    parse = lenient(health_pb2.HealthCheckRequest)
+    serialize = health_pb2.HealthCheckResponse.SerializeToString
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(check, request_deserializer=parse, response_serializer=serialize),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, request_deserializer=parse, response_serializer=serialize),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(health.SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(health.SERVICE_NAME, handlers)
+    return ending.set
 
 
 class RewardServicer(pb_grpc.RewardServiceServicer):
@@ -57,27 +163,37 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             await abort(context, e.code, e.message)
 
     # -- RPCs ---------------------------------------------------------------------------------------------
-    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+    async def Score(self, request: pb.ScoreRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         async def work() -> pb.ScoreResponse:
+            if isinstance(request, Malformed):
+                raise request.error()
             rewards = await self.core.score(request.samples, deadline_of(context), "Score")
             return pb.ScoreResponse(rewards=rewards)
 
         return await self._run_unary("Score", context, work)
 
-    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
+    async def GetInfo(
+        self, request: pb.GetInfoRequest | Malformed, context: grpc.aio.ServicerContext
+    ) -> pb.GetInfoResponse:
         async def work() -> pb.GetInfoResponse:
+            if isinstance(request, Malformed):
+                raise request.error()
             return self.core.info()
 
         return await self._run_unary("GetInfo", context, work)
 
-    async def Compare(self, request: pb.CompareRequest, context: grpc.aio.ServicerContext) -> pb.CompareResponse:
+    async def Compare(
+        self, request: pb.CompareRequest | Malformed, context: grpc.aio.ServicerContext
+    ) -> pb.CompareResponse:
         async def work() -> pb.CompareResponse:
-            return await self.core.compare(request)
+            if isinstance(request, Malformed):
+                raise request.error()
+            return await self.core.compare(request, deadline_of(context))
 
         return await self._run_unary("Compare", context, work)
 
     async def ScoreStream(
-        self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ScoreRequest | Malformed], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScoreResponse]:
         core = self.core
         started = time.monotonic()
@@ -86,14 +202,22 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             core.gate.enter()
         except ServiceError as e:
             core.metrics.requests.labels("ScoreStream", e.code.name).inc()
-            await context.abort(e.code, e.message)
+            await abort(context, e.code, e.message)
         stream = _Stream(core, context)
         try:
             async for response in stream.run(request_iterator):
                 yield response
+            if stream.malformed is not None:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await abort(context, code, f"{stream.malformed.error().message}; the samples before it were answered")
             if core.gate.draining:
                 code = grpc.StatusCode.UNAVAILABLE
-                await context.abort(code, "server is draining; samples sent after the drain began were refused")
+                await abort(
+                    context,
+                    code,
+                    "server is draining: every sample accepted was answered; samples sent after the drain began "
+                    "were refused (send them to another replica)",
+                )
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -102,7 +226,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error", extra={"method": "ScoreStream"})
-            await context.abort(code, "internal error; see the server log")
+            await abort(context, code, "internal error; see the server log")
         finally:
             stream.cancel()
             core.gate.leave()
@@ -111,61 +235,45 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
 
 
 class _Stream:
-    """One ScoreStream call: a reader task queues samples, the call's generator yields what is ready."""
+    """One ScoreStream call: a reader task takes messages and queues their samples, the call's generator yields
+    rewards as they are ready.
+
+    Backpressure, not refusal: the reader takes the next message only while fewer than ``stream_limit`` samples of
+    this stream are outstanding (accepted, not yet answered), and queues a message's samples only when the batcher
+    has room for them. Until then the message stays unread, gRPC's flow control fills, and the sender's writes wait:
+    a fast sender is slowed instead of losing samples to in-band "queue full", and one stream can hold at most its
+    limit of the queue, never all of it.
+
+    Draining: the stream stops taking samples (each sent after the drain began is answered UNAVAILABLE in-band),
+    answers every sample it accepted, and ends with UNAVAILABLE as soon as none is left, so that its client
+    reconnects to another replica at once instead of after the grace period.
+    """
 
     def __init__(self, core: ScoringCore, context: grpc.aio.ServicerContext) -> None:
         self.s = core
         self.context = context
-        self.ready: asyncio.Queue[pb.Reward] = asyncio.Queue()
-        self.pending: dict[str, asyncio.Future] = {}
+        self.limit = core.stream_limit
+        self.ready: list[pb.Reward] = []
+        self.accepted: set[str] = set()  # ids accepted and not yet answered
+        self.pending: dict[str, asyncio.Future] = {}  # the accepted ones that are in the batcher's queue
         self.reader: asyncio.Task | None = None
-        self.reading_done = asyncio.Event()
+        self.reading_done = False
+        self.malformed: Malformed | None = None
+        self._wake_writer = asyncio.Event()
+        self._room_changed = asyncio.Event()
+        self._unwatch = core.gate.watch_drain(self._wake_writer.set)
 
-    def _answer(self, reward: pb.Reward) -> None:
-        self.ready.put_nowait(reward)
+    # -- answers ---------------------------------------------------------------------------------------------
+    def _answer(self, reward: pb.Reward, accepted: bool = True) -> None:
+        """Queues ``reward`` for the writer; ``accepted``: it answers an accepted sample, which is then done."""
+        self.ready.append(reward)
+        if accepted:
+            self.accepted.discard(reward.id)
+            self._room_changed.set()
+        self._wake_writer.set()
 
-    def _refuse(self, sample_id: str, error: ServiceError) -> None:
-        self._answer(_error_reward(sample_id, error))
-
-    def _accept(self, samples: Sequence[pb.Sample]) -> None:
-        s = self.s
-        assert s.scorer is not None and s.batcher is not None
-        s.metrics.samples.labels("ScoreStream").inc(len(samples))
-        valid: list[pb.Sample] = []
-        batch_ids: set[str] = set()
-        for i, sample in enumerate(samples):
-            try:
-                if s.gate.draining:
-                    raise unavailable("server is draining; send this sample to another replica")
-                check_sample(sample, i, s.allow_empty_response)
-                if sample.id in self.pending or sample.id in batch_ids:
-                    raise ServiceError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"duplicate sample id {sample.id!r}: a sample with this id is still awaiting its reward",
-                    )
-            except ServiceError as e:
-                self._refuse(sample.id, e)
-                continue
-            batch_ids.add(sample.id)
-            valid.append(sample)
-        if not valid:
-            return
-        deadline = deadline_of(self.context)
-        for sample, item in zip(valid, s.scorer.render(valid)):
-            if isinstance(item, ServiceError):
-                self._refuse(sample.id, item)
-                continue
-            hit = s.cached(item, sample.id)
-            if hit is not None:
-                self._answer(hit)
-                continue
-            try:
-                (future,) = s.batcher.submit([(item, item.num_tokens)], deadline)
-            except ServiceError as e:
-                self._refuse(sample.id, e)
-                continue
-            self.pending[sample.id] = future
-            future.add_done_callback(functools.partial(self._settle, sample.id, item))
+    def _refuse(self, sample_id: str, error: ServiceError, accepted: bool = True) -> None:
+        self._answer(_error_reward(sample_id, error), accepted)
 
     def _settle(self, sample_id: str, item: RenderedInput, future: asyncio.Future) -> None:
         self.pending.pop(sample_id, None)
@@ -180,30 +288,113 @@ class _Stream:
             log.error("unexpected error scoring a streamed sample", exc_info=error)
             self._refuse(sample_id, ServiceError(grpc.StatusCode.INTERNAL, "internal error; see the server log"))
 
-    async def _read(self, request_iterator: AsyncIterator[pb.ScoreRequest]) -> None:
-        try:
-            async for request in request_iterator:
-                self._accept(request.samples)
-        finally:
-            self.reading_done.set()
-            self.ready.put_nowait(pb.Reward())  # wakes the writer so it can notice the end
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _check(self, samples: Sequence[pb.Sample]) -> list[pb.Sample]:
+        """The samples of one message that may be scored; the others are answered with their error now."""
+        s = self.s
+        limit = s.config.max_samples_per_request
+        if len(samples) > limit:
+            error = invalid_argument(
+                f"this message holds {len(samples)} samples, over max_samples_per_request={limit}; send fewer per "
+                "message"
+            )
+            for sample in samples:
+                self._refuse(sample.id, error, accepted=False)
+            return []
+        valid: list[pb.Sample] = []
+        ids: set[str] = set()
+        for i, sample in enumerate(samples):
+            try:
+                if s.gate.draining:
+                    raise unavailable("server is draining; send this sample to another replica")
+                check_sample(sample, i, s.allow_empty_response)
+                if sample.id in self.accepted or sample.id in ids:
+                    raise invalid_argument(
+                        f"duplicate sample id {quoted(sample.id)}: a sample with this id is still awaiting its reward"
+                    )
+            except ServiceError as e:
+                self._refuse(sample.id, e, accepted=False)
+                continue
+            ids.add(sample.id)
+            valid.append(sample)
+        return valid
 
-    async def run(self, request_iterator: AsyncIterator[pb.ScoreRequest]) -> AsyncIterator[pb.ScoreResponse]:
-        self.reader = asyncio.get_running_loop().create_task(self._read(request_iterator))
+    async def _queue(self, samples: Sequence[pb.Sample]) -> None:
+        """Renders accepted samples and queues them, waiting for room in the batcher's queue."""
+        s = self.s
+        assert s.scorer is not None and s.batcher is not None
+        scorer = s.scorer
+        step = max(1, min(s.config.max_queue_samples, len(samples)))
+        for start in range(0, len(samples), step):
+            chunk = samples[start : start + step]
+            try:
+                room = await s.batcher.reserve_waiting(len(chunk))
+            except ServiceError as e:  # the batcher closed while this stream waited for room: the server is stopping
+                for sample in chunk:
+                    self._refuse(sample.id, e)
+                continue
+            with room:
+                rendered = await s.render(request_bytes(chunk), functools.partial(scorer.render, chunk))
+                deadline = deadline_of(self.context)
+                queued: list[tuple[pb.Sample, RenderedInput]] = []
+                for sample, item in zip(chunk, rendered):
+                    if isinstance(item, ServiceError):
+                        self._refuse(sample.id, item)
+                    elif (hit := s.cached(item, sample.id)) is not None:
+                        self._answer(hit)
+                    else:
+                        queued.append((sample, item))
+                try:
+                    futures = room.submit([(item, item.num_tokens) for _, item in queued], deadline)
+                except ServiceError as e:  # the batcher closed: the server is stopping
+                    for sample, _ in queued:
+                        self._refuse(sample.id, e)
+                    continue
+                for (sample, item), future in zip(queued, futures):
+                    self.pending[sample.id] = future
+                    future.add_done_callback(functools.partial(self._settle, sample.id, item))
+
+    async def _read(self, requests: AsyncIterator[pb.ScoreRequest | Malformed]) -> None:
+        iterator = aiter(requests)
+        try:
+            while True:
+                while len(self.accepted) >= self.limit:  # backpressure: the next message stays unread
+                    self._room_changed.clear()
+                    await self._room_changed.wait()
+                try:
+                    request = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                if isinstance(request, Malformed):
+                    self.malformed = request
+                    return
+                self.s.metrics.samples.labels("ScoreStream").inc(len(request.samples))
+                samples = self._check(request.samples)
+                self.accepted.update(sample.id for sample in samples)
+                await self._queue(samples)
+        finally:
+            self.reading_done = True
+            self._wake_writer.set()
+
+    # -- the call --------------------------------------------------------------------------------------------
+    async def run(self, requests: AsyncIterator[pb.ScoreRequest | Malformed]) -> AsyncIterator[pb.ScoreResponse]:
+        self.reader = asyncio.get_running_loop().create_task(self._read(requests))
         while True:
-            first = await self.ready.get()
-            batch = [first]
-            while not self.ready.empty():
-                batch.append(self.ready.get_nowait())
-            rewards = [r for r in batch if r.id or r.HasField("error")]
-            if rewards:
-                yield pb.ScoreResponse(rewards=rewards)
-            if self.reading_done.is_set() and not self.pending and self.ready.empty():
+            if self.ready:
+                batch, self.ready = self.ready, []
+                yield pb.ScoreResponse(rewards=batch)
+                continue
+            if not self.accepted and (self.reading_done or self.s.gate.draining):
                 break
+            if self.reader.done() and not self.reader.cancelled() and self.reader.exception() is not None:
+                break  # raised below; what it accepted is lost with the call, which ends INTERNAL
+            self._wake_writer.clear()
+            await self._wake_writer.wait()
         if self.reader.done() and not self.reader.cancelled() and (error := self.reader.exception()) is not None:
             raise error
 
     def cancel(self) -> None:
+        self._unwatch()
         if self.reader and not self.reader.done():
             self.reader.cancel()
         for future in self.pending.values():

@@ -8,10 +8,15 @@ the ones the service sends to it.
 Truncation (``truncation: left``) cuts the question from its start, keeping the response whole and the template's
 own text intact; a sample whose response cannot fit even with no question is refused with INVALID_ARGUMENT.
 Rationale modes keep room for the rationale, the marker and the answer.
+
+Before anything is rendered, the cheap bounds of rendering.py apply where the tokenizer allows them
+(``chars_per_token``): a response (with the reference) too long to fit in any case is refused without tokenizing,
+and only the tail of a long question that truncation could keep is fenced and rendered.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +29,15 @@ from rewardline.services.errors import ServiceError, invalid_argument
 from rewardline.services.judge.labels import AnswerSlot, answer_slot
 from rewardline.services.judge.modes import is_rating_mode, is_rationale_mode
 from rewardline.services.judge.templating import JudgeTemplate, load_template, special_literals, template_variables
-from rewardline.services.rendering import RenderedInput, chat_text, decoded_text
-from rewardline.services.validation import sample_label
+from rewardline.services.rendering import (
+    CUT_MARGIN_TOKENS,
+    RenderedInput,
+    chars_per_token,
+    chat_text,
+    decoded_text,
+    tail,
+)
+from rewardline.services.validation import quoted, sample_label
 
 PAIR_LABELS = ("A", "B")
 DEFAULT_MARKERS = {"rationale_verdict": "Verdict:", "rationale_rating": "Rating:"}
@@ -78,6 +90,30 @@ class PromptRenderer:
             raise ValueError(
                 f"max_length={max_length} leaves no room for a prompt (the answer needs {max_length - self.budget})"
             )
+        self.chars_per_token = chars_per_token(tokenizer)
+
+    def bounded(self, item: dict[str, str], label: str) -> dict[str, str]:
+        """``item`` with a long question cut to the tail that truncation could keep; raises INVALID_ARGUMENT for
+        texts that can never fit. Nothing is tokenized (see rendering.py: chars_per_token)."""
+        cpt = self.chars_per_token
+        if cpt is None:
+            return item
+        judged = sum(len(text) for name, text in item.items() if name != "question")
+        question = item.get("question", "")
+        if self.truncation == "left" and judged > self.budget * cpt:
+            raise invalid_argument(
+                f"{label}: the response and the reference alone are at least {math.ceil(judged / cpt)} tokens and "
+                f"cannot fit the budget of {self.budget} (max_length={self.max_length})"
+            )
+        if self.truncation == "error" and judged + len(question) > self.budget * cpt:
+            raise invalid_argument(
+                f"{label}: the judge prompt is at least {math.ceil((judged + len(question)) / cpt)} tokens and "
+                f"exceeds the budget of {self.budget} (max_length={self.max_length})"
+            )
+        keep = int((self.budget + CUT_MARGIN_TOKENS) * cpt)
+        if self.truncation == "left" and len(question) > keep:
+            return {**item, "question": tail(question, keep)}
+        return item
 
     def text(self, texts: dict[str, str]) -> str:
         """The whole judge prompt as text: template, then the chat template (or a newline without one)."""
@@ -94,15 +130,20 @@ class PromptRenderer:
     def render(self, items: Sequence[dict[str, str]], labels: Sequence[str]) -> list[RenderedInput | ServiceError]:
         """One entry per item: its token ids (``suffix`` included), or why it cannot be judged."""
         texts: list[str | ServiceError] = []
+        bounded: list[dict[str, str]] = []
         for item, label in zip(items, labels):
             try:
+                item = self.bounded(item, label)
                 texts.append(self.text(item))
+            except ServiceError as e:
+                texts.append(e)
             except Exception as e:  # a chat template that chokes on this input: the sample's fault
                 texts.append(invalid_argument(f"{label}: cannot render the judge prompt: {e}"))
+            bounded.append(item)
         ok = [t for t in texts if isinstance(t, str)]
         encoded = iter(self.encode(ok)) if ok else iter(())
         out: list[RenderedInput | ServiceError] = []
-        for item, label, text in zip(items, labels, texts):
+        for item, label, text in zip(bounded, labels, texts):
             if isinstance(text, ServiceError):
                 out.append(text)
                 continue
@@ -233,7 +274,7 @@ class JudgePrompts:
         base = {"question": request.prompt, "reference": request.reference}
         a_first = {**base, "response_a": request.response_a, "response_b": request.response_b}
         b_first = {**base, "response_a": request.response_b, "response_b": request.response_a}
-        label = f"compare {request.id!r}" if request.id else "compare"
+        label = f"compare {quoted(request.id)}" if request.id else "compare"
         first, second = self.pairwise.render([a_first, b_first], [label, label])
         if isinstance(first, ServiceError):
             raise first
@@ -244,8 +285,8 @@ class JudgePrompts:
     def rationale_context(self, prompt_ids: Sequence[int], rationale: str) -> list[int]:
         """Where a rationale's verdict is read: the prompt, the rationale and the marker, then the forced tokens."""
         assert self.marker is not None
-        tail = self.tokenizer(rationale + self.marker, add_special_tokens=False)["input_ids"]
-        return [*prompt_ids, *tail, *self.slot.forced]
+        after = self.tokenizer(rationale + self.marker, add_special_tokens=False)["input_ids"]
+        return [*prompt_ids, *after, *self.slot.forced]
 
     def scope(self) -> str:
         """The part of the cache key the prompts decide (the mode and the scorer's settings are added there)."""

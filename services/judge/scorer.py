@@ -9,12 +9,15 @@ Score, by mode (``judge_mode``):
   rationales that reached the marker. A rationale that did not (end of turn or the token limit first) is
   *unparsed*: the reward is flagged ``judgement.unparsed`` and counted in ``rewardline_judge_unparsed``; when no
   rationale reached the marker the score is 0 (the proto says so).
-Compare reads P("A") over A + B for the pair in both orders (directly, without rationales) and averages.
+Compare reads P("A") over A + B for the pair in both orders (directly, without rationales) and averages. The two
+presentations go through the service's queue and batcher as two inputs (``PairInput``), batched with Score's
+samples, so Compare is bounded and batched exactly as Score is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +45,16 @@ from rewardline.services.modeling import load_tokenizer, weights_revision
 from rewardline.services.rendering import RenderedInput
 
 
+@dataclass(frozen=True)
+class PairInput(RenderedInput):
+    """One presentation of a Compare pair: its answer is read from the pairwise slot ("A" or "B")."""
+
+
 class JudgeScorer:
     """Generative judges on hf or vLLM."""
 
     kind = pb.MODEL_KIND_JUDGE
+    compares = True
 
     def __init__(
         self, config: ServeConfig, backend: JudgeBackend, prompts: JudgePrompts, revision: str, max_length: int
@@ -117,6 +126,22 @@ class JudgeScorer:
 
     # -- scoring ---------------------------------------------------------------------------------------------
     async def score_batch(self, inputs: list[RenderedInput]) -> list[pb.Reward]:
+        pairs = [i for i, x in enumerate(inputs) if isinstance(x, PairInput)]
+        if not pairs:
+            return await self._score_samples(inputs)
+        samples = [i for i, x in enumerate(inputs) if not isinstance(x, PairInput)]
+        out: list[pb.Reward] = [pb.Reward()] * len(inputs)
+        if samples:
+            for i, reward in zip(samples, await self._score_samples([inputs[i] for i in samples])):
+                out[i] = reward
+        slot = self.prompts.pair_slot
+        rows = await self.backend.next_token_logprobs([inputs[i].token_ids for i in pairs], slot.token_ids)
+        for i, row in zip(pairs, rows):
+            first = verdict_probability(normalised(class_log_masses(row, slot.classes, slot.token_ids)))
+            out[i] = pb.Reward(score=first, model_revision=self.revision, num_tokens=inputs[i].num_tokens)
+        return out
+
+    async def _score_samples(self, inputs: list[RenderedInput]) -> list[pb.Reward]:
         if self.rationale:
             return await self._score_with_rationales(inputs)
         rows = await self.backend.next_token_logprobs([x.token_ids for x in inputs], self.prompts.slot.token_ids)
@@ -190,17 +215,18 @@ class JudgeScorer:
             self._generated_tokens = 0
 
     # -- Compare -----------------------------------------------------------------------------------------------
-    async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse:
+    def compare_inputs(self, request: pb.CompareRequest) -> list[RenderedInput]:
+        """The pair shown A-first and B-first."""
         if self.config.empty_response == "refuse":
             for name in ("response_a", "response_b"):
                 if not getattr(request, name).strip():
                     raise invalid_argument(f"Compare: empty {name}")
-        a_first, b_first = self.prompts.render_pair(request)
-        slot = self.prompts.pair_slot
-        rows = await self.backend.next_token_logprobs([a_first.token_ids, b_first.token_ids], slot.token_ids)
-        p_a_first = verdict_probability(normalised(class_log_masses(rows[0], slot.classes, slot.token_ids)))
-        # Shown second, the request's A is the judge's "B".
-        p_a_second = 1.0 - verdict_probability(normalised(class_log_masses(rows[1], slot.classes, slot.token_ids)))
+        return [PairInput(x.token_ids, x.truncated) for x in self.prompts.render_pair(request)]
+
+    def compared(self, request: pb.CompareRequest, rewards: list[pb.Reward]) -> pb.CompareResponse:
+        """P(A preferred) in both orders from the judge's P(first shown is better) for each presentation."""
+        p_a_first = rewards[0].score
+        p_a_second = 1.0 - rewards[1].score  # shown second, the request's A is the judge's "B"
         averaged, bias = pairwise(p_a_first, p_a_second)
         return pb.CompareResponse(
             id=request.id,

@@ -83,7 +83,12 @@ class RewardScorer:
     def observe(self, reward: pb.Reward, metrics: ServiceMetrics) -> None:
         pass
 
-    async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse:
+    compares = False
+
+    def compare_inputs(self, request: pb.CompareRequest) -> list[RenderedInput]:
+        raise unimplemented_compare("reward")
+
+    def compared(self, request: pb.CompareRequest, rewards: list[pb.Reward]) -> pb.CompareResponse:
         raise unimplemented_compare("reward")
 
     async def ready(self) -> bool:

@@ -190,7 +190,12 @@ class UncertaintyScorer:
         if reward.uncertainty.out_of_distribution:
             metrics.ood.inc()
 
-    async def compare(self, request: pb.CompareRequest) -> pb.CompareResponse:
+    compares = False
+
+    def compare_inputs(self, request: pb.CompareRequest) -> list[RenderedInput]:
+        raise unimplemented_compare("uncertainty")
+
+    def compared(self, request: pb.CompareRequest, rewards: list[pb.Reward]) -> pb.CompareResponse:
         raise unimplemented_compare("uncertainty")
 
     async def ready(self) -> bool:
