@@ -14,13 +14,18 @@ then ``--steps`` timed ones; the per-step figure is the median.
 ``--devices`` runs our trainer once per device (``policy.device``); the table then also gives each run's speed
 against the first device's.
 
-``--modes sync,async`` runs ours synchronously (``rollout.max_staleness 0``) and asynchronously (``--max-staleness``
-k: the next steps' rollouts are generated and scored while a step updates). Our per-step figure is the wall clock
+``--modes sync,async[,async-process]`` runs ours synchronously (``rollout.max_staleness 0``), asynchronously
+(``--max-staleness`` k: the next steps' rollouts are generated and scored while a step updates) and asynchronously
+with vLLM's engine core in processes of its own (``rollout.vllm_engine_process``: generation then overlaps the
+update on another core instead of taking turns with it for this process's interpreter lock; vllm engine only,
+about a minute more to start, not timed; on the shared 2-core machine it was the slowest of the three, as both
+processes and everyone else's contend for the same cores). Our per-step figure is the wall clock
 between consecutive steps (what TRL's is: the time between its step-end callbacks), and a second table breaks it
 down: waiting for generation, waiting for rewards, preparing the batch (reference log-probs, advantages), the
 update, the weight sync and the rest (Python overhead), beside the rollout engine's own time per step.
-``--latency-ms L`` (default 100) then runs ours again in both modes with L ms added to every call of the reward
-function, as a reward service on another machine adds, and prints the async/sync step-time ratio.
+``--latency-ms L`` (default 100) then runs ours again in each mode with L ms added to every call of the reward
+function, as a reward service on another machine adds, and prints each row's step time against the first (sync)
+row of the same engine.
 
 Only the standard library is imported at the top: the worker mode runs under the TRL environment.
 """
@@ -57,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", default="cpu", help="policy.device of our runs (comma-separated: one run each)")
     p.add_argument("--no-trl", dest="trl", action="store_false", help="skip TRL (no .venv-trl, e.g. on a GPU machine)")
     p.add_argument("--json", type=Path, help="also write the rows here")
-    p.add_argument("--modes", default="sync,async", help="our modes to measure (comma-separated: sync, async)")
+    p.add_argument(
+        "--modes",
+        default="sync,async",
+        help="our modes to measure (comma-separated: sync, async, async-process; the last with the vllm engine only)",
+    )
     p.add_argument("--max-staleness", type=int, default=1, help="async mode: rollout.max_staleness")
     p.add_argument(
         "--latency-ms", type=float, default=100.0, help="also run both modes with this reward latency (0: skip)"
@@ -241,7 +250,12 @@ PROFILE = {
 
 
 def run_ours(
-    args: argparse.Namespace, engine: str, device: str = "cpu", staleness: int = 0, latency_ms: float = 0.0
+    args: argparse.Namespace,
+    engine: str,
+    device: str = "cpu",
+    staleness: int = 0,
+    latency_ms: float = 0.0,
+    engine_process: bool = False,
 ) -> dict:
     from rewardline.trainer.config import TrainConfig
     from rewardline.trainer.train import train
@@ -265,6 +279,7 @@ def run_ours(
                     "top_p": 1.0,
                     "top_k": 0,
                     "max_staleness": staleness,
+                    "vllm_engine_process": engine_process,
                 },
                 "rewards": {
                     "sources": [
@@ -329,30 +344,38 @@ def main() -> int:
     )
     rows = [row("TRL GRPOTrainer (transformers generate)", run_trl(args))] if args.trl else []
     devices = [d for d in args.devices.split(",") if d]
-    modes = {"sync": 0, "async": args.max_staleness}
+    # mode -> (rollout.max_staleness, rollout.vllm_engine_process, label)
+    modes = {
+        "sync": (0, False, "sync"),
+        "async": (args.max_staleness, False, f"async k={args.max_staleness}"),
+        "async-process": (args.max_staleness, True, f"async k={args.max_staleness}, engine process"),
+    }
     chosen = [m for m in args.modes.split(",") if m]
     if unknown := [m for m in chosen if m not in modes]:
-        raise SystemExit(f"--modes: unknown {unknown} (sync, async)")
+        raise SystemExit(f"--modes: unknown {unknown} ({', '.join(modes)})")
     latency_rows = []
     for engine in [e for e in args.engines.split(",") if e]:
+        runnable = [m for m in chosen if engine == "vllm" or not modes[m][1]]  # an engine process is vLLM's
         for device in devices:
             on = f", {device}" if len(devices) > 1 or device != "cpu" else ""
-            for mode in chosen:
-                label = "" if mode == "sync" else f", async k={modes[mode]}"
-                result = run_ours(args, engine, device, modes[mode])
-                rows.append(row(f"rewardline train ({engine} rollouts{on}{label})", result))
+            for mode in runnable:
+                staleness, process, label = modes[mode]
+                result = run_ours(args, engine, device, staleness, engine_process=process)
+                suffix = "" if mode == "sync" else f", {label}"
+                rows.append(row(f"rewardline train ({engine} rollouts{on}{suffix})", result))
             if args.latency_ms:
-                for mode in chosen:
-                    label = "sync" if mode == "sync" else f"async k={modes[mode]}"
-                    result = run_ours(args, engine, device, modes[mode], args.latency_ms)
-                    latency_rows.append(row(f"{engine}{on}, {label}, reward +{args.latency_ms:.0f} ms", result))
+                for mode in runnable:
+                    staleness, process, label = modes[mode]
+                    result = run_ours(args, engine, device, staleness, args.latency_ms, engine_process=process)
+                    name = f"{engine}{on}, {label}, reward +{args.latency_ms:.0f} ms"
+                    latency_rows.append(row(name, result) | {"engine": engine + on})
     reference = rows[0]
     versus = "TRL" if args.trl else "first"
-    print(f"\n{'trainer':<48} {'s/step':>8} {'steps/s':>8} {'tokens/s':>9} {'len':>5} {'speed-up vs ' + versus:>18}")
+    print(f"\n{'trainer':<62} {'s/step':>8} {'steps/s':>8} {'tokens/s':>9} {'len':>5} {'speed-up vs ' + versus:>18}")
     for r in rows:
         r["speed-up"] = reference["s/step (median)"] / r["s/step (median)"]
         print(
-            f"{r['trainer']:<48} {r['s/step (median)']:>8.3f} {1 / r['s/step (median)']:>8.2f} "
+            f"{r['trainer']:<62} {r['s/step (median)']:>8.3f} {1 / r['s/step (median)']:>8.2f} "
             f"{r['tokens/s (median)']:>9.0f} {r['completion length']:>5.1f} {r['speed-up']:>17.2f}x"
         )
     profiled = [r for r in rows + latency_rows if "profile" in r]
@@ -361,15 +384,19 @@ def main() -> int:
             "\nwhere a step's time goes (mean seconds per step, waiting included; 'engine' is the rollout engine's own "
             "time on the step's batch, which overlaps earlier steps in async mode)"
         )
-        print(f"{'run':<56} " + " ".join(f"{name:>10}" for name in PROFILE.values()))
+        print(f"{'run':<62} " + " ".join(f"{name:>10}" for name in PROFILE.values()))
         for r in profiled:
-            print(f"{r['trainer']:<56} " + " ".join(f"{r['profile'][k]:>10.3f}" for k in PROFILE))
+            print(f"{r['trainer']:<62} " + " ".join(f"{r['profile'][k]:>10.3f}" for k in PROFILE))
     if latency_rows:
-        print(f"\nwith {args.latency_ms:.0f} ms added to every reward call")
-        base = latency_rows[0]
+        print(f"\nwith {args.latency_ms:.0f} ms added to every reward call (each row against the first of its engine)")
+        base: dict[str, dict] = {}
         for r in latency_rows:
-            ratio = r["s/step (median)"] / base["s/step (median)"]
-            print(f"{r['trainer']:<56} {r['s/step (median)']:>8.3f} s/step {ratio:>6.2f}x the first row's step time")
+            first = base.setdefault(r["engine"], r)
+            r["versus first of engine"] = r["s/step (median)"] / first["s/step (median)"]
+            print(
+                f"{r['trainer']:<56} {r['s/step (median)']:>8.3f} s/step {r['versus first of engine']:>6.2f}x "
+                f"{first['trainer']}"
+            )
     if args.json:
         out = {"versus": versus, "rows": rows, "latency_ms": args.latency_ms, "latency_rows": latency_rows}
         args.json.write_text(json.dumps(out, indent=2) + "\n")
