@@ -43,7 +43,11 @@ def wait_serving(
     from rewardline.services.client import ChannelSettings, open_channel
 
     deadline = time.monotonic() + timeout
-    with open_channel(target, ChannelSettings(retry=None, tls=tls)) as channel:
+    # pick_first: this asks the health service itself, so the channel must not run round_robin's client-side health
+    # check, which asks for the reward service's name: a trainer's control API serves only its own and would never
+    # be reached.
+    settings = ChannelSettings(retry=None, tls=tls, load_balancing="pick_first")
+    with open_channel(target, settings) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:

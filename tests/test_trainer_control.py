@@ -16,6 +16,7 @@ import yaml
 from rewardline.services.metrics import sample_value, scrape
 from rewardline.services.process import free_port, wait_serving
 from rewardline.trainer.config import TrainConfig
+from rewardline.trainer.control import ControlClientConfig, control_call
 from rewardline.trainer.train import train
 from rewardline.v1 import trainer_pb2 as tpb
 from rewardline.v1 import trainer_pb2_grpc as tpb_grpc
@@ -76,6 +77,9 @@ def test_pause_checkpoint_resume_and_sigterm(local_models, tmp_path):
                 and first.max_steps == 0
                 and first.run_dir == str(run_dir)
             )
+            # `rewardline control status`'s client: its channel must not ask for the reward service's health name
+            # (the trainer serves only its own, so a client-side health check would refuse every call).
+            assert control_call(ControlClientConfig(target=target, timeout=10), "status")["algorithm"] == "grpo"
 
             with pytest.raises(grpc.RpcError) as err:
                 stub.Resume(tpb.ResumeRequest(), timeout=10)

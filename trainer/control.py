@@ -220,7 +220,10 @@ def control_call(config: ControlClientConfig, action: str) -> dict[str, object]:
     from google.protobuf.json_format import MessageToDict
 
     method, request = CONTROL_ACTIONS[action]
-    settings = config.channel_settings(ChannelSettings(retry=None))
+    # pick_first: one trainer, nothing to balance; and round_robin would apply the channel's client-side health
+    # check, which asks for the reward service's health name: the trainer serves only its own, so every call would
+    # be refused as "backend unhealthy".
+    settings = config.channel_settings(ChannelSettings(retry=None, load_balancing="pick_first"))
     with open_channel(config.target, settings) as channel:
         call = getattr(tpb_grpc.TrainerServiceStub(channel), method)
         answer = call(request(), timeout=config.timeout, metadata=call_metadata(settings))
