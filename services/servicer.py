@@ -242,7 +242,10 @@ class _Stream:
     this stream are outstanding (accepted, not yet answered), and queues a message's samples only when the batcher
     has room for them. Until then the message stays unread, gRPC's flow control fills, and the sender's writes wait:
     a fast sender is slowed instead of losing samples to in-band "queue full", and one stream can hold at most its
-    limit of the queue, never all of it.
+    limit of the queue, never all of it. The sender is slowed only once the transport's flow-control window is full:
+    what HTTP/2 accepted before the server stopped reading (a window that gRPC's BDP probing grows to megabytes on a
+    fast link) is still read and scored, so a sender of tiny samples can be that far ahead (bench/reliability.py
+    stream: about 120,000 samples on loopback) while holding no more than its limit of the queue.
 
     Draining: the stream stops taking samples (each sent after the drain began is answered UNAVAILABLE in-band),
     answers every sample it accepted, and ends with UNAVAILABLE as soon as none is left, so that its client
