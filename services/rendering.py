@@ -279,8 +279,14 @@ class InputRenderer:
         return messages[0]["content"] + messages[1]["content"]
 
     def _prefix_text(self, messages: list[dict[str, str]]) -> str:
-        """Everything before the response; only needed to truncate, so rendered only then."""
+        """Everything before the response; only needed to truncate, so rendered only then.
+
+        A conversation of the response alone has nothing before it that could be cut: "" counts all of it as the
+        response, which then cannot fit (a chat template refuses to render an empty conversation, which once
+        escaped as INTERNAL; found by tests/test_fuzz.py)."""
         if self.use_chat_template:
+            if len(messages) < 2:
+                return ""
             return chat_text(self.tokenizer, messages[:-1], add_generation_prompt=True)
         return messages[0]["content"]
 

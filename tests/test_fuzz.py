@@ -11,7 +11,7 @@ import grpc
 import pytest
 from fuzzing import RAW, Prober, compare_requests, score_requests, stream_raw, stream_requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rewardline.services.api import pb
@@ -51,6 +51,10 @@ def prober(request, services):
 
 @CI
 @given(request=score_requests)
+# found by bench/fuzz.py: a conversation of a long assistant message alone, which must be cut, was INTERNAL
+@example(
+    request=pb.ScoreRequest(samples=[pb.Sample(id="a", messages=[pb.Message(role="assistant", content="x " * 600)])])
+)
 def test_score(prober, request):
     prober.score(request)
 
