@@ -55,9 +55,17 @@ class ChannelSettings:
     keepalive_s: float = 30.0
     tls: ClientTLS | None = None  # None: plaintext
     token_file: Path | None = None  # a bearer token sent on every call
+    # Skip replicas whose health says NOT_SERVING; None: only for a target that names several addresses (an
+    # ``ipv4:``/``ipv6:`` list, or ``dns:``), where another replica can take the call. A lone server stays reachable
+    # while it is not serving (GetInfo while its backend is down, a last retry while it drains).
+    health_check: bool | None = None
 
 
-def service_config(settings: ChannelSettings) -> str:
+def names_several(target: str) -> bool:
+    return "," in target or target.startswith("dns:")
+
+
+def service_config(settings: ChannelSettings, target: str = "") -> str:
     method: dict[str, Any] = {"name": [{"service": REWARD_SERVICE}]}
     if settings.retry is not None:
         r = settings.retry
@@ -70,19 +78,17 @@ def service_config(settings: ChannelSettings) -> str:
         }
     # Client-side health checking (gRFC A17): a replica whose health says NOT_SERVING (loading, draining) gets no new
     # calls, so a draining replica is left alone before it stops instead of refusing calls that race its stop.
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{settings.load_balancing: {}}],
-            "methodConfig": [method],
-            "healthCheckConfig": {"serviceName": REWARD_SERVICE},
-        }
-    )
+    config: dict[str, Any] = {"loadBalancingConfig": [{settings.load_balancing: {}}], "methodConfig": [method]}
+    health_check = settings.health_check if settings.health_check is not None else names_several(target)
+    if health_check:
+        config["healthCheckConfig"] = {"serviceName": REWARD_SERVICE}
+    return json.dumps(config)
 
 
-def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
+def channel_options(settings: ChannelSettings, target: str = "") -> list[tuple[str, Any]]:
     size = int(settings.max_message_mb * 1024 * 1024)
     options: list[tuple[str, Any]] = [
-        ("grpc.service_config", service_config(settings)),
+        ("grpc.service_config", service_config(settings, target)),
         ("grpc.enable_retries", 1 if settings.retry is not None else 0),
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
@@ -96,7 +102,7 @@ def channel_options(settings: ChannelSettings) -> list[tuple[str, Any]]:
 
 def open_channel(target: str, settings: ChannelSettings) -> grpc.Channel:
     """A blocking channel to ``target``: TLS when ``settings.tls`` is set, else plaintext."""
-    options = channel_options(settings)
+    options = channel_options(settings, target)
     if settings.tls is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, grpc_channel_credentials(settings.tls), options=options)
@@ -104,7 +110,7 @@ def open_channel(target: str, settings: ChannelSettings) -> grpc.Channel:
 
 def open_aio_channel(target: str, settings: ChannelSettings) -> grpc.aio.Channel:
     """The asyncio form of ``open_channel`` (belongs to the running event loop)."""
-    options = channel_options(settings)
+    options = channel_options(settings, target)
     if settings.tls is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, grpc_channel_credentials(settings.tls), options=options)

@@ -155,7 +155,8 @@ def test_grpc_source_scores_equal_the_services_unary_scores(reward_service):
     )
     hub.start()
     try:
-        batch = samples("g", 10, correct=False) + [ScoringSample("empty", "What is 1 + 1?", "", answer="2")]
+        # a response the service refuses (an empty one is a sample like any other since empty_response=score)
+        batch = samples("g", 10, correct=False) + [ScoringSample("huge", "What is 1 + 1?", "1 " * 400_000, answer="2")]
         for sample in batch:  # one at a time, as a rollout engine finishes them
             hub.submit([sample])
         got = hub.wait([s.id for s in batch], timeout=120)
@@ -164,7 +165,7 @@ def test_grpc_source_scores_equal_the_services_unary_scores(reward_service):
     with RewardClient(reward_service.target) as client:
         reference = client.score([{"id": s.id, "prompt": s.prompt, "response": s.completion} for s in batch[:-1]])
     np.testing.assert_allclose([got[s.id]["rm"].score for s in batch[:-1]], [r.score for r in reference], atol=1e-5)
-    assert got["empty"]["rm"].error.startswith("INVALID_ARGUMENT")  # the service refuses it in-band; the stream goes on
+    assert got["huge"]["rm"].error.startswith("INVALID_ARGUMENT")  # the service refuses it in-band; the stream goes on
     assert metrics.reward_errors.labels("rm")._value.get() == 1
 
 

@@ -99,6 +99,7 @@ class RolloutPipeline:
         self.batches: list[RolloutBatch] = []  # planned and not yet trained on, in the order they were planned
         self.engine_version = 0
         self.exhausted: str | None = None  # why the prompt stream had no more prompts, once it had none
+        self.engine_threads = torch.get_num_threads()  # the training thread's, which made the engine
         self.engine_lock = threading.Lock()  # held by whoever uses the engine (it is not thread-safe)
         self.changed = threading.Condition()
         self.closing = False
@@ -248,8 +249,11 @@ class RolloutPipeline:
         batch.done.set()
 
     def _rollout_thread(self) -> None:
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)  # a new thread's OpenMP team follows OMP_NUM_THREADS otherwise
+        # A new thread's OpenMP team follows OMP_NUM_THREADS, not the thread count the engine was set up with; vLLM's
+        # CPU attention refuses a step whose thread count differs from its metadata's ("thread_num == thread_num
+        # (2 vs. 1)"), and vLLM replaces torch.set_num_threads with a no-op once it has bound its threads: the
+        # count of the creating thread is set through torch's own binding.
+        torch._C.set_num_threads(self.engine_threads)
         while True:
             with self.changed:
                 while not self.closing and not (
