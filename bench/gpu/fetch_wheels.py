@@ -5,7 +5,7 @@
 
 The GPU machine has no package registry; its python3 (3.12) comes with CUDA torch, transformers, tokenizers,
 safetensors, grpcio, protobuf, prometheus-client, peft, pyyaml, jinja2, matplotlib and tqdm
-(shared/ENVIRONMENT.md). What rewardline needs besides is found by walking the requirements that pyproject.toml
+(bench/gpu/README.md). What rewardline needs besides is found by walking the requirements that pyproject.toml
 declares (plus pytest, to run the `gpu`-marked tests there) through the metadata of this virtual environment, so
 a dependency added to pyproject is fetched without editing this file. The walk stops at the large binary packages
 the GPU machine is known to have (NOT_CARRIED): carrying CUDA torch is impossible, and shadowing its numpy would

@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu/rehearse.sh [DIR]          # default /tmp/gpu-rehearsal; the results in DIR/out
 #
-# DIR/venv holds only what the GPU machine has preinstalled (shared/ENVIRONMENT.md: torch, transformers,
+# DIR/venv holds only what the GPU machine has preinstalled (bench/gpu/README.md: torch, transformers,
 # tokenizers, safetensors, grpcio, protobuf, prometheus-client, peft, pyyaml, jinja2, matplotlib, tqdm) at the
 # versions this project's venv has, except protobuf, held below what pyproject requires so that the installer's
 # fallback (a carried wheel shadowing the machine's too-old one) is exercised too. The wheels are fetched for
