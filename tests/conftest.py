@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def local_models() -> Path:
     """The directory `rewardline models build` makes (reward, policy, tokenizer, data, build.json).
 
-    `bash deploy/install.sh --test` builds it into <repo>/.cache/models (about six minutes on a 2-core machine);
+    `bash deploy/install.sh --test` builds it into <repo>/.cache/models (2-4 minutes on a 2-core machine);
     here it is only checked, and rebuilt when the builder's code or config changed since (a step at a time: an
     edit of the judge's code retrains the judge alone).
     """

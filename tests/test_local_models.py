@@ -242,6 +242,7 @@ def tiny_config(**update: object) -> ModelsBuildConfig:
         policy=SFTConfig(steps=2, batch_size=8, eval_every=1000),
         reward=ModelsBuildConfig().reward.model_copy(update={"steps": 2, "batch_size": 8}),
         judge=JudgeTrainConfig(steps=2, batch_size=4, eval_pairs=8),
+        workers=1,
     )
     return config.model_copy(update=update)
 
@@ -278,6 +279,22 @@ def test_build_is_deterministic_and_cached(tmp_path):
     assert build.is_current(tmp_path / "a", changed)
     assert build.build_key(changed) != build.build_key(tiny_config())
     assert build.build_key(tiny_config(seed=1)) != build.build_key(tiny_config())
+
+
+def test_steps_built_in_worker_processes_are_the_same_as_built_in_one(tmp_path):
+    build.build_models(tmp_path / "serial", tiny_config())
+    parallel = build.build_models(tmp_path / "parallel", tiny_config(workers=2))
+    assert tree_digest(tmp_path / "parallel") == tree_digest(tmp_path / "serial")
+    assert list(parallel["steps"]) == [s.name for s in steps.STEPS]
+    assert build.build_key(tiny_config(workers=2)) == build.build_key(tiny_config())  # the same models
+
+
+def test_a_failing_step_in_a_worker_fails_the_build_and_leaves_nothing(tmp_path):
+    config = tiny_config(workers=2, judge=JudgeTrainConfig(steps=2, batch_size=4, eval_pairs=0))  # no pairs to judge
+    with pytest.raises(RuntimeError, match="build step judge failed with exit code 1"):
+        build.build_models(tmp_path / "models", config)
+    assert not (tmp_path / "models").exists()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
 
 
 def test_interrupted_build_leaves_nothing_that_looks_built(tmp_path, monkeypatch):

@@ -9,7 +9,9 @@
   finished, so an interrupted build never leaves a directory that looks complete.
 - Serialised: a lock file beside DIR makes concurrent builders (parallel test sessions) wait for one another.
 - Deterministic: each step seeds random, numpy and torch from the build seed and its own name, so its output
-  does not depend on which other steps ran or were reused.
+  does not depend on which other steps ran or were reused, nor on whether it ran in this process or a worker.
+- Parallel: steps that do not need each other (the reward model and its uncertainty heads, the judge) run at once
+  in `workers` worker processes, each with `threads` torch threads; on 2 cores this cuts the build by a third.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import ModuleType
 
+import huggingface_hub.constants
 import tokenizers
 import torch
 import transformers
@@ -277,8 +282,7 @@ def _build(out: Path, config: ModelsBuildConfig, reuse: bool) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would become the finished directory's mode
     try:
-        with _build_settings(config.threads):
-            steps = {step.name: _run_step(step, keys[step.name], config, tmp, out, previous) for step in STEPS}
+        steps = _run_steps(config, keys, tmp, out, previous)
         manifest = {
             "key": build_key(config),
             "seed": config.seed,
@@ -296,14 +300,120 @@ def _build(out: Path, config: ModelsBuildConfig, reuse: bool) -> dict:
     return manifest
 
 
+def _run_steps(
+    config: ModelsBuildConfig, keys: dict[str, str], root: Path, out: Path, previous: dict | None
+) -> dict[str, dict]:
+    """Every step's manifest entry, in STEPS order. A step starts once the steps it needs are done: here when
+    `workers` is 1, else in a process of its own (`_StepProcesses`), so that independent steps train at once."""
+    if config.workers == 1:
+        with _build_settings(config.threads):
+            return {step.name: _run_step(step, keys[step.name], config, root, out, previous) for step in STEPS}
+    done: dict[str, dict] = {}
+    pending = list(STEPS)
+    running: dict[Future[dict], str] = {}
+    with _StepProcesses(config, root) as processes:
+        while pending or running:
+            for step in [s for s in pending if all(n in done for n in s.needs)]:
+                pending.remove(step)
+                reused = _reused(step, keys[step.name], root, out, previous)
+                if reused is not None:
+                    done[step.name] = reused
+                else:
+                    running[processes.submit(step.name, keys[step.name])] = step.name
+            if not running:
+                if pending and not any(all(n in done for n in s.needs) for s in pending):
+                    raise ValueError(f"build steps {[s.name for s in pending]} need steps that never run")
+                continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future)] = future.result()  # a failed step fails the build here
+    return {step.name: done[step.name] for step in STEPS}
+
+
+class _StepProcesses:
+    """Runs build steps as `python -m rewardline.trainer.local_models.build_step` processes, `workers` at once.
+
+    Fresh interpreters rather than multiprocessing's: a spawned worker re-imports the caller's main script, which
+    breaks any script that builds without a `__main__` guard, and a forked one inherits torch's thread pools. On
+    leaving (a step failed, or the build was interrupted) the steps still running are stopped.
+    """
+
+    def __init__(self, config: ModelsBuildConfig, root: Path) -> None:
+        self.config, self.root = config, root
+        self.threads = ThreadPoolExecutor(config.workers, thread_name_prefix="build-step")
+        self.processes: set[subprocess.Popen[bytes]] = set()
+        self.stopping = False
+
+    def __enter__(self) -> _StepProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping = True
+        for process in list(self.processes):
+            process.kill()
+        self.threads.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, name: str, key: str) -> Future[dict]:
+        return self.threads.submit(self._run, name, key)
+
+    def _run(self, name: str, key: str) -> dict:
+        with tempfile.TemporaryDirectory(prefix=f"step-{name}-") as scratch:
+            result = Path(scratch) / "result.json"
+            request = {
+                "step": name,
+                "key": key,
+                "root": str(self.root),
+                "result": str(result),
+                "config": self.config.model_dump(mode="json"),
+                "log_level": logging.getLogger().getEffectiveLevel(),
+            }
+            command = [sys.executable, "-m", "rewardline.trainer.local_models.build_step"]
+            # the Hub's offline flag as this process has it: transformers writes it into every saved tokenizer's
+            # config, so a step process with another value would write other bytes
+            env = {**os.environ, "HF_HUB_OFFLINE": "1" if huggingface_hub.constants.HF_HUB_OFFLINE else "0"}
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
+            self.processes.add(process)
+            try:
+                process.communicate(json.dumps(request).encode())
+            finally:
+                self.processes.discard(process)
+            if process.returncode != 0 or not result.exists():
+                why = "stopped" if self.stopping else f"failed with exit code {process.returncode}; its error is above"
+                raise RuntimeError(f"build step {name} {why}")
+            return dict(json.loads(result.read_text(encoding="utf-8")))
+
+
+def run_requested_step(request: dict) -> None:
+    """The body of a step process (build_step.py): one step, under the build's settings, its entry written out."""
+    if request["log_level"] <= logging.INFO:
+        from rewardline.services.logs import setup_logging
+
+        setup_logging(logging.getLevelName(request["log_level"]))
+    config = ModelsBuildConfig.model_validate(request["config"])
+    step = next(s for s in STEPS if s.name == request["step"])
+    with _build_settings(config.threads):
+        entry = _execute(step, request["key"], config, Path(request["root"]))
+    Path(request["result"]).write_text(json.dumps(entry), encoding="utf-8")
+
+
+def _reused(step: BuildStep, key: str, root: Path, out: Path, previous: dict | None) -> dict | None:
+    """The previous build's output of this step, copied into the new build, when its key is unchanged."""
+    before = (previous or {}).get("steps", {}).get(step.name, {})
+    if before.get("key") != key or not (out / step.output).is_dir():
+        return None
+    shutil.copytree(out / step.output, root / step.output)
+    log.info("reused step %s", step.name, extra={"step": step.name})
+    return {**before, "reused": True}
+
+
 def _run_step(
     step: BuildStep, key: str, config: ModelsBuildConfig, root: Path, out: Path, previous: dict | None
 ) -> dict:
-    before = (previous or {}).get("steps", {}).get(step.name, {})
-    if before.get("key") == key and (out / step.output).is_dir():
-        shutil.copytree(out / step.output, root / step.output)
-        log.info("reused step %s", step.name, extra={"step": step.name})
-        return {**before, "reused": True}
+    reused = _reused(step, key, root, out, previous)
+    return reused if reused is not None else _execute(step, key, config, root)
+
+
+def _execute(step: BuildStep, key: str, config: ModelsBuildConfig, root: Path) -> dict:
     seed = step_seed(config, step)
     transformers.set_seed(seed)
     started = time.perf_counter()

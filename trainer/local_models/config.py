@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PositiveInt
 
 from rewardline.trainer.local_models.architectures import TINY, ModelSize
 from rewardline.trainer.local_models.datasets import DatasetsConfig
@@ -22,6 +22,9 @@ class ModelsBuildConfig(BaseModel):
     seed: int = 0
     # One thread: the machines are 2-core and shared; a second thread was only ~17% faster here.
     threads: int = 1
+    # Steps that do not need each other run at once, each in its own worker process with `threads` threads (1: all
+    # in this process, one after another). Every step's output is the same either way.
+    workers: PositiveInt = 2
     tokenizer: TokenizerConfig = TokenizerConfig()
     data: DatasetsConfig = DatasetsConfig()
     model_size: ModelSize = TINY
