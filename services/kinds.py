@@ -7,9 +7,12 @@ pays for vLLM's import).
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from rewardline.services.config import ServeConfig
-from rewardline.services.scorer import Scorer
+
+if TYPE_CHECKING:  # the scorer module imports transformers; the CLI imports this module to list the kinds
+    from rewardline.services.scorer import Scorer
 
 KINDS: dict[str, tuple[str, str]] = {
     "reward": (

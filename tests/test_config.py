@@ -68,3 +68,25 @@ def test_unknown_yaml_keys_are_refused(tmp_path):
     path.write_text("model: m\nbatch_sise: 3\n")
     with pytest.raises(ConfigError, match="batch_sise"):
         load_config(ServeConfig, argparse.Namespace(config=path))
+
+
+def test_the_command_is_offline_before_any_model_library_loads():
+    """huggingface_hub reads HF_HUB_OFFLINE once, when imported: the command sets it in `main`, so nothing the
+    command imports before `main` may import the Hub (or transformers, which imports it). It did, through the
+    kinds' scorer, and the flag had no effect (and saved tokenizers recorded whichever value their process had)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    code = (
+        "import sys\n"
+        "from rewardline.services import cli\n"
+        "assert 'huggingface_hub' not in sys.modules and 'transformers' not in sys.modules, 'imported too early'\n"
+        "cli.build_parser = lambda: (_ for _ in ()).throw(SystemExit(0))\n"
+        "try:\n    cli.main([])\nexcept SystemExit:\n    pass\n"
+        "import huggingface_hub.constants as c\n"
+        "assert c.HF_HUB_OFFLINE, 'the Hub is not offline'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
