@@ -352,7 +352,9 @@ def test_deadline_and_cancellation_take_samples_out_of_the_queue(reward_dir):
 
 
 def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
-    svc = ServiceProcess("reward", ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512"])
+    # A batch waits up to 3 s for more samples (--max-wait-ms), the warm-up batch and the in-flight request below
+    # included: the loading window and the drain last that long on a fast machine too, not only on a slow one.
+    svc = ServiceProcess("reward", ["--model", str(reward_dir), "--max-batch-size", "64", "--max-wait-ms", "3000"])
     svc.process = subprocess.Popen(svc.command(), env=svc.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         seen = []
@@ -392,12 +394,14 @@ def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
 
 def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
     """On both faces: gRPC answers UNAVAILABLE, HTTP 503 with Retry-After, and /ready turns 503."""
+    # The in-flight request is held 5 s for more samples (--max-wait-ms), so the drain lasts at least that long
+    # however fast the machine scores.
     with ServiceProcess(
         "reward",
-        ["--model", str(reward_dir), "--max-batch-size", "1", "--max-length", "512", "--grace-period-s", "60"],
+        ["--model", str(reward_dir), "--max-batch-size", "64", "--max-wait-ms", "5000", "--grace-period-s", "60"],
         http_port=free_port(),
     ) as svc:
-        long_request = [{"id": f"f{i}", "prompt": "seven plus three " * 40, "response": str(i)} for i in range(80)]
+        long_request = [{"id": f"f{i}", "prompt": "seven plus three " * 40, "response": str(i)} for i in range(8)]
         with RewardClient(svc.target, timeout=300) as c, ThreadPoolExecutor(1) as pool:
             pending = pool.submit(c.score, long_request)
             time.sleep(0.5)
