@@ -19,8 +19,8 @@ shared cores.
   compare    512 concurrent Compare calls on a judge with a 64-sample queue, and a Score beside them. Aim: the
              queue bound answers RESOURCE_EXHAUSTED; Score does not stall.
   stream     one ScoreStream message of 10,000 samples; one stream sending as fast as it can beside a unary
-             caller. Aim: the message is refused, the stream is slowed (no in-band "queue full"), unary calls keep
-             their latency.
+             caller, with gRPC's grown receive window and with --receive-window-kb 64. Aim: the message is refused,
+             the stream is slowed (no in-band "queue full"), unary calls keep their latency.
   refusal    RESOURCE_EXHAUSTED latency while the backend is saturated. Aim: p99 <= 10 ms.
   malformed  undecodable bytes to each RPC, and a 100 KB id. Aim: INVALID_ARGUMENT with a short plain message.
 """
@@ -130,50 +130,69 @@ def big_request(shape: str, chars: int) -> pb.ScoreRequest:
     return pb.ScoreRequest(samples=[pb.Sample(id="big", messages=[*turns, pb.Message(role="assistant", content="4")])])
 
 
-def run_stall(kind: str, seconds: float, chars: int, shapes: list[str]) -> None:
+def send_big(target: str, shape: str, chars: int, senders: int, stop, results) -> None:  # type: ignore[no-untyped-def]
+    """`senders` threads sending the big request back to back until `stop` is set; puts (codes, latencies)."""
+    request = big_request(shape, chars)
+    codes: Counter[str] = Counter()
+    latencies: list[float] = []
+
+    def sender() -> None:
+        channel = grpc.insecure_channel(target, options=BIG_OPTIONS)
+        stub = pb_grpc.RewardServiceStub(channel)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                stub.Score(request, timeout=300)
+                codes["OK"] += 1
+            except grpc.RpcError as e:
+                codes[e.code().name] += 1
+            latencies.append(time.monotonic() - t0)
+        channel.close()
+
+    threads = [threading.Thread(target=sender) for _ in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((dict(codes), latencies))
+
+
+def run_stall(kind: str, seconds: float, chars: int, shapes: list[str], same_process: bool = False) -> None:
+    """The big requests come from another process (as a probe and a heavy client are different processes);
+    `same_process` sends them from this one, whose GIL the probe then shares with four serialising threads."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
     with service(kind, "--max-message-mb", "16") as svc:
         health_idle, score_idle, _ = probe(svc.target, seconds / 2)
         idle_h, idle_s = percentile_ms(health_idle, 99), percentile_ms(score_idle, 99)
         print(f"[stall] {kind}: idle: health p99 {idle_h:.1f} ms, small Score p99 {idle_s:.1f} ms ({load()})")
         for shape in shapes:
-            request = big_request(shape, chars)
-            size = request.ByteSize() / MB
-            stop = threading.Event()
-            big_lat: list[float] = []
-            codes: Counter[str] = Counter()
+            size = big_request(shape, chars).ByteSize() / MB
+            if same_process:
+                import queue
 
-            def sender(
-                request: pb.ScoreRequest = request,
-                stop: threading.Event = stop,
-                codes: Counter[str] = codes,
-                big_lat: list[float] = big_lat,
-            ) -> None:
-                channel = grpc.insecure_channel(svc.target, options=BIG_OPTIONS)
-                stub = pb_grpc.RewardServiceStub(channel)
-                while not stop.is_set():
-                    t0 = time.monotonic()
-                    try:
-                        stub.Score(request, timeout=300)
-                        codes["OK"] += 1
-                    except grpc.RpcError as e:
-                        codes[e.code().name] += 1
-                    big_lat.append(time.monotonic() - t0)
-                channel.close()
-
-            threads = [threading.Thread(target=sender) for _ in range(4)]
-            for t in threads:
-                t.start()
-            time.sleep(1.0)  # the four are in flight
+                stop_t, results_t = threading.Event(), queue.Queue()  # type: ignore[var-annotated]
+                worker: threading.Thread | multiprocessing.process.BaseProcess = threading.Thread(
+                    target=send_big, args=(svc.target, shape, chars, 4, stop_t, results_t)
+                )
+                stop, results = stop_t, results_t
+            else:
+                stop, results = ctx.Event(), ctx.Queue()
+                worker = ctx.Process(target=send_big, args=(svc.target, shape, chars, 4, stop, results))
+            worker.start()
+            time.sleep(3.0 if not same_process else 1.0)  # the four are in flight (a process starts slower)
             health_lat, score_lat, errors = probe(svc.target, seconds)
             stop.set()
-            for t in threads:
-                t.join()
+            codes, big_lat = results.get(timeout=600)
+            worker.join()
             h99, s99 = percentile_ms(health_lat, 99), percentile_ms(score_lat, 99)
+            where = "this process" if same_process else "another process"
             print(
-                f"[stall] {kind}: 4 x {size:.1f} MB {shape}: health p99 {h99:.1f} ms (max "
+                f"[stall] {kind}: 4 x {size:.1f} MB {shape} (sent from {where}): health p99 {h99:.1f} ms (max "
                 f"{1000 * max(health_lat, default=float('nan')):.0f}; aim <= 50), small Score p99 {s99:.1f} ms = idle "
                 f"+ {s99 - idle_s:.1f} ms (aim <= +100); {len(health_lat)} probes, {errors} probe errors; big requests "
-                f"{dict(codes)}, each {statistics.median(big_lat) if big_lat else float('nan'):.2f} s median "
+                f"{codes}, each {statistics.median(big_lat) if big_lat else float('nan'):.2f} s median "
                 f"({load()})"
             )
 
@@ -413,7 +432,9 @@ def run_compare(calls: int) -> None:
 
 
 # -- 6: ScoreStream ----------------------------------------------------------------------------------------------
-def run_stream(seconds: float) -> None:
+def run_stream(seconds: float, window_kb: int | None = None) -> None:
+    """`window_kb`: the service's --receive-window-kb (None: gRPC's own window, grown by BDP probing)."""
+
     async def main(target: str) -> None:
         channel = grpc.aio.insecure_channel(target, options=BIG_OPTIONS)
         stub = pb_grpc.RewardServiceStub(channel)
@@ -442,8 +463,10 @@ def run_stream(seconds: float) -> None:
         got: Counter[str] = Counter()
         stop = time.monotonic() + seconds
 
+        ahead = 0  # written but not yet answered when the window closed: how far flow control let the sender run
+
         async def writer() -> None:
-            nonlocal sent
+            nonlocal sent, ahead
             while time.monotonic() < stop:
                 batch = [
                     pb.Sample(id=f"f{sent + k}", prompt=f"What is {sent + k} + 1?", response=str(sent + k))
@@ -451,6 +474,7 @@ def run_stream(seconds: float) -> None:
                 ]
                 await call.write(pb.ScoreRequest(samples=batch))
                 sent += len(batch)
+            ahead = sent - sum(got.values())
             await call.done_writing()
 
         async def reader() -> None:
@@ -472,25 +496,31 @@ def run_stream(seconds: float) -> None:
                 await asyncio.sleep(0.05)
             return out
 
+        window = f"{window_kb} KB" if window_kb else "grown by gRPC"
         r = asyncio.ensure_future(reader())
         w = asyncio.ensure_future(writer())
         busy = await unary()
         await w
         await r
         print(
-            f"[stream] a fast sender for {seconds:.0f} s: {sent} sent, {dict(got)} (aim: no 'queue full'); unary Score "
+            f"[stream] a fast sender for {seconds:.0f} s, receive window {window}: "
+            f"{sent} sent, {ahead} of them unanswered when it stopped, "
+            f"{dict(got)} (aim: no 'queue full'); unary Score "
             f"p99 {percentile_ms(busy, 99):.0f} ms (max {1000 * max(busy):.0f}) beside it, "
             f"{percentile_ms(idle, 99):.0f} ms idle ({load()})"
         )
         await channel.close()
 
-    with service("reward", "--max-queue-samples", "512") as svc:
+    window = ["--receive-window-kb", str(window_kb)] if window_kb else []
+    with service("reward", "--max-queue-samples", "512", *window) as svc:
         asyncio.run(main(svc.target))
 
 
 # -- 7: refusal latency ------------------------------------------------------------------------------------------
-def run_refusal(seconds: float) -> None:
-    async def main(target: str) -> None:
+def saturate(target: str, clients: int, seconds: float, results) -> None:  # type: ignore[no-untyped-def]
+    """`clients` asyncio clients of 32-sample Score requests for `seconds`; puts (status counts, refusal latencies)."""
+
+    async def main() -> tuple[dict[str, int], list[float]]:
         channel = grpc.aio.insecure_channel(target)
         stub = pb_grpc.RewardServiceStub(channel)
         refused: list[float] = []
@@ -517,15 +547,67 @@ def run_refusal(seconds: float) -> None:
                         await asyncio.sleep(0.01)
                 i += 1
 
-        await asyncio.gather(*(client(w) for w in range(32)))
-        print(
-            f"[refusal] 32 clients of 32-sample requests, queue of 128: {dict(codes)}; RESOURCE_EXHAUSTED p50 "
-            f"{percentile_ms(refused, 50):.1f} ms, p99 {percentile_ms(refused, 99):.1f} ms (aim <= 10) ({load()})"
-        )
+        await asyncio.gather(*(client(w) for w in range(clients)))
         await channel.close()
+        return dict(codes), refused
+
+    results.put(asyncio.run(main()))
+
+
+def run_refusal(seconds: float, same_process: bool = False) -> None:
+    """32 clients saturate a reward service whose queue holds 128 samples. The refusal latency is read by a probe
+    in this process (one 32-sample Score every 20 ms) while the load comes from another process, as a client
+    being told to go elsewhere sees it; `same_process` reads it from the loading clients themselves, whose own
+    event loop (32 coroutines building requests and parsing answers) then adds its lag to every figure."""
+    import multiprocessing
+    import queue
 
     with service("reward", "--max-queue-samples", "128") as svc:
-        asyncio.run(main(svc.target))
+        if same_process:
+            results_t: queue.Queue = queue.Queue()
+            saturate(svc.target, 32, seconds, results_t)
+            codes, refused = results_t.get()
+            print(
+                f"[refusal] 32 clients of 32-sample requests, queue of 128, latency seen by the loading clients: "
+                f"{codes}; RESOURCE_EXHAUSTED p50 {percentile_ms(refused, 50):.1f} ms, p99 "
+                f"{percentile_ms(refused, 99):.1f} ms (aim <= 10) ({load()})"
+            )
+            return
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        loader = ctx.Process(target=saturate, args=(svc.target, 32, seconds + 3.0, results))
+        loader.start()
+        time.sleep(3.0)  # the loader is up and the queue full
+        channel = grpc.insecure_channel(svc.target)
+        stub = pb_grpc.RewardServiceStub(channel)
+        probe_codes: Counter[str] = Counter()
+        refused_probe: list[float] = []
+        end, i = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            request = pb.ScoreRequest(
+                samples=[
+                    pb.Sample(id=str(k), prompt=f"Probe {i} {k}: what is 1+1? " * 8, response="2") for k in range(32)
+                ]
+            )
+            t0 = time.monotonic()
+            try:
+                stub.Score(request, timeout=600)
+                probe_codes["OK"] += 1
+            except grpc.RpcError as e:
+                probe_codes[e.code().name] += 1
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused_probe.append(time.monotonic() - t0)
+            i += 1
+            time.sleep(0.02)
+        channel.close()
+        codes, refused = results.get(timeout=600)
+        loader.join()
+        print(
+            f"[refusal] 32 clients of 32-sample requests (another process), queue of 128: {codes}; probe "
+            f"{dict(probe_codes)}: RESOURCE_EXHAUSTED p50 {percentile_ms(refused_probe, 50):.1f} ms, p99 "
+            f"{percentile_ms(refused_probe, 99):.1f} ms (aim <= 10); as the loading clients saw it: p50 "
+            f"{percentile_ms(refused, 50):.1f} ms, p99 {percentile_ms(refused, 99):.1f} ms ({load()})"
+        )
 
 
 # -- 8: malformed ------------------------------------------------------------------------------------------------
@@ -562,13 +644,13 @@ def run_malformed() -> None:
 
 
 PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "stall": lambda a: run_stall(a.kind, a.seconds, int(a.big_mb * MB), a.shapes.split(",")),
+    "stall": lambda a: run_stall(a.kind, a.seconds, int(a.big_mb * MB), a.shapes.split(","), a.same_process),
     "memory": lambda a: run_memory(a.kind, a.requests, a.idle),
     "sigterm": lambda a: run_sigterm(a.seconds, a.grace, 32),
     "inject": lambda a: run_inject("reward" if a.kind == "judge" else a.kind),
     "compare": lambda a: run_compare(512),
-    "stream": lambda a: run_stream(a.seconds),
-    "refusal": lambda a: run_refusal(a.seconds),
+    "stream": lambda a: [run_stream(a.seconds), run_stream(a.seconds, window_kb=64)],
+    "refusal": lambda a: run_refusal(a.seconds, a.same_process),
     "malformed": lambda a: run_malformed(),
 }
 
@@ -581,6 +663,9 @@ def main() -> None:
     parser.add_argument("--big-mb", type=float, default=15.0, help="size of the stall part's big requests")
     parser.add_argument(
         "--shapes", default="response,prompt,conversation", help="stall: which big requests (comma-separated)"
+    )
+    parser.add_argument(
+        "--same-process", action="store_true", help="stall, refusal: load the service from the probing process"
     )
     parser.add_argument("--requests", type=int, default=50, help="memory: refused 3 MB requests")
     parser.add_argument("--idle", type=float, default=30.0, help="memory: idle seconds before the last reading")

@@ -247,6 +247,16 @@ class ServeConfig(BaseModel):
             "get traffic); calls in flight get grace_period_s"
         ),
     )
+    receive_window_kb: int | None = Field(
+        None,
+        ge=64,
+        description=(
+            "fix each call's HTTP/2 receive window at this size instead of letting gRPC grow it to megabytes (BDP "
+            "probing): a ScoreStream sender is then held within about this much of unread messages (64: ~2,000 "
+            "small samples ahead, against ~110,000 with the grown window); large requests over slow links transfer "
+            "slower"
+        ),
+    )
     num_threads: int | None = Field(None, gt=0, description="torch threads for the forward pass (default: torch's)")
     log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
     # triton

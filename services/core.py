@@ -245,8 +245,11 @@ class ScoringCore:
         return self.batcher.reserve(n)
 
     # -- operations ---------------------------------------------------------------------------------------
-    async def score(self, samples: Sequence[pb.Sample], deadline: float | None, method: str) -> list[pb.Reward]:
-        """One Reward per sample, in order; the whole request fails if any sample is invalid."""
+    async def score(
+        self, samples: Sequence[pb.Sample], deadline: float | None, method: str, wire_bytes: int | None = None
+    ) -> list[pb.Reward]:
+        """One Reward per sample, in order; the whole request fails if any sample is invalid. ``wire_bytes``: the
+        request's size as received, where the face knows it (else measured here, which costs an encoding)."""
         scorer = self._scorer()
         self.metrics.samples.labels(method).inc(len(samples))
         check_size(samples, self.config.max_samples_per_request)
@@ -261,7 +264,8 @@ class ScoringCore:
                     rendered.append(item)
                 return rendered
 
-            rendered = await self.render(request_bytes(samples), prepare)
+            size = wire_bytes if wire_bytes is not None else request_bytes(samples)
+            rendered = await self.render(size, prepare)
             return await self._score_inputs([(s.id, r) for s, r in zip(samples, rendered)], deadline, room)
 
     async def score_rendered(
@@ -296,7 +300,9 @@ class ScoringCore:
         info.server_version = __version__
         return info
 
-    async def compare(self, request: pb.CompareRequest, deadline: float | None = None) -> pb.CompareResponse:
+    async def compare(
+        self, request: pb.CompareRequest, deadline: float | None = None, wire_bytes: int | None = None
+    ) -> pb.CompareResponse:
         """Compare through the same queue and batcher as Score: the pair's two presentations are two samples."""
         scorer = self._scorer()
         if not scorer.compares:
@@ -304,7 +310,8 @@ class ScoringCore:
         if len(request.id) > MAX_ID_CHARS:
             raise invalid_argument(f"compare: the id is longer than {MAX_ID_CHARS} characters")
         with self.room(2) as room:
-            inputs = await self.render(request.ByteSize(), lambda: scorer.compare_inputs(request))
+            size = wire_bytes if wire_bytes is not None else request.ByteSize()
+            inputs = await self.render(size, lambda: scorer.compare_inputs(request))
             futures = room.submit([(x, x.num_tokens) for x in inputs], deadline)
             return scorer.compared(request, list(await asyncio.gather(*futures)))
 

@@ -91,6 +91,8 @@ class RewardServer:
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        if config.receive_window_kb:  # a window that stays put: no BDP probing, this much look-ahead per stream
+            options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", config.receive_window_kb * 1024)]
         if config.max_connection_age_s:
             options += [
                 ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),

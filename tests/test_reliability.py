@@ -478,6 +478,47 @@ def test_fast_stream_waits_for_room_instead_of_losing_samples_and_leaves_room_fo
 
 
 # -- 7: overload refusals come at once ------------------------------------------------------------------------------
+def test_a_fixed_receive_window_holds_a_fast_stream_sender_close_to_its_answers(reward_dir):
+    """--receive-window-kb: HTTP/2 stops taking a stream's messages once that much is unread, so a sender of tiny
+    samples stays ~2,000 samples ahead of its answers; with the window gRPC grows (BDP probing) it ran ~110,000
+    ahead on loopback (bench/reliability.py stream), unread in the transport where no deadline or drain reaches."""
+    window_kb = 64
+    args = ["--model", str(reward_dir), "--max-queue-samples", "256", "--receive-window-kb", str(window_kb)]
+
+    async def main(target: str) -> tuple[int, int, int]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = pb_grpc.RewardServiceStub(channel).ScoreStream(timeout=300)
+            sent = answered = ahead = 0
+            stop = time.monotonic() + 3.0
+
+            async def writer() -> None:
+                nonlocal sent, ahead
+                while time.monotonic() < stop:
+                    samples = [
+                        pb.Sample(id=f"f{k}", prompt=f"What is {k} + 1?", response=str(k + 1))
+                        for k in range(sent, sent + 32)
+                    ]
+                    await call.write(pb.ScoreRequest(samples=samples))
+                    sent += len(samples)
+                    ahead = max(ahead, sent - answered)
+                await call.done_writing()
+
+            async def reader() -> None:
+                nonlocal answered
+                async for response in call:
+                    assert not any(r.HasField("error") for r in response.rewards)
+                    answered += len(response.rewards)
+
+            await asyncio.gather(writer(), reader())
+            return sent, answered, ahead
+
+    with ServiceProcess("reward", args) as svc:
+        sent, answered, ahead = asyncio.run(main(svc.target))
+    assert answered == sent
+    # a sample is ~40 bytes on the wire: 64 KB of them is ~1,600; what the server has read is at most 64 more
+    assert ahead < 4000, f"the sender ran {ahead} samples ahead of its answers ({sent} sent)"
+
+
 def test_overload_refusal_arrives_while_the_backend_is_still_busy(reward_dir):
     """The queue is held full by a batch that waits to fill (8 s); a request that cannot fit, large enough that
     reading it costs seconds, is refused before that batch runs. Before the fix, a refusal cost as much as success
