@@ -157,16 +157,19 @@ def test_grpc_source_scores_equal_the_services_unary_scores(reward_service):
     try:
         # a response the service refuses (an empty one is a sample like any other since empty_response=score)
         batch = samples("g", 10, correct=False) + [ScoringSample("huge", "What is 1 + 1?", "1 " * 400_000, answer="2")]
-        for sample in batch:  # one at a time, as a rollout engine finishes them
+        long_id = ScoringSample("x" * 300, "What is 1 + 1?", "2", answer="2")  # over the service's id limit
+        for sample in [*batch, long_id]:  # one at a time, as a rollout engine finishes them
             hub.submit([sample])
-        got = hub.wait([s.id for s in batch], timeout=120)
+        got = hub.wait([s.id for s in [*batch, long_id]], timeout=120)
     finally:
         hub.close()
     with RewardClient(reward_service.target) as client:
         reference = client.score([{"id": s.id, "prompt": s.prompt, "response": s.completion} for s in batch[:-1]])
     np.testing.assert_allclose([got[s.id]["rm"].score for s in batch[:-1]], [r.score for r in reference], atol=1e-5)
     assert got["huge"]["rm"].error.startswith("INVALID_ARGUMENT")  # the service refuses it in-band; the stream goes on
-    assert metrics.reward_errors.labels("rm")._value.get() == 1
+    # an id the service would cut: answered with an error at once (it waited out the reward timeout before)
+    assert got[long_id.id]["rm"].error.startswith("INVALID_ARGUMENT") and "id is longer" in got[long_id.id]["rm"].error
+    assert metrics.reward_errors.labels("rm")._value.get() == 2
 
 
 def test_outage_pauses_then_resends_exactly_the_unanswered_samples(local_models, tmp_path, caplog):

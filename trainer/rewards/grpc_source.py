@@ -23,6 +23,7 @@ import grpc
 from rewardline.services.api import pb
 from rewardline.services.backoff import Backoff
 from rewardline.services.client import AsyncRewardClient
+from rewardline.services.validation import MAX_ID_CHARS
 from rewardline.trainer.config import GrpcSourceConfig
 from rewardline.trainer.rewards.base import RewardSink, ScoringSample, SourceReward
 
@@ -74,7 +75,12 @@ class GrpcRewardSource:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, samples: Sequence[ScoringSample]) -> None:
+        assert self.sink is not None
         for sample in samples:
+            if len(sample.id) > MAX_ID_CHARS:  # the service would answer under a cut id that matches no sample
+                error = f"INVALID_ARGUMENT: the sample id is longer than the service's {MAX_ID_CHARS} characters"
+                self.sink.deliver(SourceReward(sample.id, self.name, error=error))
+                continue
             self.pending[sample.id] = sample
             self._enqueue(sample.id)
 
