@@ -3,10 +3,11 @@ services (grpc.aio, with their HTTP face) and the trainer's control API (a threa
 
 - ``add_port``: the listening port, TLS (``tls.grpc_server_credentials``: gRPC's dynamic credentials, which follow
   rotated files) when a certificate is set, plaintext otherwise.
-- ``HealthPort`` / ``AsyncHealthPort``: a second, plaintext server on ``health_port`` serving only
-  ``grpc.health.v1.Health`` with the main server's own health servicer, so it always says what the main port's
-  health says. Kubelet's native gRPC probes cannot speak TLS or send a token; this port gives them nothing else
-  to reach: no scoring, no reflection, no control.
+- ``HealthPort``: a second, plaintext server on ``health_port`` serving only ``grpc.health.v1.Health``, on
+  threads of its own (a threaded grpc.server, for the services too: their event loop, busy receiving large
+  requests, delayed probes), from a servicer its owner sets wherever it sets the main port's health, so both say
+  the same. Kubelet's native gRPC probes cannot speak TLS or send a token; this port gives them nothing else to
+  reach: no scoring, no reflection, no control.
 - ``warn_if_exposed``: a server that listens beyond loopback with neither TLS nor tokens says so at start.
 """
 
@@ -41,21 +42,6 @@ def warn_if_exposed(what: str, host: str, port: int, tls: bool, tokens: bool) ->
             "(set tls_cert/tls_key and auth_tokens, or bind to 127.0.0.1)",
             extra={"host": host, "port": port},
         )
-
-
-class AsyncHealthPort:
-    """The plaintext health-only port of a grpc.aio server (the services)."""
-
-    def __init__(self, servicer: health.aio.HealthServicer, host: str, port: int) -> None:
-        self.server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, self.server)
-        self.port = add_port(self.server, f"{host}:{port}", None)
-
-    async def start(self) -> None:
-        await self.server.start()
-
-    async def stop(self) -> None:
-        await self.server.stop(0)
 
 
 class HealthPort:

@@ -38,7 +38,7 @@ from rewardline.services.http_face.auth import bearer_auth
 from rewardline.services.kinds import load_scorer
 from rewardline.services.metrics import ServiceMetrics, start_exporter
 from rewardline.services.scorer import Scorer
-from rewardline.services.security import AsyncHealthPort, add_port, warn_if_exposed
+from rewardline.services.security import HealthPort, add_port, warn_if_exposed
 from rewardline.services.servicer import RewardServicer, add_health_to_server, add_to_server
 from rewardline.services.tls import ReloadingSSLContext
 
@@ -105,9 +105,14 @@ class RewardServer:
         self._end_health_watches = add_health_to_server(self.health, self.server)
         reflection.enable_server_reflection((REWARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = add_port(self.server, f"{config.host}:{config.port}", tls)
-        self.health_port = (
-            AsyncHealthPort(self.health, config.host, config.health_port) if config.health_port is not None else None
-        )
+        # The health-only port (probes) is answered by threads of its own, outside this event loop, from a copy of
+        # the status kept beside the main one: behind a loop busy receiving four 15 MB requests, probes on it waited
+        # p50 33-47 ms / p99 94-216 ms; answered by threads, p50 11-14 ms / p99 45-93 ms (bench/reliability.py).
+        self.probe_health: health.HealthServicer | None = None
+        self.health_port: HealthPort | None = None
+        if config.health_port is not None:
+            self.probe_health = health.HealthServicer()
+            self.health_port = HealthPort(self.probe_health, config.host, config.health_port)
         self._stop = asyncio.Event()
         self._serving = False
 
@@ -115,6 +120,8 @@ class RewardServer:
         status = SERVING if serving else NOT_SERVING
         for name in ("", REWARD_SERVICE):
             await self.health.set(name, status)
+            if self.probe_health is not None:
+                self.probe_health.set(name, status)
         self._serving = serving
         self.metrics.serving.set(1 if serving else 0)
 
@@ -124,7 +131,7 @@ class RewardServer:
         await self._set_health(False)
         await self.server.start()
         if self.health_port is not None:
-            await self.health_port.start()
+            self.health_port.start()
         if self.http is not None and config.http_port is not None:
             await self.http.start(config.host, config.http_port, self.http_tls.context if self.http_tls else None)
             if self.http_tls is not None:
@@ -213,7 +220,7 @@ class RewardServer:
     async def close_health_port(self) -> None:
         """Stops the health-only port, after the drain (probes see NOT_SERVING there until the end, as on gRPC)."""
         if self.health_port is not None:
-            await self.health_port.stop()
+            self.health_port.stop(0)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -234,6 +241,8 @@ class RewardServer:
         deadline = time.monotonic() + grace
         gate.begin_drain()
         await self.health.enter_graceful_shutdown()
+        if self.probe_health is not None:
+            self.probe_health.enter_graceful_shutdown()
         self._serving = False
         self.metrics.serving.set(0)
         log.info("draining", extra={"inflight": gate.inflight, "grace_period_s": grace})

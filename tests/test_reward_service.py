@@ -392,6 +392,50 @@ def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
         svc.kill()
 
 
+def test_the_health_port_says_what_the_main_port_says_from_loading_to_drain(reward_dir):
+    """The health-only port is answered by threads of its own from a copy of the status: it must follow the main
+    port's through loading (NOT_SERVING, then SERVING) and the drain (NOT_SERVING while admitted work finishes)."""
+    health_port = free_port()
+    # batches wait 3 s for more samples: the warm-up (loading) and the in-flight request (drain) last that long
+    args = ["--model", str(reward_dir), "--health-port", str(health_port), "--max-batch-size", "64"]
+    svc = ServiceProcess("reward", [*args, "--max-wait-ms", "3000"])
+    svc.process = subprocess.Popen(svc.command(), env=svc.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fast = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20)]
+
+    def statuses(channel: grpc.Channel) -> str:
+        try:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
+        except grpc.RpcError as e:
+            return e.code().name
+
+    try:
+        with (
+            grpc.insecure_channel(svc.target, options=fast) as main,
+            grpc.insecure_channel(f"127.0.0.1:{health_port}", options=fast) as probe,
+        ):
+            seen: list[tuple[str, str]] = []
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (not seen or seen[-1] != ("SERVING", "SERVING")):
+                pair = (statuses(main), statuses(probe))
+                if "UNAVAILABLE" not in pair and (not seen or seen[-1] != pair):
+                    seen.append(pair)
+                time.sleep(0.02)
+            assert seen[0] == ("NOT_SERVING", "NOT_SERVING") and seen[-1] == ("SERVING", "SERVING"), seen
+
+            with RewardClient(svc.target, timeout=300) as c, ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(c.score, [{"id": "held", "prompt": "What is 2 + 2?", "response": "4"}])
+                time.sleep(0.5)
+                svc.process.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                assert statuses(probe) == "NOT_SERVING"  # draining: the held request is still in flight
+                assert not pending.done()
+                assert pending.result(timeout=300)[0].id == "held"
+        assert svc.process.wait(120) == 0
+    finally:
+        svc.kill()
+
+
 def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
     """On both faces: gRPC answers UNAVAILABLE, HTTP 503 with Retry-After, and /ready turns 503."""
     # The in-flight request is held 5 s for more samples (--max-wait-ms), so the drain lasts at least that long
