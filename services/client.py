@@ -38,13 +38,18 @@ SampleLike = pb.Sample | Mapping[str, Any]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """gRPC retry policy for the RewardService methods (see gRFC A6)."""
+    """gRPC retry policy for the RewardService methods (see gRFC A6).
+
+    CANCELLED is retried as well as UNAVAILABLE: a replica that stops cancels the calls that reach it in the moment
+    between its last refusal and its port closing (3 calls in one CI run of the SIGTERM test). Scoring is
+    idempotent, and gRPC never retries a call the caller itself cancelled, so only the server's cancellations are.
+    """
 
     max_attempts: int = 5
     initial_backoff_s: float = 0.2
     max_backoff_s: float = 5.0
     backoff_multiplier: float = 2.0
-    retryable_codes: tuple[str, ...] = ("UNAVAILABLE",)
+    retryable_codes: tuple[str, ...] = ("UNAVAILABLE", "CANCELLED")
 
 
 @dataclass(frozen=True)
