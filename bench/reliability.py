@@ -144,6 +144,17 @@ def big_request(shape: str, chars: int) -> pb.ScoreRequest:
     return pb.ScoreRequest(samples=[pb.Sample(id="big", messages=[*turns, pb.Message(role="assistant", content="4")])])
 
 
+def timed_score(stub: pb_grpc.RewardServiceStub, request: pb.ScoreRequest, timeout: float) -> tuple[str, float]:
+    """One blocking Score: its status code's name and its seconds."""
+    t0 = time.monotonic()
+    try:
+        stub.Score(request, timeout=timeout)
+        code = "OK"
+    except grpc.RpcError as e:
+        code = e.code().name
+    return code, time.monotonic() - t0
+
+
 def send_big(target: str, shape: str, chars: int, senders: int, stop, results) -> None:  # type: ignore[no-untyped-def]
     """`senders` threads sending the big request back to back until `stop` is set; puts (codes, latencies)."""
     request = big_request(shape, chars)
@@ -154,13 +165,9 @@ def send_big(target: str, shape: str, chars: int, senders: int, stop, results) -
         channel = grpc.insecure_channel(target, options=BIG_OPTIONS)
         stub = pb_grpc.RewardServiceStub(channel)
         while not stop.is_set():
-            t0 = time.monotonic()
-            try:
-                stub.Score(request, timeout=300)
-                codes["OK"] += 1
-            except grpc.RpcError as e:
-                codes[e.code().name] += 1
-            latencies.append(time.monotonic() - t0)
+            code, seconds = timed_score(stub, request, 300)
+            codes[code] += 1
+            latencies.append(seconds)
         channel.close()
 
     threads = [threading.Thread(target=sender) for _ in range(senders)]
@@ -607,14 +614,10 @@ def run_refusal(seconds: float, same_process: bool = False) -> None:
                     pb.Sample(id=str(k), prompt=f"Probe {i} {k}: what is 1+1? " * 8, response="2") for k in range(32)
                 ]
             )
-            t0 = time.monotonic()
-            try:
-                stub.Score(request, timeout=600)
-                probe_codes["OK"] += 1
-            except grpc.RpcError as e:
-                probe_codes[e.code().name] += 1
-                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    refused_probe.append(time.monotonic() - t0)
+            code, seconds = timed_score(stub, request, 600)
+            probe_codes[code] += 1
+            if code == "RESOURCE_EXHAUSTED":
+                refused_probe.append(seconds)
             i += 1
             time.sleep(0.02)
         channel.close()

@@ -45,7 +45,7 @@ def warn_if_exposed(what: str, host: str, port: int, tls: bool, tokens: bool) ->
 
 
 class HealthPort:
-    """The plaintext health-only port of a threaded grpc.server (the trainer's control API)."""
+    """The plaintext health-only port: a threaded grpc.server of its own (the services' and the trainer's)."""
 
     def __init__(self, servicer: health.HealthServicer, host: str, port: int) -> None:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))

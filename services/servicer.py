@@ -73,13 +73,13 @@ class Received(Generic[M]):
 def lenient_sized(message_type: type[M]) -> Callable[[bytes], Received[M] | Malformed]:
     """``lenient``, keeping the request's wire size (``Received``)."""
 
-    def parse(data: bytes) -> Received[M] | Malformed:
-        try:
-            return Received(message_type.FromString(data), len(data))
-        except Exception:  # as in lenient
-            return Malformed(message_type)
+    parse = lenient(message_type)
 
-    return parse
+    def sized(data: bytes) -> Received[M] | Malformed:
+        message = parse(data)
+        return message if isinstance(message, Malformed) else Received(message, len(data))
+
+    return sized
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
