@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -82,6 +83,7 @@ class ChildProcess:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self._log_file: BinaryIO | None = None
+        self._stderr: BinaryIO | None = None  # kept when no log is asked for, so that a child dying at start says why
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -94,17 +96,20 @@ class ChildProcess:
 
     def spawn(self, foreground: bool = False) -> subprocess.Popen:
         """Starts the child; in the foreground it shares our terminal, otherwise it logs to ``log_path``."""
-        output = None
+        output: int | BinaryIO | None = None
+        errors: int | BinaryIO | None = None
         if not foreground:
             if self.log_path is not None:
-                self._log_file = open(self.log_path, "ab")
-            output = self._log_file or subprocess.DEVNULL
+                output = errors = self._log_file = open(self.log_path, "ab")
+            else:
+                self._stderr = tempfile.TemporaryFile()
+                output, errors = subprocess.DEVNULL, self._stderr
         on_main_thread = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(
             self.command(),
             env=self.environment(),
             stdout=output,
-            stderr=output,
+            stderr=errors,
             start_new_session=True,
             preexec_fn=_die_with_parent if on_main_thread else None,
         )
@@ -139,6 +144,20 @@ class ChildProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def output_tail(self, chars: int = 3000) -> str:
+        """The end of what the child wrote to stderr (its log file when it has one)."""
+        try:
+            if self._stderr is not None:
+                self._stderr.seek(0)
+                data = self._stderr.read()
+            elif self.log_path is not None:
+                data = self.log_path.read_bytes()
+            else:
+                return ""
+        except (OSError, ValueError):
+            return ""
+        return data[-chars:].decode("utf-8", "replace")
 
     def __enter__(self) -> Self:
         return self.start() if self.process is None else self
@@ -208,7 +227,10 @@ class ServiceProcess(ChildProcess):
         return self.env
 
     def wait_ready(self, timeout: float) -> None:
-        wait_serving(self.target, timeout, self.process, tls=self.tls)
+        try:
+            wait_serving(self.target, timeout, self.process, tls=self.tls)
+        except RuntimeError as e:  # it died before serving: say why, from what it wrote
+            raise RuntimeError(f"{e}; the end of its output:\n{self.output_tail()}") from None
 
 
 C = TypeVar("C", bound=ChildProcess)
