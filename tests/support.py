@@ -130,3 +130,10 @@ def exact_answer_after(
 
     time.sleep(delay_s)
     return exact_answer(prompts, completions, answer, **columns)
+
+
+def distinct_scores(prompts: list[str], completions: list[str], **_: object) -> list[float]:
+    """A reward that differs for every sample of a call (its position in the call; ``function:
+    support:distinct_scores``), standing for a learned reward model, which all but never gives two samples exactly
+    the same score."""
+    return [float(i) for i in range(len(completions))]

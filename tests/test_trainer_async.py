@@ -257,10 +257,43 @@ def test_dynamic_sampling_drops_groups_without_signal_and_draws_more(local_model
     assert dropped_any  # the initial policy gets whole groups wrong
 
 
+def test_dynamic_sampling_metric_decides_by_one_source(local_models, tmp_path):
+    """With a continuous second reward (a distinct score per sample here, a learned reward model in practice) beside
+    the exact-answer check, no group has all-equal rewards, so plain dynamic sampling keeps every group; with
+    dynamic_sampling_metric: exact (verl's filter_groups.metric: acc) groups that are all right or all wrong by
+    that check are dropped, whatever the other source says."""
+    steps, prompts, n = 3, 4, 4
+    sources = [EXACT, {"name": "learned", "type": "python", "function": "support:distinct_scores", "weight": 0.01}]
+    dropped = {}
+    for metric in (None, "exact"):
+        run_dir = tmp_path / f"run-{metric}"
+        config = config_dict(
+            local_models,
+            run_dir,
+            steps=steps,
+            rollout={"max_staleness": 0, "n": n, "prompts_per_step": prompts},
+            rewards={"sources": sources},
+            algorithm={"dynamic_sampling": True, "dynamic_sampling_max_rounds": 2, "dynamic_sampling_metric": metric},
+        )
+        assert train(TrainConfig.model_validate(config)) == 0
+        lines = history(run_dir)
+        dropped[metric] = sum(round(line["dynamic_sampling_dropped_fraction"] * len(line["prompts"])) for line in lines)
+        if metric == "exact":
+            for line in lines:
+                if line["groups_trained"]:
+                    assert 0 < line["reward/exact"] < 1
+    assert dropped[None] == 0  # the second source scores every sample differently
+    assert dropped["exact"] > 0  # the initial policy gets whole groups wrong
+
+
 @pytest.mark.parametrize(
     "sections, field",
     [
         ({"algorithm": {"name": "ppo", "dynamic_sampling": True}}, "algorithm.dynamic_sampling"),
+        (
+            {"algorithm": {"dynamic_sampling": True, "dynamic_sampling_metric": "judge"}},
+            "algorithm.dynamic_sampling_metric",
+        ),
         ({"algorithm": {"name": "reinforce_plus_plus_baseline"}, "rollout": {"n": 1}}, "rollout.n"),
         ({"rollout": {"max_staleness": -1}}, "rollout.max_staleness"),
         ({"algorithm": {"tis_cap": 0}}, "algorithm.tis_cap"),

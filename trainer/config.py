@@ -273,6 +273,13 @@ class AlgorithmConfig(_Section):
     dynamic_sampling_max_rounds: int = Field(
         3, ge=0, description="dynamic sampling: extra generation rounds per step at most (then train on what there is)"
     )
+    dynamic_sampling_metric: str | None = Field(
+        None,
+        description="dynamic sampling: the reward source whose scores decide (verl's filter_groups.metric: a group "
+        "is dropped when this source scores all its samples the same, e.g. an exact-answer check that finds all right "
+        "or all wrong, however a learned reward varies); None: every source must agree, so a continuous learned "
+        "reward keeps every group",
+    )
     mask_truncated: bool = Field(
         False,
         description="leave completions cut at rollout.max_new_tokens out of the loss (DAPO's overlong filtering)",
@@ -387,6 +394,12 @@ class TrainConfig(_Section):
             raise ValueError(
                 f"algorithm.dynamic_sampling: drops prompt groups whose rewards are all equal, which only a group "
                 f"baseline makes gradient-free; use it with {', '.join(GROUP_ALGORITHMS)}, not {self.algorithm.name}"
+            )
+        metric = self.algorithm.dynamic_sampling_metric
+        if metric is not None and metric not in {s.name for s in self.rewards.sources}:
+            raise ValueError(
+                f"algorithm.dynamic_sampling_metric: {metric!r} is not a reward source (sources: "
+                f"{', '.join(s.name for s in self.rewards.sources)})"
             )
         return self
 

@@ -209,9 +209,11 @@ def collect(ctx: StepContext, step: int) -> Collected:
             sums["stale_samples"] += len(batch.completions)
         elif cfg.algorithm.dynamic_sampling and groups:
             scored = combine(round_answers, sources, "sum")
-            scores = torch.tensor(np.stack([np.nan_to_num(scored.per_source[s.name]) for s in sources]))
+            metric = cfg.algorithm.dynamic_sampling_metric
+            deciding = [s.name for s in sources if metric is None or s.name == metric]
+            scores = torch.tensor(np.stack([np.nan_to_num(scored.per_source[name]) for name in deciding]))
             informative = informative_groups(
-                scores.view(len(sources), groups, n), torch.tensor(scored.valid).view(groups, n)
+                scores.view(len(deciding), groups, n), torch.tensor(scored.valid).view(groups, n)
             )
             keep = informative.numpy()
             sums["dynamic_sampling_dropped"] += float((~keep).sum())
