@@ -60,7 +60,8 @@ def _panel(ax, history: list[dict[str, Any]], key: str, label: str) -> None:
 
 
 def write_plots(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
-    """reward.png (the combined reward, then each source on its own scale) and kl.png, rewritten in place."""
+    """reward.png (the combined reward, then each source on its own scale) and kl.png, rewritten in place; kl.png
+    only once a step has a KL (with β = 0 there is no reference model, and an empty plot would say nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,6 +72,8 @@ def write_plots(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
         "reward.png": [("reward", "combined reward"), *[(k, k.removeprefix("reward/")) for k in sources]],
         "kl.png": [("kl", "KL to the reference (k3, per token)")],
     }
+    if not any(isinstance(r.get("kl"), float) and math.isfinite(r["kl"]) for r in history):
+        del panels["kl.png"]
     written = []
     for name, keys in panels.items():
         fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.2 + 1.8 * len(keys)), dpi=100, sharex=True, squeeze=False)

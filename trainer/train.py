@@ -351,7 +351,10 @@ class Trainer:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.log.append(record)
         progress.update(1)
-        progress.set_postfix(reward=f"{figures['reward']:.3f}", kl=f"{figures['kl']:.4f}", refresh=False)
+        shown = {"reward": f"{figures['reward']:.3f}"}
+        if math.isfinite(figures["kl"]):  # no reference model (β = 0): no KL
+            shown["kl"] = f"{figures['kl']:.4f}"
+        progress.set_postfix(shown, refresh=False)
         every = self.config.observability.plot_every
         if every and self.step % every == 0:
             write_plots(self.log.history, self.run_dir)
