@@ -38,6 +38,9 @@ def test_demo_runs_and_summarises(local_models, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and set(summary["rewards"]) == {"reward (combined)", "exact answer", "reward service"}
     assert summary["mode"] == {"name": "async", "max_staleness": 1} and "rollouts: asynchronous" in result.stdout
+    dynamic = summary["dynamic_sampling"]  # on by default, decided by the exact-answer check
+    assert 0 <= dynamic["dropped_fraction"] <= 1 and 0 <= dynamic["extra_rounds_per_step"] <= 3
+    assert "dynamic sampling (exact answer)" in result.stdout
     assert all(isinstance(v, float) and v >= 0 for v in summary["step_time"].values())
     assert "weight sync" in result.stdout
     assert 0 <= summary["held_out_accuracy"]["before"] <= 1 and 0 <= summary["held_out_accuracy"]["after"] <= 1

@@ -318,6 +318,13 @@ def _summary(
             for label, key in {"reward (combined)": "combined", **{f"{k} service": k for k in kinds}}.items()
         },
         "mode": {"name": "async" if max_staleness else "sync", "max_staleness": max_staleness},
+        # present when dynamic sampling ran: the share of drawn groups it dropped, and its extra rounds per step
+        "dynamic_sampling": {
+            "dropped_fraction": _mean([h.get("dynamic_sampling_dropped_fraction") for h in history]),
+            "extra_rounds_per_step": _mean([h.get("dynamic_sampling_extra_rounds") for h in history]),
+        }
+        if any("dynamic_sampling_dropped_fraction" in h for h in history)
+        else None,
         "step_time": {key: _mean([h.get(key) for h in history]) for key in STEP_TIME},
         "seconds_per_step": _mean([h["step_s"] for h in history]),
         "tokens_per_s": _mean([h["tokens_per_s"] for h in history]),
@@ -354,6 +361,13 @@ def _table(s: dict) -> str:
     for label, r in s["held_out_rewards"].items():
         lines.append(f"{label:<22} {r['before']:>9.3f} {r['after']:>9.3f} {r['after'] - r['before']:>+8.3f}")
     mode = s["mode"]
+    if s["dynamic_sampling"] is not None:
+        ds = s["dynamic_sampling"]
+        lines += [
+            "",
+            f"dynamic sampling (exact answer): {100 * ds['dropped_fraction']:.0f}% of the prompt groups drawn were all "
+            f"right or all wrong and dropped; {ds['extra_rounds_per_step']:.1f} extra generation rounds a step",
+        ]
     lines += ["", f"rollouts: {_mode(mode['max_staleness'])}; where a step's time went (mean seconds per step):"]
     for key, label in STEP_TIME.items():
         lines.append(f"  {label:<46} {s['step_time'][key]:>7.3f}")
