@@ -378,7 +378,7 @@ def _table(s: dict) -> str:
         f"{100 * s['reward_wait_share']:.0f}% of step time waiting for rewards); KL to the reference "
         f"{_kl(s['kl_last_10'])}; "
         f"{s['total_s']:.0f} s in all",
-        f"metrics.jsonl, {', '.join(p for p in ('reward.png', 'kl.png') if (Path(s['out']) / p).exists())}, "
-        f"summary.json and the final checkpoint are in {s['out']}; services stopped cleanly",
+        f"metrics.jsonl, reward.png, {'kl.png, ' if math.isfinite(s['kl_last_10']) else ''}summary.json and the final "
+        f"checkpoint are in {s['out']}; services stopped cleanly",
     ]
     return "\n".join(lines)

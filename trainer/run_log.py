@@ -72,7 +72,7 @@ def write_plots(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
         "reward.png": [("reward", "combined reward"), *[(k, k.removeprefix("reward/")) for k in sources]],
         "kl.png": [("kl", "KL to the reference (k3, per token)")],
     }
-    if not any(isinstance(r.get("kl"), float) and math.isfinite(r["kl"]) for r in history):
+    if all(r.get("kl") is None for r in history):  # the run log stores a missing figure (nan) as None
         del panels["kl.png"]
     written = []
     for name, keys in panels.items():
