@@ -241,7 +241,7 @@ def tiny_config(**update: object) -> ModelsBuildConfig:
         ),
         policy=SFTConfig(steps=2, batch_size=8, eval_every=1000),
         reward=ModelsBuildConfig().reward.model_copy(update={"steps": 2, "batch_size": 8}),
-        judge=JudgeTrainConfig(steps=2, batch_size=4, eval_pairs=8),
+        judge=JudgeTrainConfig(comparison_steps=2, steps=2, batch_size=4, eval_pairs=8),
         workers=1,
     )
     return config.model_copy(update=update)
@@ -290,7 +290,8 @@ def test_steps_built_in_worker_processes_are_the_same_as_built_in_one(tmp_path):
 
 
 def test_a_failing_step_in_a_worker_fails_the_build_and_leaves_nothing(tmp_path):
-    config = tiny_config(workers=2, judge=JudgeTrainConfig(steps=2, batch_size=4, eval_pairs=0))  # no pairs to judge
+    no_pairs_to_judge = JudgeTrainConfig(comparison_steps=2, steps=2, batch_size=4, eval_pairs=0)
+    config = tiny_config(workers=2, judge=no_pairs_to_judge)
     with pytest.raises(RuntimeError, match="build step judge failed with exit code 1"):
         build.build_models(tmp_path / "models", config)
     assert not (tmp_path / "models").exists()

@@ -10,8 +10,9 @@
 - Serialised: a lock file beside DIR makes concurrent builders (parallel test sessions) wait for one another.
 - Deterministic: each step seeds random, numpy and torch from the build seed and its own name, so its output
   does not depend on which other steps ran or were reused, nor on whether it ran in this process or a worker.
-- Parallel: steps that do not need each other (the reward model and its uncertainty heads, the judge) run at once
-  in `workers` worker processes, each with `threads` torch threads; on 2 cores this cuts the build by a third.
+- Parallel: steps that do not need each other (the policy beside the judge, then the reward model and its
+  uncertainty heads) run at once in `workers` worker processes, each with `threads` torch threads; on 2 cores
+  this cuts the build by a third.
 """
 
 from __future__ import annotations

@@ -41,6 +41,6 @@ class ModelsBuildConfig(BaseModel):
     uncertainty: RMRecipe = RMRecipe(
         kind="ensemble", members=5, freeze_backbone=True, steps=600, batch_size=256, head_learning_rate=1e-2
     )
-    # judge: a causal LM from the policy's weights answering the judge service's `verify` template (judge.py);
-    # 60 s on one thread at most.
+    # judge: a causal LM from a fresh initialisation, taught the comparison with a reference, then the judge
+    # service's `verify` template (judge.py); ~90 s on one thread, beside the policy.
     judge: JudgeTrainConfig = JudgeTrainConfig()

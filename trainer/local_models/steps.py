@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rewardline.trainer.fitting import final_loss
 from rewardline.trainer.local_models import architectures, datasets, judge, sft, tokenizer
@@ -131,14 +131,16 @@ def make_uncertainty(root: Path, config: ModelsBuildConfig, seed: int) -> Metric
 
 
 def make_judge(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
-    """A causal LM from the policy's weights taught to answer the judge service's `verify` template (judge.py)."""
-    tok = AutoTokenizer.from_pretrained(root / "policy")
-    model = AutoModelForCausalLM.from_pretrained(root / "policy")
+    """A causal LM from a fresh initialisation taught the comparison with a reference, then to answer the judge
+    service's `verify` template (judge.py). It needs no other model, so it trains beside the policy."""
+    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
+    model = architectures.causal_lm(config.model_size, tok, seed)
     judge_config = config.judge.model_copy(update={"seed": seed})
     encoder = judge.ExampleEncoder(tok, root / "judge")
-    train = judge.make_examples(
-        pairs.read_pairs(root / "data" / "prefs_train.jsonl"), judge_config, random.Random(seed)
-    )
+    train_pairs = pairs.read_pairs(root / "data" / "prefs_train.jsonl")
+    comparison = judge.comparison_examples(train_pairs, judge_config, random.Random(seed))
+    comparison_losses = judge.train_comparison(model, tok, encoder, comparison, judge_config)
+    train = judge.make_examples(train_pairs, judge_config, random.Random(seed))
     losses = judge.train_judge(model, tok, encoder, train, judge_config)
     test = pairs.read_pairs(root / "data" / "prefs_test.jsonl")[: judge_config.eval_pairs]
     plain = judge.evaluate_judge(model, tok, encoder.verdict, test, with_reference=False)
@@ -146,6 +148,8 @@ def make_judge(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
     architectures.save_model(model, tok, root / "judge")
     return {
         "parameters": architectures.parameter_count(model),
+        "comparison_steps": len(comparison_losses),
+        "comparison_final_loss": final_loss(comparison_losses),
         "steps": len(losses),
         "final_loss": final_loss(losses),
         "prefs_test_auroc": plain.auroc,
@@ -162,7 +166,7 @@ STEPS: tuple[BuildStep, ...] = (
     BuildStep("policy", make_policy, lambda c: [c.model_size, c.policy], needs=("tokenizer", "data")),
     BuildStep("reward", make_reward, lambda c: [c.reward], needs=("data", "policy")),
     BuildStep("uncertainty", make_uncertainty, lambda c: [c.uncertainty], needs=("data", "reward")),
-    BuildStep("judge", make_judge, lambda c: [c.model_size, c.judge], needs=("data", "policy")),
+    BuildStep("judge", make_judge, lambda c: [c.model_size, c.judge], needs=("tokenizer", "data")),
 )
 
 
