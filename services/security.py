@@ -4,10 +4,11 @@ services (grpc.aio, with their HTTP face) and the trainer's control API (a threa
 - ``add_port``: the listening port, TLS (``tls.grpc_server_credentials``: gRPC's dynamic credentials, which follow
   rotated files) when a certificate is set, plaintext otherwise.
 - ``HealthPort``: a second, plaintext server on ``health_port`` serving only ``grpc.health.v1.Health``, on
-  threads of its own (a threaded grpc.server, for the services too: their event loop, busy receiving large
-  requests, delayed probes), from a servicer its owner sets wherever it sets the main port's health, so both say
-  the same. Kubelet's native gRPC probes cannot speak TLS or send a token; this port gives them nothing else to
-  reach: no scoring, no reflection, no control.
+  threads of its own (a threaded grpc.server), from a servicer its owner sets wherever it sets the main port's
+  health, so both say the same: the trainer's. The services run theirs in a process of their own instead
+  (services/health_sidecar.py), since their event loop, receiving large requests, holds the GIL those threads need.
+  Kubelet's native gRPC probes cannot speak TLS or send a token; this port gives them nothing else to reach: no
+  scoring, no reflection, no control.
 - ``warn_if_exposed``: a server that listens beyond loopback with neither TLS nor tokens says so at start.
 """
 

@@ -33,12 +33,13 @@ from rewardline.services.api import REWARD_SERVICE, pb
 from rewardline.services.auth import AsyncAuthInterceptor, TokenStore
 from rewardline.services.config import ServeConfig
 from rewardline.services.core import ScoringCore
+from rewardline.services.health_sidecar import HealthSidecar
 from rewardline.services.http_face.app import HttpFace
 from rewardline.services.http_face.auth import bearer_auth
 from rewardline.services.kinds import load_scorer
 from rewardline.services.metrics import ServiceMetrics, start_exporter
 from rewardline.services.scorer import Scorer
-from rewardline.services.security import HealthPort, add_port, warn_if_exposed
+from rewardline.services.security import add_port, warn_if_exposed
 from rewardline.services.servicer import RewardServicer, add_health_to_server, add_to_server
 from rewardline.services.tls import ReloadingSSLContext
 
@@ -105,14 +106,13 @@ class RewardServer:
         self._end_health_watches = add_health_to_server(self.health, self.server)
         reflection.enable_server_reflection((REWARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = add_port(self.server, f"{config.host}:{config.port}", tls)
-        # The health-only port (probes) is answered by threads of its own, outside this event loop, from a copy of
-        # the status kept beside the main one: behind a loop busy receiving four 15 MB requests, probes on it waited
-        # p50 33-47 ms / p99 94-216 ms; answered by threads, p50 11-14 ms / p99 45-93 ms (bench/reliability.py).
-        self.probe_health: health.HealthServicer | None = None
-        self.health_port: HealthPort | None = None
+        # The health-only port (probes) is answered by a process of its own, told every status set here: behind a
+        # loop busy receiving four 15 MB requests, probes on the main port waited p50 33-47 ms / p99 94-216 ms;
+        # answered by threads of this process, p50 11-14 / p99 45-93 ms, since the loop holds the GIL while it
+        # receives and parses (bench/reliability.py; services/health_sidecar.py).
+        self.health_port: HealthSidecar | None = None
         if config.health_port is not None:
-            self.probe_health = health.HealthServicer()
-            self.health_port = HealthPort(self.probe_health, config.host, config.health_port)
+            self.health_port = HealthSidecar(config.host, config.health_port)
         self._stop = asyncio.Event()
         self._serving = False
 
@@ -120,8 +120,8 @@ class RewardServer:
         status = SERVING if serving else NOT_SERVING
         for name in ("", REWARD_SERVICE):
             await self.health.set(name, status)
-            if self.probe_health is not None:
-                self.probe_health.set(name, status)
+            if self.health_port is not None:
+                self.health_port.set(name, status)
         self._serving = serving
         self.metrics.serving.set(1 if serving else 0)
 
@@ -241,8 +241,8 @@ class RewardServer:
         deadline = time.monotonic() + grace
         gate.begin_drain()
         await self.health.enter_graceful_shutdown()
-        if self.probe_health is not None:
-            self.probe_health.enter_graceful_shutdown()
+        if self.health_port is not None:
+            self.health_port.enter_graceful_shutdown()
         self._serving = False
         self.metrics.serving.set(0)
         log.info("draining", extra={"inflight": gate.inflight, "grace_period_s": grace})

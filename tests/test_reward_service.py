@@ -393,8 +393,9 @@ def test_health_goes_from_not_serving_to_serving_and_sigterm_drains(reward_dir):
 
 
 def test_the_health_port_says_what_the_main_port_says_from_loading_to_drain(reward_dir):
-    """The health-only port is answered by threads of its own from a copy of the status: it must follow the main
-    port's through loading (NOT_SERVING, then SERVING) and the drain (NOT_SERVING while admitted work finishes)."""
+    """The health-only port is answered by a process of its own told every status: it must follow the main port's
+    through loading (NOT_SERVING, then SERVING) and the drain (NOT_SERVING while admitted work finishes), then
+    close with the service."""
     health_port = free_port()
     # batches wait 3 s for more samples: the warm-up (loading) and the in-flight request (drain) last that long
     args = ["--model", str(reward_dir), "--health-port", str(health_port), "--max-batch-size", "64"]
@@ -431,9 +432,42 @@ def test_the_health_port_says_what_the_main_port_says_from_loading_to_drain(rewa
                 assert statuses(probe) == "NOT_SERVING"  # draining: the held request is still in flight
                 assert not pending.done()
                 assert pending.result(timeout=300)[0].id == "held"
-        assert svc.process.wait(120) == 0
+            assert svc.process.wait(120) == 0
+            assert statuses(probe) == "UNAVAILABLE"  # its process ended with the service
     finally:
         svc.kill()
+
+
+def test_the_health_port_process_never_outlives_its_service():
+    """Killed at once (SIGKILL: no drain, no clean-up), the service closes the pipe its health port's process
+    reads, and that process ends: a probe finds the port closed, not a stale SERVING."""
+    port = free_port()
+    script = (
+        "import time; from rewardline.services.health_sidecar import HealthSidecar; "
+        f"h = HealthSidecar('127.0.0.1', {port}); h.set('', 1); h.start(); print('up', flush=True); time.sleep(600)"
+    )
+    service = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout is not None and service.stdout.readline() == "up\n"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True
+            )
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        service.kill()
+        service.wait()
+        deadline, code = time.monotonic() + 30, None
+        while time.monotonic() < deadline and code != grpc.StatusCode.UNAVAILABLE:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as e:
+                    code = e.code()
+            time.sleep(0.1)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        service.kill()
 
 
 def test_requests_during_drain_are_refused_as_unavailable(reward_dir):
