@@ -652,9 +652,9 @@ def check_trainer(docs, workload, spec, container, config, ports, torchrun) -> N
 
 # --- TLS, tokens and the probes ---------------------------------------------------------------------------------
 def check_probes_and_secured_files(docs, spec, container, w, server, port, health_port) -> None:
-    """Probes reach a port that answers them: the server's own while it speaks plaintext, the plaintext health-only
-    port (which serves grpc.health.v1 alone) once it speaks TLS, since kubelet's gRPC probes speak no TLS and send no
-    token. The files the TLS and token flags name come from Secrets with those keys."""
+    """Probes reach a port that answers them: the plaintext health-only port (which serves grpc.health.v1 alone)
+    where the server has one, as the services always do, and must once it speaks TLS, since kubelet's gRPC probes
+    speak no TLS and send no token. The files the TLS and token flags name come from Secrets with those keys."""
     tls = server.tls_cert is not None
     probed = {
         container[p]["grpc"]["port"] for p in ("startupProbe", "readinessProbe", "livenessProbe") if p in container
@@ -663,8 +663,8 @@ def check_probes_and_secured_files(docs, spec, container, w, server, port, healt
         assert health_port is not None and probed <= {health_port}, f"{w}: probes on a TLS port would fail"
         assert secret_key_at(docs, spec, container, server.tls_cert) == ("tls.crt", "certificate")
         assert secret_key_at(docs, spec, container, server.tls_key) == ("tls.key", "certificate")
-    else:
-        assert probed <= {port}, f"{w}: probe ports"
+    else:  # the health-only port where there is one: answered outside the server's busy event loop
+        assert probed <= {port if health_port is None else health_port}, f"{w}: probe ports"
     if server.auth_tokens is not None:
         assert secret_key_at(docs, spec, container, server.auth_tokens) == ("tokens.yaml", "rewardline-auth-tokens")
     if of_kind(docs, "Certificate"):  # the security component: TLS and tokens everywhere
