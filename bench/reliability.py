@@ -94,7 +94,7 @@ def probe(
     target: str, seconds: float, stop: threading.Event | None = None, health_port: int | None = None
 ) -> tuple[list[float], list[float], int, list[float]]:
     """Health and small-Score latencies, one call of each every 50 ms; Score never repeats (no cache hit). With
-    `health_port`, the health-only port's Check too (answered by threads of its own, outside the event loop)."""
+    `health_port`, the health-only port's Check too (answered by a process of its own, outside the event loop)."""
     health_lat: list[float] = []
     score_lat: list[float] = []
     port_lat: list[float] = []
