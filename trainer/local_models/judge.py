@@ -21,11 +21,12 @@ errors the hardest kind (0.89-0.96). Without it the judge would have to do the a
 does not learn in a minute or two: it tells malformed answers from answers (AUROC ~1.0 on that kind) and little
 else (0.57-0.59 overall).
 
-Mixed into stage 2:
+Mixed in:
 - injection attempts inside the response (asking for "Yes", fake verdicts, fake fence closes, fake chat turns),
   with the label unchanged, so the judge learns to read the answer and ignore the rest: legitimate adversarial
-  training. These phrasings are disjoint from the injection test set in tests/test_judge_service.py;
-- prompts without the reference, so the judge answers something sensible when none is given;
+  training, in both stages (without them in stage 1, a held-out fence-close attack raised P(Yes) on wrong answers
+  by 0.18). These phrasings are disjoint from the injection test set in tests/test_judge_service.py;
+- prompts without the reference (stage 2), so the judge answers something sensible when none is given;
 - rationale-first examples in the ``rationale_verdict`` rendering: "The answer is 71. Verdict: Yes", so the
   service's rationale mode gets a rationale that ends with its marker.
 """
@@ -205,8 +206,9 @@ class ExampleEncoder:
         return out
 
     def batch(self, examples: Sequence[JudgeExample]) -> list[Row]:
-        """(input ids, labels, answer position) per example; labels score only what the judge says, and the answer
-        position is where the verdict token is predicted from (the last token of its context)."""
+        """(input ids, labels, answer position) per example; labels score what the judge says (and a referenced
+        correct answer's digits), and the answer position is where the verdict token is predicted from (the last
+        token of its context)."""
         out: dict[int, Row] = {}
         for prompts, rationale_first in ((self.verdict, False), (self.rationale, True)):
             chosen = [i for i, e in enumerate(examples) if (e.rationale is not None) == rationale_first]
