@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/reliability.py [stall|memory|sigterm|inject|compare|stream|refusal|malformed|all]
                                           [--kind reward|uncertainty|judge] [--seconds 15]
+                                          [--serve-args "--compute-nice 0"]  (flags for every service started)
 
 Each part starts its own services (``rewardline serve``, one torch thread each) on loopback and prints its figures
 with the aim beside them; the machine's load average is printed too, since every figure here is a latency on
@@ -31,6 +32,7 @@ import argparse
 import asyncio
 import os
 import random
+import shlex
 import signal
 import statistics
 import sys
@@ -70,9 +72,13 @@ def words_text(chars: int, seed: int = 0) -> str:
     return (block * (chars // len(block) + 1))[:chars]
 
 
+# flags added to every service this bench starts (--serve-args), for a before/after in one checkout
+SERVE_ARGS: list[str] = []
+
+
 def service(kind: str, *extra: str, log: Path | None = None) -> ServiceProcess:
     model = MODELS / kind
-    args = ["--model", str(model), *extra]
+    args = ["--model", str(model), *extra, *SERVE_ARGS]
     if kind == "judge":
         args += ["--backend", "hf"]
     return ServiceProcess(kind, args, log_path=log)
@@ -691,7 +697,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="memory: refused 3 MB requests")
     parser.add_argument("--idle", type=float, default=30.0, help="memory: idle seconds before the last reading")
     parser.add_argument("--grace", type=float, default=30.0, help="sigterm: the replica's grace period")
+    parser.add_argument(
+        "--serve-args", default="", help="flags added to every service started, e.g. '--compute-nice 0' (before/after)"
+    )
     args = parser.parse_args()
+    SERVE_ARGS[:] = shlex.split(args.serve_args)
     for name in PARTS if args.part == "all" else [args.part]:
         PARTS[name](args)
 

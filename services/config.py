@@ -258,6 +258,16 @@ class ServeConfig(BaseModel):
         ),
     )
     num_threads: int | None = Field(None, gt=0, description="torch threads for the forward pass (default: torch's)")
+    compute_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description=(
+            "the forward-pass and tokenizing threads lower their scheduling priority by this much (Linux), so that "
+            "refusals, health and small requests are answered at once on a busy CPU; idle cycles still go to "
+            "compute (0: off)"
+        ),
+    )
     log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
     # triton
     triton_url: str | None = Field(None, description="backend triton: host:port of Triton's gRPC endpoint")

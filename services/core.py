@@ -35,6 +35,7 @@ from rewardline.services import __version__
 from rewardline.services.api import pb
 from rewardline.services.batching import Batcher, Reservation, padding_limit
 from rewardline.services.cache import LRUCache, cache_key
+from rewardline.services.compute_threads import lower_this_thread
 from rewardline.services.config import ServeConfig
 from rewardline.services.errors import ServiceError, invalid_argument, unavailable
 from rewardline.services.metrics import ServiceMetrics
@@ -144,7 +145,9 @@ class ScoringCore:
         self.allow_empty_response = config.empty_response == "score"
         # samples one ScoreStream may have outstanding before the server stops reading it (servicer._Stream)
         self.stream_limit = config.max_stream_samples or max(1, config.max_queue_samples // 4)
-        self._render_threads = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
+        self._render_threads = ThreadPoolExecutor(
+            RENDER_THREADS, thread_name_prefix="render", initializer=lower_this_thread
+        )
         self._releasing = False
 
     def attach(self, scorer: Scorer) -> None:

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from rewardline.services import __version__
 from rewardline.services.api import REWARD_SERVICE, pb
 from rewardline.services.auth import AsyncAuthInterceptor, TokenStore
+from rewardline.services.compute_threads import set_compute_nice
 from rewardline.services.config import ServeConfig
 from rewardline.services.core import ScoringCore
 from rewardline.services.health_sidecar import HealthSidecar
@@ -285,6 +286,7 @@ class RewardServer:
 
 def serve(config: ServeConfig) -> None:
     """Runs a service until SIGTERM; returns after a clean drain."""
+    set_compute_nice(config.compute_nice)
 
     async def main() -> None:  # grpc.aio servers belong to the loop they are created in
         server = RewardServer(config)

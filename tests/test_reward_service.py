@@ -303,6 +303,39 @@ def test_grpcurl_lists_and_calls_through_reflection(service):
     assert reward["id"] == "g" and isinstance(reward["score"], float)
 
 
+def thread_nice_values(pid: int) -> dict[int, int]:
+    """Thread id -> nice value, from /proc (field 19 of a task's stat, after the parenthesised name)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended while we looked
+            continue
+        values[int(task.name)] = int(fields[16])
+    return values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_the_forward_pass_runs_below_the_loop_priority(service, client, reference):
+    """The threads that compute yield to the one that answers: after a forward pass, the service has threads at
+    the default --compute-nice 10 (the forward thread and its OpenMP team) while its main thread, where the event
+    loop admits and refuses requests, stays at 0."""
+    pairs = short_pairs(reference, 4, MAX_LENGTH)
+    assert_close([r.score for r in client.score(samples(pairs))], [reference.score(*p) for p in pairs])
+    pid = service.process.pid
+    nice = thread_nice_values(pid)
+    assert nice[pid] == 0
+    assert 10 in nice.values(), nice
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_compute_nice_zero_leaves_every_thread_alone(reward_dir):
+    with ServiceProcess("reward", ["--model", str(reward_dir), "--compute-nice", "0"]) as svc:
+        with RewardClient(svc.target) as c:
+            assert len(c.score([{"id": "0", "prompt": "p", "response": "r"}])) == 1
+        assert set(thread_nice_values(svc.process.pid).values()) == {0}
+
+
 # -- admission, deadlines, lifecycle: each on a service of its own --------------------------------------
 
 

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from rewardline.services.backends.base import CostModel
+from rewardline.services.compute_threads import start_compute_thread
 from rewardline.services.modeling import pad_id_for, resolve_device, resolve_dtype
 
 # On a CPU one sample of a hundred tokens already keeps a core's vector units busy, so batching saves little and
@@ -59,12 +60,10 @@ class HFClassifier:
         self.model.config.pad_token_id = self.pad_id
         self.num_outputs = int(self.model.config.num_labels)
         self.max_padding = CPU_MAX_PADDING if self.device == "cpu" else None
-        # A new thread's OpenMP team follows OMP_NUM_THREADS, not the main thread's torch.set_num_threads:
-        # carry the process's setting over to the thread that computes.
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="hf-forward",
-            initializer=torch.set_num_threads,
+            initializer=start_compute_thread,
             initargs=(torch.get_num_threads(),),
         )
 

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from rewardline.services.backends.base import CostModel, Generated
+from rewardline.services.compute_threads import start_compute_thread
 from rewardline.services.modeling import pad_id_for, resolve_device, resolve_dtype
 from rewardline.services.rendering import decoded_text
 
@@ -61,12 +62,10 @@ class HFCausalLM:
         self.model.eval()
         self.pad_id = pad_id_for(tokenizer, self.model.config.pad_token_id)
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or _as_list(tokenizer.eos_token_id))
-        # A new thread's OpenMP team follows OMP_NUM_THREADS, not the main thread's torch.set_num_threads:
-        # apply the process's setting in the forward thread too.
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="hf-judge",
-            initializer=torch.set_num_threads,
+            initializer=start_compute_thread,
             initargs=(torch.get_num_threads(),),
         )
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from rewardline.services.backends.base import CostModel, Generated
+from rewardline.services.compute_threads import start_compute_thread
 from rewardline.services.modeling import configure_vllm
 
 if TYPE_CHECKING:
@@ -97,12 +98,6 @@ def cpu_list(spec: str) -> list[int]:
     return cpus
 
 
-def _use_threads(count: int) -> None:
-    import torch
-
-    torch.set_num_threads(count)
-
-
 class _Engine:
     """One ``vllm.LLM`` living on one thread: created there and called only there."""
 
@@ -110,7 +105,10 @@ class _Engine:
         configure_vllm(config.vllm_kv_cache_gib, config.vllm_cpu_threads_bind, config.log_level)
         self.threads = engine_threads(config)
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"vllm-{runner}", initializer=_use_threads, initargs=(self.threads,)
+            max_workers=1,
+            thread_name_prefix=f"vllm-{runner}",
+            initializer=start_compute_thread,
+            initargs=(self.threads,),
         )
         self.args = engine_arguments(config, model_dir, max_model_len, runner)
         self.llm = self._executor.submit(self._create).result()
