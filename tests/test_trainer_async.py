@@ -257,6 +257,37 @@ def test_dynamic_sampling_drops_groups_without_signal_and_draws_more(local_model
     assert dropped_any  # the initial policy gets whole groups wrong
 
 
+def test_oversampled_rounds_draw_a_multiple_of_what_is_missing_and_keep_the_batch_size(local_models, tmp_path):
+    """dynamic_sampling_oversample: 3 makes each extra round draw three times the groups still missing (verl's
+    gen_batch_size); what such a round finds beyond prompts_per_step is counted as surplus and not trained on."""
+    steps, prompts, n, rounds, factor = 4, 4, 4, 2, 3
+    config = config_dict(
+        local_models,
+        tmp_path / "run",
+        steps=steps,
+        rollout={"max_staleness": 0, "n": n, "prompts_per_step": prompts},
+        algorithm={
+            "dynamic_sampling": True,
+            "dynamic_sampling_max_rounds": rounds,
+            "dynamic_sampling_oversample": factor,
+        },
+    )
+    assert train(TrainConfig.model_validate(config)) == 0
+    lines = history(tmp_path / "run")
+    origins = [o for line in lines for o in line["prompts"]]
+    assert origins == [f"{local_models / 'data' / 'prompts_train.jsonl'}:{i}" for i in range(1, len(origins) + 1)]
+    assert any(line["dynamic_sampling_extra_rounds"] for line in lines)  # the initial policy gets groups all wrong
+    for line in lines:
+        drawn, trained = len(line["prompts"]), line["groups_trained"]
+        dropped = round(line["dynamic_sampling_dropped_fraction"] * drawn)
+        surplus = line["dynamic_sampling_surplus_groups"]
+        assert (drawn - prompts) % factor == 0  # every extra round drew factor x the groups missing
+        assert trained + dropped + surplus == drawn and trained <= prompts
+        assert surplus == 0 or trained == prompts
+        if trained:
+            assert line["samples"] == line["valid_samples"] == trained * n
+
+
 def test_dynamic_sampling_metric_decides_by_one_source(local_models, tmp_path):
     """With a continuous second reward (a distinct score per sample here, a learned reward model in practice) beside
     the exact-answer check, no group has all-equal rewards, so plain dynamic sampling keeps every group; with
@@ -296,6 +327,7 @@ def test_dynamic_sampling_metric_decides_by_one_source(local_models, tmp_path):
         ),
         ({"algorithm": {"name": "reinforce_plus_plus_baseline"}, "rollout": {"n": 1}}, "rollout.n"),
         ({"rollout": {"max_staleness": -1}}, "rollout.max_staleness"),
+        ({"algorithm": {"dynamic_sampling_oversample": 0.5}}, "algorithm.dynamic_sampling_oversample"),
         ({"algorithm": {"tis_cap": 0}}, "algorithm.tis_cap"),
         ({"rewards": {"clip": -1.0, "sources": [EXACT]}}, "rewards.clip"),
         ({"rollout": {"vllm_engine_process": True}}, "rollout.vllm_engine_process"),

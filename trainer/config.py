@@ -273,6 +273,14 @@ class AlgorithmConfig(_Section):
     dynamic_sampling_max_rounds: int = Field(
         3, ge=0, description="dynamic sampling: extra generation rounds per step at most (then train on what there is)"
     )
+    dynamic_sampling_oversample: float = Field(
+        1.0,
+        ge=1.0,
+        description="dynamic sampling: an extra round draws this many times the groups still missing (verl's "
+        "gen_batch_size above train_batch_size): each round is a generate-and-score round trip the update waits for, "
+        "so drawing more at once takes fewer rounds; informative groups beyond prompts_per_step are left out, the "
+        "batch stays prompts_per_step groups",
+    )
     dynamic_sampling_metric: str | None = Field(
         None,
         description="dynamic sampling: the reward source whose scores decide (verl's filter_groups.metric: a group "

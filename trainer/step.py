@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -166,6 +167,7 @@ COLLECTED = (
     "rollout_generate_s",
     "stale_samples",
     "dynamic_sampling_dropped",
+    "dynamic_sampling_surplus",
     "groups_generated",
     "extra_rounds",
     "groups_trained",
@@ -174,6 +176,23 @@ COLLECTED = (
     "is_truncated",
     "behaviour_kl",
 )
+
+
+def keep_first_groups(
+    kept: list[Completion],
+    versions: list[int],
+    answers: list[dict[str, SourceReward]],
+    target: int,
+    n: int,
+    world: World,
+) -> tuple[list[Completion], list[int], list[dict[str, SourceReward]], tuple[list[Completion], list]]:
+    """The first ``target`` kept groups over all ranks, in rank order (as verl keeps the first train_batch_size of
+    what its rounds found); returns this rank's share and the first group it gave up (empty when none)."""
+    counts = all_reduce_sum([float(len(kept) // n) if r == world.rank else 0.0 for r in range(world.size)], world)
+    before = int(sum(counts[: world.rank]))
+    mine = max(0, min(len(kept) // n, target - before))
+    surplus = (kept[mine * n : (mine + 1) * n], answers[mine * n : (mine + 1) * n])
+    return kept[: mine * n], versions[: mine * n], answers[: mine * n], surplus
 
 
 def collect(ctx: StepContext, step: int) -> Collected:
@@ -235,9 +254,16 @@ def collect(ctx: StepContext, step: int) -> Collected:
         if missing <= 0 or not more:
             break
         extra_rounds += 1
+        draw = math.ceil(missing * cfg.algorithm.dynamic_sampling_oversample) if not stale else missing
         started = time.perf_counter()
-        batch = ctx.rollouts.extra_round(step, extra_rounds, missing)
+        batch = ctx.rollouts.extra_round(step, extra_rounds, draw)
         seconds["generate_s"] += time.perf_counter() - started
+    if kept_groups > target:  # an oversampled round found more than the step needs: the batch stays its size
+        kept, versions, answers, surplus = keep_first_groups(kept, versions, answers, target, n, world)
+        if not kept and surplus[0]:
+            dropped = [surplus]
+        sums["dynamic_sampling_surplus"] = kept_groups - target
+        kept_groups = float(target)
     sums["extra_rounds"] = float(extra_rounds)
     sums["groups_trained"] = kept_groups
     valid_override = None
@@ -472,6 +498,7 @@ def run_step(ctx: StepContext, step: int) -> tuple[dict[str, float], list[Prompt
         )
         out["dynamic_sampling_extra_rounds"] = reduced["extra_rounds"] / world.size
         out["groups_trained"] = reduced["groups_trained"] / world.size
+        out["dynamic_sampling_surplus_groups"] = reduced["dynamic_sampling_surplus"] / world.size
     if algo.mask_truncated:
         out["truncated_masked"] = reduced["truncated_masked"]
     if algo.name == "ppo":
