@@ -26,7 +26,7 @@ _nice = 0
 
 
 def set_compute_nice(nice: int) -> None:
-    """How far compute threads started from now on lower themselves (0: not at all); set once, before loading."""
+    """The nice value compute threads started from now on take (0: left alone); set once, before loading."""
     global _nice
     _nice = nice
 

@@ -263,9 +263,9 @@ class ServeConfig(BaseModel):
         ge=0,
         le=19,
         description=(
-            "the forward-pass and tokenizing threads lower their scheduling priority by this much (Linux), so that "
-            "refusals, health and small requests are answered at once on a busy CPU; idle cycles still go to "
-            "compute (0: off)"
+            "the nice value the forward-pass and tokenizing threads run at (Linux; never below the process's own), "
+            "so that refusals, health and small requests are answered at once on a busy CPU; idle cycles still go "
+            "to compute (0: off)"
         ),
     )
     log_level: LogLevel = Field("warning", description="log level (logs are JSON lines on stderr)")
