@@ -41,7 +41,8 @@ from rewardline.services.errors import ServiceError, invalid_argument, unavailab
 from rewardline.services.metrics import ServiceMetrics
 from rewardline.services.rendering import RenderedInput
 from rewardline.services.scorer import Scorer, unimplemented_compare
-from rewardline.services.validation import MAX_ID_CHARS, check_request, check_size
+from rewardline.services.validation import MAX_ID_CHARS, check_request, check_size, label_of
+from rewardline.services.wire_sizes import sample_sizes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,8 +51,11 @@ T = TypeVar("T")
 # on a render thread, so that it delays nobody else.
 INLINE_RENDER_BYTES = 16 * 1024
 RENDER_THREADS = 4
-# After rendering a request this large, freed memory goes back to the operating system (release_memory).
-RELEASE_AFTER_BYTES = 1024 * 1024
+# A request of at least this many bytes is a large one: large ones take turns on one thread of their own
+# (ScoringCore.render), and after them freed memory goes back to the operating system (release_memory), once no
+# other large request has come for RELEASE_QUIET_S.
+LARGE_REQUEST_BYTES = 1024 * 1024
+RELEASE_QUIET_S = 1.0
 
 
 def request_bytes(samples: Sequence[pb.Sample]) -> int:
@@ -64,7 +68,10 @@ def release_memory() -> None:
 
     Rendering a large request allocates its texts, their rendering and the tokenizer's buffers on a worker thread,
     and glibc keeps what a thread freed in that thread's arena: twelve refused 3 MB requests left 1.3 GB resident
-    that no later request reused. Run after large requests only; it takes milliseconds and holds no lock of ours.
+    that no later request reused. Run once large requests have stopped coming (``ScoringCore.render``), not after
+    each: what it hands back, the next large request takes again a page fault at a time (the kernel zeroes every
+    page), and under four clients sending 15 MB requests back to back that made each request's copies on the event
+    loop several times slower (bench/reliability.py stall).
     """
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -148,7 +155,10 @@ class ScoringCore:
         self._render_threads = ThreadPoolExecutor(
             RENDER_THREADS, thread_name_prefix="render", initializer=lower_this_thread
         )
-        self._releasing = False
+        self._large_render_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="render-large", initializer=lower_this_thread
+        )
+        self._release_timer: asyncio.TimerHandle | None = None
 
     def attach(self, scorer: Scorer) -> None:
         """Starts serving ``scorer`` (called once the model is loaded)."""
@@ -197,20 +207,44 @@ class ScoringCore:
 
     # -- shared steps -------------------------------------------------------------------------------------
     async def render(self, size: int, work: Callable[[], T]) -> T:
-        """``work()`` (validation and rendering of ``size`` bytes of request) on the event loop when small, else on
-        a render thread: the tokenizer releases the GIL while it works, so health checks and other requests go on."""
+        """``work()`` (parsing, validation or rendering of ``size`` bytes of request) on the event loop when small,
+        else on a render thread: the tokenizer releases the GIL while it works, and a long step on the event loop
+        would hold up every callback queued behind it, health checks and other requests included.
+
+        Large requests take turns on one thread of their own. Parsing megabytes and making Python strings of them
+        holds the GIL for milliseconds at a stretch; with four such requests on four threads, the event loop waited
+        for the GIL behind up to four of those stretches at every step of every call (bench/reliability.py stall,
+        four clients sending 15 MB responses: a small Score's p99 idle + 383 ms with four threads, + 262 ms with
+        one). A single lane keeps large requests' throughput, which the GIL bounds anyway."""
         if size <= INLINE_RENDER_BYTES:
             return work()
         loop = asyncio.get_running_loop()
-        try:
+        if size < LARGE_REQUEST_BYTES:
             return await loop.run_in_executor(self._render_threads, work)
+        try:
+            return await loop.run_in_executor(self._large_render_thread, work)
         finally:
-            if size >= RELEASE_AFTER_BYTES and not self._releasing:
-                self._releasing = True
-                loop.run_in_executor(self._render_threads, release_memory).add_done_callback(self._released)
+            if self._release_timer is not None:
+                self._release_timer.cancel()
+            self._release_timer = loop.call_later(RELEASE_QUIET_S, self._release, loop)
 
-    def _released(self, _: object) -> None:
-        self._releasing = False
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._release_timer = None
+        loop.run_in_executor(self._large_render_thread, release_memory)
+
+    def screen(self, data: bytes) -> None:
+        """Refuses a large serialized ScoreRequest that its texts' sizes alone show cannot be scored, before it is
+        parsed (wire_sizes.py says why); Score is atomic, so one such sample refuses the request. Anything else,
+        malformed bytes included, is left to the parser and validation."""
+        if len(data) < LARGE_REQUEST_BYTES or self.scorer is None:
+            return
+        sizes = sample_sizes(data)
+        if sizes is None or len(sizes) > self.config.max_samples_per_request:
+            return
+        for index, sample in enumerate(sizes):
+            error = self.scorer.refused_by_size(sample.response_bytes, label_of(sample.id, index))
+            if error is not None:
+                raise error
 
     def _key(self, rendered: RenderedInput) -> bytes:
         assert self.scorer is not None
@@ -263,7 +297,7 @@ class ScoringCore:
                 rendered: list[RenderedInput] = []
                 for item in scorer.render(samples):
                     if isinstance(item, ServiceError):
-                        raise item
+                        raise item.raised_anew()
                     rendered.append(item)
                 return rendered
 

@@ -13,6 +13,18 @@ class ServiceError(Exception):
         self.code = code
         self.message = message
 
+    def as_value(self) -> ServiceError:
+        """This error without the traceback it was raised with, to be kept as a sample's result.
+
+        Kept with it, the traceback's frames hold the list it is kept in: a reference cycle that keeps the request
+        (megabytes of text, for a refused large one) until the collector's rare full pass."""
+        return self.with_traceback(None)
+
+    def raised_anew(self) -> ServiceError:
+        """A copy to raise where this one is held by a local: raising it there would put that frame, which holds
+        it, in its traceback (the same cycle as in ``as_value``)."""
+        return ServiceError(self.code, self.message)
+
 
 def invalid_argument(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)

@@ -262,6 +262,22 @@ class InputRenderer:
                 messages = self._cut(messages, int((self.max_length + CUT_MARGIN_TOKENS) * cpt))
         return _Plan(label, messages)
 
+    def refused_by_size(self, response_bytes: int, label: str) -> ServiceError | None:
+        """Why a sample whose response is ``response_bytes`` of UTF-8 cannot be scored, told before its text is
+        read (wire_sizes.py): ``_plan``'s rule with the fewest characters those bytes can hold, a quarter of them.
+        None where the size alone does not tell."""
+        cpt = self.chars_per_token
+        if cpt is None or response_bytes <= 4 * self.max_length * cpt:
+            return None
+        least = math.ceil(response_bytes / 4 / cpt)
+        if self.truncation == "left":
+            return invalid_argument(
+                f"{label}: the response alone is at least {least} tokens and cannot fit max_length={self.max_length}"
+            )
+        if self.truncation == "error":
+            return invalid_argument(f"{label}: at least {least} tokens exceed max_length={self.max_length}")
+        return None
+
     @staticmethod
     def _cut(messages: list[dict[str, str]], keep: int) -> list[dict[str, str]]:
         """The conversation with everything before its last ``keep`` characters of prompt emptied (the messages
@@ -370,7 +386,7 @@ class InputRenderer:
                 planned.literal = bool(self.specials) and self._holds_special(planned.messages)
                 plans.append(planned)
             except ServiceError as e:
-                plans.append(e)
+                plans.append(e.as_value())
             except Exception as e:  # a template that chokes on this input: the sample's fault, not the server's
                 plans.append(invalid_argument(f"{sample_label(sample, i)}: cannot render with the chat template: {e}"))
         plain = [p.text for p in plans if isinstance(p, _Plan) and not p.literal]
@@ -394,7 +410,7 @@ class InputRenderer:
                     response_tokens = self._plain_response_tokens(plan)
                 out.append(self._truncate(ids, response_tokens, plan.label))
             except ServiceError as e:
-                out.append(e)
+                out.append(e.as_value())
         return out
 
 

@@ -40,6 +40,11 @@ class Scorer(Protocol):
         """One entry per sample: what the model reads, or why this sample cannot be scored."""
         ...
 
+    def refused_by_size(self, response_bytes: int, label: str) -> ServiceError | None:
+        """Why a sample whose response is this many bytes cannot be scored, told before the request is parsed
+        (core.screen); None where the size alone does not tell."""
+        ...
+
     def cache_scope(self) -> str:
         """Everything besides the revision and the tokens that changes a reward (a judge's mode, say)."""
         ...

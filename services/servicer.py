@@ -5,9 +5,10 @@ ScoreStream:  the same per sample, answered as each is ready; a failed sample is
 GetInfo:      the model's description plus this server's limits.
 Compare:      core.compare, for judges; other kinds answer UNIMPLEMENTED.
 
-Requests are parsed by ``lenient`` deserializers: bytes that are no valid message reach the handler as
-``Malformed`` and get INVALID_ARGUMENT with a plain message. With protobuf's own parser in gRPC's place they got
-UNKNOWN naming a Python exception class (unary) or INTERNAL with a logged traceback (stream).
+Bytes that are no valid message get INVALID_ARGUMENT with a plain message: Score, ScoreStream and Compare parse
+their requests in the handler (``Received``, off the event loop when large), GetInfo and health through
+``lenient`` deserializers. With protobuf's own parser in gRPC's place they got UNKNOWN naming a Python exception
+class (unary) or INTERNAL with a logged traceback (stream).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
@@ -59,27 +59,40 @@ def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
     return parse
 
 
-@dataclass(frozen=True)
 class Received(Generic[M]):
-    """A parsed request and its size on the wire, which decides where it is rendered (core.render).
+    """A request's bytes as gRPC received them, parsed by the handler (``parsed``): on the event loop when small,
+    else on a render thread, as rendering is.
 
-    The size is known for free here; asking the message (``ByteSize``) encodes it again, on the event loop: for
-    four 15 MB requests that was 45% of the loop's time, and health checks waited behind it."""
+    gRPC runs a deserializer on the event loop, and parsing a 15 MB message there (a copy and a UTF-8 check, the
+    fresh memory faulted in a page at a time) held up every callback queued behind it: under four clients sending
+    15 MB requests back to back, parsing was half of the loop's time, and a small Score waited behind one parse per
+    step of its call. The size is known here for free; asking a parsed message (``ByteSize``) encodes it again."""
 
-    message: M
-    wire_bytes: int
+    __slots__ = ("message_type", "wire_bytes", "_data")
+
+    def __init__(self, message_type: type[M], data: bytes) -> None:
+        self.message_type = message_type
+        self.wire_bytes = len(data)
+        self._data = data
+
+    def parse(self, screen: Callable[[bytes], None] | None = None) -> M:
+        """The message (once: the bytes are let go), or INVALID_ARGUMENT when they are no valid message;
+        ``screen`` may refuse the bytes first (ScoringCore.screen)."""
+        data, self._data = self._data, b""
+        if screen is not None:
+            screen(data)
+        try:
+            return self.message_type.FromString(data)
+        except Exception:  # DecodeError, and whatever else a hostile byte string can make the parser raise
+            raise Malformed(self.message_type).error() from None
+
+    async def parsed(self, core: ScoringCore, screen: Callable[[bytes], None] | None = None) -> M:
+        return await core.render(self.wire_bytes, functools.partial(self.parse, screen))
 
 
-def lenient_sized(message_type: type[M]) -> Callable[[bytes], Received[M] | Malformed]:
-    """``lenient``, keeping the request's wire size (``Received``)."""
-
-    parse = lenient(message_type)
-
-    def sized(data: bytes) -> Received[M] | Malformed:
-        message = parse(data)
-        return message if isinstance(message, Malformed) else Received(message, len(data))
-
-    return sized
+def received(message_type: type[M]) -> Callable[[bytes], Received[M]]:
+    """The request deserializer that leaves parsing to the handler (``Received``)."""
+    return functools.partial(Received, message_type)
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -107,12 +120,12 @@ def add_to_server(servicer: RewardServicer, server: grpc.aio.Server) -> None:
     handlers = {
         "Score": grpc.unary_unary_rpc_method_handler(
             servicer.Score,
-            request_deserializer=lenient_sized(pb.ScoreRequest),
+            request_deserializer=received(pb.ScoreRequest),
             response_serializer=pb.ScoreResponse.SerializeToString,
         ),
         "ScoreStream": grpc.stream_stream_rpc_method_handler(
             servicer.ScoreStream,
-            request_deserializer=lenient_sized(pb.ScoreRequest),
+            request_deserializer=received(pb.ScoreRequest),
             response_serializer=pb.ScoreResponse.SerializeToString,
         ),
         "GetInfo": grpc.unary_unary_rpc_method_handler(
@@ -122,7 +135,7 @@ def add_to_server(servicer: RewardServicer, server: grpc.aio.Server) -> None:
         ),
         "Compare": grpc.unary_unary_rpc_method_handler(
             servicer.Compare,
-            request_deserializer=lenient_sized(pb.CompareRequest),
+            request_deserializer=received(pb.CompareRequest),
             response_serializer=pb.CompareResponse.SerializeToString,
         ),
     }
@@ -185,16 +198,17 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             async with self.core.admitted(method):
                 return await work()
         except ServiceError as e:
-            await abort(context, e.code, e.message)
+            code, message = e.code, e.message
+        # Aborted outside the except block: there, gRPC's AbortError would chain the ServiceError, and with it the
+        # traceback whose frames hold the parsed request. gRPC keeps its AbortError in a reference cycle (the call's
+        # state holds it), so each refused 15 MB request kept its message until the collector's rare full pass:
+        # 300 MB resident after sixteen of them.
+        await abort(context, code, message)
 
     # -- RPCs ---------------------------------------------------------------------------------------------
-    async def Score(
-        self, request: Received[pb.ScoreRequest] | Malformed, context: grpc.aio.ServicerContext
-    ) -> pb.ScoreResponse:
+    async def Score(self, request: Received[pb.ScoreRequest], context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         async def work() -> pb.ScoreResponse:
-            if isinstance(request, Malformed):
-                raise request.error()
-            samples = request.message.samples
+            samples = (await request.parsed(self.core, self.core.screen)).samples
             rewards = await self.core.score(samples, deadline_of(context), "Score", request.wire_bytes)
             return pb.ScoreResponse(rewards=rewards)
 
@@ -211,17 +225,16 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         return await self._run_unary("GetInfo", context, work)
 
     async def Compare(
-        self, request: Received[pb.CompareRequest] | Malformed, context: grpc.aio.ServicerContext
+        self, request: Received[pb.CompareRequest], context: grpc.aio.ServicerContext
     ) -> pb.CompareResponse:
         async def work() -> pb.CompareResponse:
-            if isinstance(request, Malformed):
-                raise request.error()
-            return await self.core.compare(request.message, deadline_of(context), request.wire_bytes)
+            message = await request.parsed(self.core)
+            return await self.core.compare(message, deadline_of(context), request.wire_bytes)
 
         return await self._run_unary("Compare", context, work)
 
     async def ScoreStream(
-        self, request_iterator: AsyncIterator[Received[pb.ScoreRequest] | Malformed], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Received[pb.ScoreRequest]], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScoreResponse]:
         core = self.core
         started = time.monotonic()
@@ -237,7 +250,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
                 yield response
             if stream.malformed is not None:
                 code = grpc.StatusCode.INVALID_ARGUMENT
-                await abort(context, code, f"{stream.malformed.error().message}; the samples before it were answered")
+                await abort(context, code, f"{stream.malformed.message}; the samples before it were answered")
             if core.gate.draining:
                 code = grpc.StatusCode.UNAVAILABLE
                 await abort(
@@ -290,7 +303,7 @@ class _Stream:
         self.pending: dict[str, asyncio.Future] = {}  # the accepted ones that are in the batcher's queue
         self.reader: asyncio.Task | None = None
         self.reading_done = False
-        self.malformed: Malformed | None = None
+        self.malformed: ServiceError | None = None
         self._wake_writer = asyncio.Event()
         self._room_changed = asyncio.Event()
         self._unwatch = core.gate.watch_drain(self._wake_writer.set)
@@ -388,7 +401,7 @@ class _Stream:
                     self.pending[sample.id] = future
                     future.add_done_callback(functools.partial(self._settle, sample.id, item))
 
-    async def _read(self, requests: AsyncIterator[Received[pb.ScoreRequest] | Malformed]) -> None:
+    async def _read(self, requests: AsyncIterator[Received[pb.ScoreRequest]]) -> None:
         iterator = aiter(requests)
         try:
             while True:
@@ -399,10 +412,11 @@ class _Stream:
                     request = await anext(iterator)
                 except StopAsyncIteration:
                     return
-                if isinstance(request, Malformed):
-                    self.malformed = request
+                try:
+                    message = await request.parsed(self.s)
+                except ServiceError as e:
+                    self.malformed = e.as_value()
                     return
-                message = request.message
                 self.s.metrics.samples.labels("ScoreStream").inc(len(message.samples))
                 samples = self._check(message.samples)
                 self.accepted.update(sample.id for sample in samples)
@@ -412,9 +426,7 @@ class _Stream:
             self._wake_writer.set()
 
     # -- the call --------------------------------------------------------------------------------------------
-    async def run(
-        self, requests: AsyncIterator[Received[pb.ScoreRequest] | Malformed]
-    ) -> AsyncIterator[pb.ScoreResponse]:
+    async def run(self, requests: AsyncIterator[Received[pb.ScoreRequest]]) -> AsyncIterator[pb.ScoreResponse]:
         self.reader = asyncio.get_running_loop().create_task(self._read(requests))
         while True:
             if self.ready:

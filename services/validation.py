@@ -28,7 +28,11 @@ def quoted(text: str, limit: int = QUOTED_CHARS) -> str:
 
 
 def sample_label(sample: pb.Sample, index: int) -> str:
-    return f"sample {quoted(sample.id)}" if sample.id else f"sample at index {index}"
+    return label_of(sample.id, index)
+
+
+def label_of(sample_id: str, index: int) -> str:
+    return f"sample {quoted(sample_id)}" if sample_id else f"sample at index {index}"
 
 
 def check_sample(sample: pb.Sample, index: int, allow_empty_response: bool = False) -> None:

@@ -11,6 +11,7 @@ so that a busy 2-core machine cannot make them fail. The figures themselves are 
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from support import metric, metrics
 
 from rewardline.services.api import REWARD_SERVICE, pb, pb_grpc
 from rewardline.services.client import RewardClient
+from rewardline.services.core import RELEASE_QUIET_S
 from rewardline.services.process import ServiceProcess, start_all
 
 MB = 1024 * 1024
@@ -133,6 +135,37 @@ def test_health_and_small_calls_answer_while_large_requests_are_processed(reward
     assert max(score_s) < HEALTH_BOUND_S, f"a small Score took up to {max(score_s):.1f} s beside the large requests"
 
 
+def test_a_large_response_that_cannot_fit_is_refused_from_its_size_before_parsing(reward, reward_dir):
+    """A large Score request is refused from its texts' sizes on the wire when a response cannot fit (the bound
+    then counts a quarter of its bytes as characters); a small one is parsed and refused by its characters. A large
+    request that does not parse is still told so, and one whose size does not decide is scored."""
+    from transformers import AutoTokenizer
+
+    from rewardline.services.rendering import chars_per_token
+
+    cpt = chars_per_token(AutoTokenizer.from_pretrained(reward_dir))
+    assert cpt is not None
+    large, small_text = words_text(2 * MB, seed=4), words_text(200_000, seed=5)
+
+    def refusal(request: pb.ScoreRequest | bytes) -> str:
+        data = request if isinstance(request, bytes) else request.SerializeToString()
+        with grpc.insecure_channel(reward.target, options=BIG_OPTIONS) as channel:
+            call = channel.unary_unary(f"/{REWARD_SERVICE}/Score")
+            with pytest.raises(grpc.RpcError) as e:
+                call(data, timeout=120)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        return e.value.details()
+
+    screened = refusal(pb.ScoreRequest(samples=[small("first"), pb.Sample(id="big", prompt="?", response=large)]))
+    assert f"sample 'big': the response alone is at least {math.ceil(len(large) / 4 / cpt)} tokens" in screened
+    parsed = refusal(pb.ScoreRequest(samples=[pb.Sample(id="smaller", prompt="?", response=small_text)]))
+    assert f"at least {math.ceil(len(small_text) / cpt)} tokens" in parsed
+    cut = pb.ScoreRequest(samples=[pb.Sample(id="big", prompt="?", response=large)]).SerializeToString()[:-1]
+    assert "does not parse" in refusal(cut)
+    with RewardClient(reward.target, timeout=120) as c:
+        assert c.score([pb.Sample(id="long-prompt", prompt=large, response="4")])[0].truncated
+
+
 def _code_of(call) -> str:  # type: ignore[no-untyped-def]  # any callable making one gRPC call
     try:
         call()
@@ -159,6 +192,37 @@ def test_rejected_large_requests_do_not_keep_memory(reward):
     assert codes == {"INVALID_ARGUMENT": 12}
     grown = rss_mb(pid) - start
     assert grown < 400, f"RSS grew by {grown:.0f} MB after twelve refused 3 MB requests"
+    assert health_status(reward.target) == SERVING
+
+
+def test_large_requests_refused_after_parsing_leave_no_memory_behind(reward):
+    """Refusals that come after a 15 MB request was parsed: a sample without an id beside a 15 MB prompt (Score),
+    and 15 MB responses on a stream (refused in-band by the renderer). Before the fix each kept its parsed request
+    in a reference cycle (gRPC's AbortError chaining our error, or a per-sample error holding the frame that held
+    the samples) until the collector's rare full pass: RSS +300 MB after sixteen, once the service had handed
+    freed memory back."""
+    assert reward.process is not None
+    pid = reward.process.pid
+    with RewardClient(reward.target) as c:
+        c.score([small("warm-memory")])
+    start = rss_mb(pid)
+    text = words_text(15 * MB, seed=3)
+    codes: Counter[str] = Counter()
+    with grpc.insecure_channel(reward.target, options=BIG_OPTIONS) as channel:
+        stub = pb_grpc.RewardServiceStub(channel)
+        for i in range(8):
+            request = pb.ScoreRequest(
+                samples=[pb.Sample(id=f"long{i}", prompt=text[i:], response="4"), pb.Sample(prompt="no id")]
+            )
+            codes[_code_of(lambda request=request: stub.Score(request, timeout=120))] += 1
+        messages = [pb.ScoreRequest(samples=[pb.Sample(id=f"s{i}", prompt="?", response=text[i:])]) for i in range(8)]
+        for response in stub.ScoreStream(iter(messages), timeout=300):
+            for r in response.rewards:
+                codes[grpc.StatusCode(_code(r.error.code)).name if r.HasField("error") else "OK"] += 1
+    assert codes == {"INVALID_ARGUMENT": 16}, codes
+    time.sleep(RELEASE_QUIET_S + 2.0)  # the service hands freed memory back once large requests stop coming
+    grown = rss_mb(pid) - start
+    assert grown < 150, f"RSS {grown:.0f} MB above its start after sixteen refused 15 MB requests"
     assert health_status(reward.target) == SERVING
 
 

@@ -115,6 +115,25 @@ class PromptRenderer:
             return {**item, "question": tail(question, keep)}
         return item
 
+    def refused_by_size(self, response_bytes: int, label: str) -> ServiceError | None:
+        """``bounded``'s refusal, told from the response's size in UTF-8 bytes before its text is read (see
+        InputRenderer.refused_by_size); None where the size alone does not tell."""
+        cpt = self.chars_per_token
+        if cpt is None or response_bytes <= 4 * self.budget * cpt:
+            return None
+        least = math.ceil(response_bytes / 4 / cpt)
+        if self.truncation == "left":
+            return invalid_argument(
+                f"{label}: the response and the reference alone are at least {least} tokens and cannot fit the "
+                f"budget of {self.budget} (max_length={self.max_length})"
+            )
+        if self.truncation == "error":
+            return invalid_argument(
+                f"{label}: the judge prompt is at least {least} tokens and exceeds the budget of {self.budget} "
+                f"(max_length={self.max_length})"
+            )
+        return None
+
     def text(self, texts: dict[str, str]) -> str:
         """The whole judge prompt as text: template, then the chat template (or a newline without one)."""
         has_reference = bool(texts.get("reference"))
@@ -136,7 +155,7 @@ class PromptRenderer:
                 item = self.bounded(item, label)
                 texts.append(self.text(item))
             except ServiceError as e:
-                texts.append(e)
+                texts.append(e.as_value())
             except Exception as e:  # a chat template that chokes on this input: the sample's fault
                 texts.append(invalid_argument(f"{label}: cannot render the judge prompt: {e}"))
             bounded.append(item)
@@ -154,7 +173,7 @@ class PromptRenderer:
             try:
                 out.append(self._truncate(item, len(ids), label))
             except ServiceError as e:
-                out.append(e)
+                out.append(e.as_value())
         return out
 
     def _truncate(self, item: dict[str, str], length: int, label: str) -> RenderedInput:
@@ -277,9 +296,9 @@ class JudgePrompts:
         label = f"compare {quoted(request.id)}" if request.id else "compare"
         first, second = self.pairwise.render([a_first, b_first], [label, label])
         if isinstance(first, ServiceError):
-            raise first
+            raise first.raised_anew()
         if isinstance(second, ServiceError):
-            raise second
+            raise second.raised_anew()
         return first, second
 
     def rationale_context(self, prompt_ids: Sequence[int], rationale: str) -> list[int]:

@@ -110,6 +110,9 @@ class JudgeScorer:
     def render(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
         return self.prompts.render_samples(samples)
 
+    def refused_by_size(self, response_bytes: int, label: str) -> ServiceError | None:
+        return self.prompts.pointwise.refused_by_size(response_bytes, label)
+
     def cache_scope(self) -> str:
         c = self.config
         return "|".join(

@@ -66,6 +66,9 @@ class RewardScorer:
     def render(self, samples: Sequence[pb.Sample]) -> list[RenderedInput | ServiceError]:
         return self.renderer.render(samples)
 
+    def refused_by_size(self, response_bytes: int, label: str) -> ServiceError | None:
+        return self.renderer.refused_by_size(response_bytes, label)
+
     def cache_scope(self) -> str:
         return ",".join(f"{w:.6g}" for w in self.weights)
 
