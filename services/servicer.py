@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -95,11 +95,13 @@ def received(message_type: type[M]) -> Callable[[bytes], Received[M]]:
     return functools.partial(Received, message_type)
 
 
+def short(message: str) -> str:
+    return message if len(message) <= MAX_STATUS_CHARS else message[: MAX_STATUS_CHARS - 3] + "..."
+
+
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     """Ends the RPC with ``code``; grpc's ``abort`` always raises, which this signature says."""
-    if len(message) > MAX_STATUS_CHARS:
-        message = message[: MAX_STATUS_CHARS - 3] + "..."
-    await context.abort(code, message)
+    await context.abort(code, short(message))
     raise AssertionError("grpc.aio.ServicerContext.abort returned")
 
 
@@ -198,12 +200,14 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             async with self.core.admitted(method):
                 return await work()
         except ServiceError as e:
-            code, message = e.code, e.message
-        # Aborted outside the except block: there, gRPC's AbortError would chain the ServiceError, and with it the
-        # traceback whose frames hold the parsed request. gRPC keeps its AbortError in a reference cycle (the call's
-        # state holds it), so each refused 15 MB request kept its message until the collector's rare full pass:
-        # 300 MB resident after sixteen of them.
-        await abort(context, code, message)
+            context.set_code(e.code)
+            context.set_details(short(e.message))
+        # With a status other than OK, gRPC sends the status and no message. Not ``abort``: it raises an AbortError
+        # that gRPC keeps in a reference cycle (the call's state holds it) and that, raised in the except block,
+        # chained our error and the frames holding the parsed request: each refused 15 MB request stayed resident
+        # until the collector's rare full pass (300 MB after sixteen). Building, raising and collecting those was
+        # also a third of the event loop's time when refusing a flood of requests (bench/reliability.py refusal).
+        return cast(T, None)
 
     # -- RPCs ---------------------------------------------------------------------------------------------
     async def Score(self, request: Received[pb.ScoreRequest], context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
