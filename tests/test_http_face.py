@@ -428,3 +428,28 @@ def test_the_client_splits_a_large_score_into_requests_the_server_takes(face_ser
             return await client.score(samples)
 
     assert [r.score for r in asyncio.run(split_async())] == [r.score for r in rewards]
+
+
+def test_long_strings_parse_as_json_format_parses_them_and_unpaired_surrogates_are_refused() -> None:
+    """bodies.parse_message sets long strings itself (json_format's surrogate check took a second per 12 MB): the
+    message is the one json_format makes, and a long string json_format would refuse is refused too, naming it."""
+    from rewardline.services.http_face.bodies import LONG_STRING_CHARS, parse_message
+    from rewardline.services.http_face.errors import HttpError
+
+    long = "seven plus three " * (LONG_STRING_CHARS // 8)
+    body = {
+        "samples": [
+            {"id": "a", "prompt": long, "response": "4"},
+            {"id": "b", "messages": [{"role": "user", "content": long[::-1]}, {"role": "assistant", "content": long}]},
+        ]
+    }
+    expected = json_format.ParseDict(body, pb.ScoreRequest())
+    assert parse_message(json.loads(json.dumps(body)), pb.ScoreRequest) == expected
+    pair = {"id": "p", "responseA": long, "response_b": "b", "reference": long}
+    assert parse_message(dict(pair), pb.CompareRequest) == json_format.ParseDict(pair, pb.CompareRequest())
+    for broken in (long + "\ud800", "\udc00" + long):
+        with pytest.raises(HttpError, match=r"samples\[1\]\.messages\[0\]\.content"):
+            parse_message(
+                {"samples": [{"id": "a", "response": "4"}, {"id": "b", "messages": [{"content": broken}]}]},
+                pb.ScoreRequest,
+            )

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 from rewardline.services.api import pb
 from rewardline.services.core import ScoringCore
 from rewardline.services.extras import reward_extras
-from rewardline.services.http_face.bodies import message_json, parse_model, read_json
+from rewardline.services.http_face.bodies import message_json, parse_model, read_parsed
 from rewardline.services.http_face.errors import field_error
 from rewardline.services.queries import QuerySplitter
 
@@ -81,16 +81,21 @@ class OpenRLHFRoutes:
     async def get_reward(self, request: web.Request) -> web.Response:
         method = "http:" + ROUTE
         async with self.core.admitted(method):
-            body = parse_model(await read_json(request), GetRewardRequest)
+            body, size = await read_parsed(request, self.core, lambda data: parse_model(data, GetRewardRequest))
             if body.prompts is None:
                 raise field_error("prompts: required (the response is what follows the prompt in the query)", "prompts")
             labels: list[Any] = body.labels if body.labels is not None else [None] * len(body.query)
             if len(labels) != len(body.query):
                 raise field_error(f"query has {len(body.query)} entries and labels {len(labels)}", "labels")
-            pairs = self.splitter().split_all(body.query, body.prompts)
-            samples = [
-                pb.Sample(id=str(i), prompt=prompt, response=response, reference=reference_text(label, i))
-                for i, ((prompt, response), label) in enumerate(zip(pairs, labels))
-            ]
-            rewards = await self.core.score(samples, None, method) if samples else []
+            splitter, prompts = self.splitter(), body.prompts
+
+            def samples_of_queries() -> list[pb.Sample]:
+                pairs = splitter.split_all(body.query, prompts)
+                return [
+                    pb.Sample(id=str(i), prompt=prompt, response=response, reference=reference_text(label, i))
+                    for i, ((prompt, response), label) in enumerate(zip(pairs, labels))
+                ]
+
+            samples = await self.core.render(size, samples_of_queries)  # off the event loop when large
+            rewards = await self.core.score(samples, None, method, size) if samples else []
             return web.json_response(get_reward_answer(rewards))

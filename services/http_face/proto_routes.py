@@ -15,7 +15,7 @@ from aiohttp import web
 
 from rewardline.services.api import pb
 from rewardline.services.core import ScoringCore
-from rewardline.services.http_face.bodies import message_json, parse_message, read_json
+from rewardline.services.http_face.bodies import message_json, parse_message, read_parsed
 from rewardline.services.http_face.errors import error_response
 
 
@@ -34,14 +34,14 @@ class ProtoRoutes:
     async def score(self, request: web.Request) -> web.Response:
         method = "http:/v1/score"
         async with self.core.admitted(method):
-            message = parse_message(await read_json(request), pb.ScoreRequest)
-            rewards = await self.core.score(message.samples, None, method)
+            message, size = await read_parsed(request, self.core, lambda data: parse_message(data, pb.ScoreRequest))
+            rewards = await self.core.score(message.samples, None, method, size)
             return web.json_response(message_json(pb.ScoreResponse(rewards=rewards)))
 
     async def compare(self, request: web.Request) -> web.Response:
         async with self.core.admitted("http:/v1/compare"):
-            message = parse_message(await read_json(request), pb.CompareRequest)
-            return web.json_response(message_json(await self.core.compare(message)))
+            message, size = await read_parsed(request, self.core, lambda data: parse_message(data, pb.CompareRequest))
+            return web.json_response(message_json(await self.core.compare(message, None, size)))
 
     async def info(self, request: web.Request) -> web.Response:
         async with self.core.admitted("http:/v1/info"):

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from rewardline.services.api import pb
 from rewardline.services.core import ScoringCore
 from rewardline.services.extras import sigmoid
-from rewardline.services.http_face.bodies import message_json, parse_model, read_json
+from rewardline.services.http_face.bodies import message_json, parse_model, read_parsed
 from rewardline.services.http_face.errors import field_error
 from rewardline.services.rendering import RenderedInput
 from rewardline.services.validation import KNOWN_ROLES
@@ -134,13 +134,16 @@ class ClassifyRoutes:
     async def classify(self, request: web.Request) -> web.Response:
         method = "http:" + ROUTE
         async with self.core.admitted(method):
-            body = parse_model(await read_json(request), ClassifyRequest)
+            body, size = await read_parsed(request, self.core, lambda data: parse_model(data, ClassifyRequest))
             if (body.input is None) == (body.messages is None):
                 raise field_error("give either `input` (text or token ids) or `messages` (one conversation)", "input")
             if body.messages is not None:
-                rewards = await self.core.score([self._conversation(body.messages)], None, method)
+                messages = body.messages
+                sample = await self.core.render(size, lambda: self._conversation(messages))
+                rewards = await self.core.score([sample], None, method, size)
             else:
-                rendered = self._render(input_items(body.input), body)
+                items = input_items(body.input)
+                rendered = await self.core.render(size, lambda: self._render(items, body))
                 rewards = await self.core.score_rendered([(str(i), r) for i, r in enumerate(rendered)], None, method)
             return web.json_response(self._answer(rewards, body))
 
