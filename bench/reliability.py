@@ -1,6 +1,6 @@
 """Hostile input, overload and shutdown, measured against real service processes (issue 12's reliability aims).
 
-    .venv/bin/python bench/reliability.py [stall|memory|sigterm|inject|compare|stream|refusal|malformed|all]
+    .venv/bin/python bench/reliability.py [stall|http-stall|memory|sigterm|inject|compare|stream|refusal|malformed|all]
                                           [--kind reward|uncertainty|judge] [--seconds 15]
                                           [--serve-args "--compute-nice 0"]  (flags for every service started)
 
@@ -11,6 +11,8 @@ shared cores.
   stall      idle p99 of Health/Check and of a small Score; then the same while four clients each send 15 MB
              requests back to back (a 15 MB response, which cannot fit; a 15 MB prompt, cut from the left; a 15
              MB conversation). Aim: health p99 <= 50 ms, small Score p99 <= idle + 100 ms.
+  http-stall the same through the HTTP face: four clients posting JSON bodies with a 12 MB prompt to /v1/score,
+             while the gRPC port is probed.
   memory     the server's RSS before and after 50 refused 3 MB requests, and after idling. Aim: within 200 MB.
   sigterm    two replicas behind one retrying client (32 threads of small Score calls) and a trainer's reward
              source (one ScoreStream); SIGTERM to one replica. Aim: no failed or CANCELLED call; every streamed
@@ -226,6 +228,67 @@ def run_stall(kind: str, seconds: float, chars: int, shapes: list[str], same_pro
                 f"{codes}, each {statistics.median(big_lat) if big_lat else float('nan'):.2f} s median "
                 f"({load()})"
             )
+
+
+def post_big_bodies(url: str, body: bytes, senders: int, stop, results) -> None:  # type: ignore[no-untyped-def]
+    """`senders` threads posting `body` to `url` back to back until `stop` is set; puts (status counts, seconds)."""
+    import urllib.error
+    import urllib.request
+
+    codes: Counter[str] = Counter()
+    latencies: list[float] = []
+
+    def sender() -> None:
+        while not stop.is_set():
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(request, timeout=300) as answer:
+                    answer.read()
+                    codes[str(answer.status)] += 1
+            except urllib.error.HTTPError as e:
+                codes[str(e.code)] += 1
+            latencies.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=sender) for _ in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((dict(codes), latencies))
+
+
+def run_http_stall(kind: str, seconds: float, chars: int) -> None:
+    """The stall part through the HTTP face: four clients posting a JSON body with a long prompt to /v1/score (in
+    another process), while the gRPC port is probed (every surface shares one event loop)."""
+    import json
+    import multiprocessing
+
+    from rewardline.services.process import free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    http_port = free_port()
+    body = json.dumps({"samples": [{"id": "big", "prompt": words_text(chars, seed=7), "response": "4"}]}).encode()
+    with service(kind, "--max-message-mb", "16", "--http-port", str(http_port)) as svc:
+        health_idle, score_idle, _, _ = probe(svc.target, seconds / 2)
+        idle_s = percentile_ms(score_idle, 99)
+        stop, results = ctx.Event(), ctx.Queue()
+        worker = ctx.Process(
+            target=post_big_bodies, args=(f"http://127.0.0.1:{http_port}/v1/score", body, 4, stop, results)
+        )
+        worker.start()
+        time.sleep(3.0)
+        health_lat, score_lat, errors, _ = probe(svc.target, seconds)
+        stop.set()
+        codes, big_lat = results.get(timeout=600)
+        worker.join()
+        s99 = percentile_ms(score_lat, 99)
+        print(
+            f"[http-stall] {kind}: 4 clients posting {len(body) / MB:.1f} MB JSON bodies (a long prompt) to /v1/score: "
+            f"gRPC health p99 {percentile_ms(health_lat, 99):.1f} ms (idle {percentile_ms(health_idle, 99):.1f}), "
+            f"small Score p99 {s99:.1f} ms = idle + {s99 - idle_s:.1f} ms; {errors} probe errors; bodies {codes}, "
+            f"each {statistics.median(big_lat) if big_lat else float('nan'):.2f} s median ({load()})"
+        )
 
 
 # -- 2: memory ---------------------------------------------------------------------------------------------------
@@ -672,6 +735,7 @@ def run_malformed() -> None:
 
 PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
     "stall": lambda a: run_stall(a.kind, a.seconds, int(a.big_mb * MB), a.shapes.split(","), a.same_process),
+    "http-stall": lambda a: run_http_stall(a.kind, a.seconds, int(min(a.big_mb, 12.0) * MB)),
     "memory": lambda a: run_memory(a.kind, a.requests, a.idle),
     "sigterm": lambda a: run_sigterm(a.seconds, a.grace, 32),
     "inject": lambda a: run_inject("reward" if a.kind == "judge" else a.kind),
