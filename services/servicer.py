@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Generic, NoReturn, TypeVar, cast
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -200,14 +200,14 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             async with self.core.admitted(method):
                 return await work()
         except ServiceError as e:
-            context.set_code(e.code)
-            context.set_details(short(e.message))
-        # With a status other than OK, gRPC sends the status and no message. Not ``abort``: it raises an AbortError
-        # that gRPC keeps in a reference cycle (the call's state holds it) and that, raised in the except block,
-        # chained our error and the frames holding the parsed request: each refused 15 MB request stayed resident
-        # until the collector's rare full pass (300 MB after sixteen). Building, raising and collecting those was
-        # also a third of the event loop's time when refusing a flood of requests (bench/reliability.py refusal).
-        return cast(T, None)
+            code, message = e.code, e.message
+        # Aborted outside the except block: there, gRPC's AbortError (which gRPC keeps in a reference cycle: the
+        # call's state holds it) would chain the ServiceError and the frames holding the parsed request, and each
+        # refused 15 MB request stayed resident until the collector's rare full pass (300 MB after sixteen).
+        # ``abort``, not setting the status and returning: abort answers Trailers-Only, which a client's retry
+        # policy may retry on another replica; an answer with headers commits the call (UNAVAILABLE refusals of a
+        # draining replica reached a retrying client in tests/test_reliability.py's SIGTERM test).
+        await abort(context, code, message)
 
     # -- RPCs ---------------------------------------------------------------------------------------------
     async def Score(self, request: Received[pb.ScoreRequest], context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
