@@ -163,6 +163,15 @@ def timed_score(stub: pb_grpc.RewardServiceStub, request: pb.ScoreRequest, timeo
     return code, time.monotonic() - t0
 
 
+def run_threads(target: Callable[[], None], count: int) -> None:
+    """``count`` threads running ``target``, until every one has returned."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def send_big(target: str, shape: str, chars: int, senders: int, stop, results) -> None:  # type: ignore[no-untyped-def]
     """`senders` threads sending the big request back to back until `stop` is set; puts (codes, latencies)."""
     request = big_request(shape, chars)
@@ -178,11 +187,7 @@ def send_big(target: str, shape: str, chars: int, senders: int, stop, results) -
             latencies.append(seconds)
         channel.close()
 
-    threads = [threading.Thread(target=sender) for _ in range(senders)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(sender, senders)
     results.put((dict(codes), latencies))
 
 
@@ -250,11 +255,7 @@ def post_big_bodies(url: str, body: bytes, senders: int, stop, results) -> None:
                 codes[str(e.code)] += 1
             latencies.append(time.monotonic() - t0)
 
-    threads = [threading.Thread(target=sender) for _ in range(senders)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(sender, senders)
     results.put((dict(codes), latencies))
 
 

@@ -96,6 +96,7 @@ def received(message_type: type[M]) -> Callable[[bytes], Received[M]]:
 
 
 def short(message: str) -> str:
+    """``message`` cut to MAX_STATUS_CHARS, the cut marked."""
     return message if len(message) <= MAX_STATUS_CHARS else message[: MAX_STATUS_CHARS - 3] + "..."
 
 
@@ -106,8 +107,8 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messag
 
 
 def _error_reward(sample_id: str, error: ServiceError) -> pb.Reward:
-    message = error.message if len(error.message) <= MAX_STATUS_CHARS else error.message[:MAX_STATUS_CHARS] + "..."
-    return pb.Reward(id=sample_id[:MAX_ID_CHARS], error=pb.Error(code=error.code.value[0], message=message))
+    error_message = pb.Error(code=error.code.value[0], message=short(error.message))
+    return pb.Reward(id=sample_id[:MAX_ID_CHARS], error=error_message)
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
