@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_demo_runs_and_summarises(local_models, tmp_path):
     out = tmp_path / "demo"
@@ -29,6 +31,10 @@ def test_demo_runs_and_summarises(local_models, tmp_path):
         "4",
         "--eval-prompts",
         "40",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
@@ -50,6 +56,8 @@ def test_demo_runs_and_summarises(local_models, tmp_path):
     )
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3] and all("reward/reward" in line for line in lines)
+    # the learning rate after each step: half-way up the 2-step warm-up, the peak, then cosine down to zero at the end
+    assert [line["lr"] for line in lines] == pytest.approx([5e-4, 1e-3, 0.0], abs=1e-12)
     assert (out / "reward.png").exists()
     assert not (out / "kl.png").exists()  # β = 0 by default: no reference model, no KL to plot
     assert (out / "checkpoints" / "step-00000003" / "policy" / "model.safetensors").exists()
