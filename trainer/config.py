@@ -307,15 +307,17 @@ class AlgorithmConfig(_Section):
     whiten_advantages: bool = Field(True, description="PPO: normalise advantages over the batch")
 
 
+# transformers' scheduler names (get_scheduler) that the trainer offers; the demo's flag takes the same
+LrSchedule = Literal["constant", "linear", "cosine"]
+
+
 class OptimConfig(_Section):
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (comma-separated)")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (None: off)")
-    schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="learning-rate schedule after warm-up"
-    )
+    schedule: LrSchedule = Field("constant", description="learning-rate schedule after warm-up")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     micro_batch_size: int | None = Field(
         None, gt=0, description="sequences per forward/backward (None: the whole local batch)"

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rewardline.services.config import LogLevel
 from rewardline.services.kinds import KINDS
 from rewardline.services.process import ServiceProcess, start_all
+from rewardline.trainer.config import LrSchedule
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class DemoConfig(BaseModel):
     prompts_per_step: int = Field(8, gt=0, description="prompts per step")
     n: int = Field(8, ge=2, description="samples per prompt (GRPO group size)")
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+    lr_schedule: LrSchedule = Field(
         "cosine",
         description="learning-rate schedule after the warm-up: cosine decays to zero at the last step, so the "
         "policy that is evaluated is not the last of many full-size noisy updates",
