@@ -24,7 +24,8 @@ shared cores.
   stream     one ScoreStream message of 10,000 samples; one stream sending as fast as it can beside a unary
              caller, with gRPC's grown receive window and with --receive-window-kb 64. Aim: the message is refused,
              the stream is slowed (no in-band "queue full"), unary calls keep their latency.
-  refusal    RESOURCE_EXHAUSTED latency while the backend is saturated. Aim: p99 <= 10 ms.
+  refusal    RESOURCE_EXHAUSTED latency while the backend is saturated. Aim: p99 <= 10 ms. The same load against a
+             bare grpc.aio server that refuses every call (the floor on these cores) follows, with the ratio.
   malformed  undecodable bytes to each RPC, and a 100 KB id. Aim: INVALID_ARGUMENT with a short plain message.
 """
 
@@ -649,11 +650,63 @@ def saturate(target: str, clients: int, seconds: float, results) -> None:  # typ
     results.put(asyncio.run(main()))
 
 
+def refusing_server(ports) -> None:  # type: ignore[no-untyped-def]
+    """The reference: a bare grpc.aio server that answers every Score with RESOURCE_EXHAUSTED at once (no model, no
+    queue, no parsing), so the refusal part can say how far the service is from gRPC's own floor on these cores."""
+
+    async def main() -> None:
+        server = grpc.aio.server()
+
+        async def score(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+            raise AssertionError("abort returned")
+
+        handler = grpc.unary_unary_rpc_method_handler(score)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REWARD_SERVICE, {"Score": handler}),))
+        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def measure_refusals(target: str, seconds: float) -> tuple[dict[str, int], list[float], dict[str, int], list[float]]:
+    """The loading clients (another process) and the probe (one 32-sample Score every 20 ms, from here) against
+    `target`: (loaders' status counts, their refusal latencies, the probe's counts, its refusal latencies)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    loader = ctx.Process(target=saturate, args=(target, 32, seconds + 3.0, results))
+    loader.start()
+    time.sleep(3.0)  # the loader is up and the queue full
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.RewardServiceStub(channel)
+    probe_codes: Counter[str] = Counter()
+    refused_probe: list[float] = []
+    end, i = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        request = pb.ScoreRequest(
+            samples=[pb.Sample(id=str(k), prompt=f"Probe {i} {k}: what is 1+1? " * 8, response="2") for k in range(32)]
+        )
+        code, took = timed_score(stub, request, 600)
+        probe_codes[code] += 1
+        if code == "RESOURCE_EXHAUSTED":
+            refused_probe.append(took)
+        i += 1
+        time.sleep(0.02)
+    channel.close()
+    codes, refused = results.get(timeout=600)
+    loader.join()
+    return codes, refused, dict(probe_codes), refused_probe
+
+
 def run_refusal(seconds: float, same_process: bool = False) -> None:
     """32 clients saturate a reward service whose queue holds 128 samples. The refusal latency is read by a probe
     in this process (one 32-sample Score every 20 ms) while the load comes from another process, as a client
     being told to go elsewhere sees it; `same_process` reads it from the loading clients themselves, whose own
-    event loop (32 coroutines building requests and parsing answers) then adds its lag to every figure."""
+    event loop (32 coroutines building requests and parsing answers) then adds its lag to every figure. The same
+    load and probe are then run against the reference (`refusing_server`), in the same run."""
     import multiprocessing
     import queue
 
@@ -668,37 +721,28 @@ def run_refusal(seconds: float, same_process: bool = False) -> None:
                 f"{percentile_ms(refused, 99):.1f} ms (aim <= 10) ({load()})"
             )
             return
-        ctx = multiprocessing.get_context("spawn")
-        results = ctx.Queue()
-        loader = ctx.Process(target=saturate, args=(svc.target, 32, seconds + 3.0, results))
-        loader.start()
-        time.sleep(3.0)  # the loader is up and the queue full
-        channel = grpc.insecure_channel(svc.target)
-        stub = pb_grpc.RewardServiceStub(channel)
-        probe_codes: Counter[str] = Counter()
-        refused_probe: list[float] = []
-        end, i = time.monotonic() + seconds, 0
-        while time.monotonic() < end:
-            request = pb.ScoreRequest(
-                samples=[
-                    pb.Sample(id=str(k), prompt=f"Probe {i} {k}: what is 1+1? " * 8, response="2") for k in range(32)
-                ]
-            )
-            code, seconds = timed_score(stub, request, 600)
-            probe_codes[code] += 1
-            if code == "RESOURCE_EXHAUSTED":
-                refused_probe.append(seconds)
-            i += 1
-            time.sleep(0.02)
-        channel.close()
-        codes, refused = results.get(timeout=600)
-        loader.join()
-        print(
-            f"[refusal] 32 clients of 32-sample requests (another process), queue of 128: {codes}; probe "
-            f"{dict(probe_codes)}: RESOURCE_EXHAUSTED p50 {percentile_ms(refused_probe, 50):.1f} ms, p99 "
-            f"{percentile_ms(refused_probe, 99):.1f} ms (aim <= 10); as the loading clients saw it: p50 "
-            f"{percentile_ms(refused, 50):.1f} ms, p99 {percentile_ms(refused, 99):.1f} ms ({load()})"
-        )
+        codes, refused, probe_codes, refused_probe = measure_refusals(svc.target, seconds)
+    print(
+        f"[refusal] 32 clients of 32-sample requests (another process), queue of 128: {codes}; probe "
+        f"{probe_codes}: RESOURCE_EXHAUSTED p50 {percentile_ms(refused_probe, 50):.1f} ms, p99 "
+        f"{percentile_ms(refused_probe, 99):.1f} ms (aim <= 10); as the loading clients saw it: p50 "
+        f"{percentile_ms(refused, 50):.1f} ms, p99 {percentile_ms(refused, 99):.1f} ms ({load()})"
+    )
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    reference = ctx.Process(target=refusing_server, args=(ports,))
+    reference.start()
+    try:
+        ref_codes, _, ref_probe_codes, ref_probe = measure_refusals(f"127.0.0.1:{ports.get(timeout=60)}", seconds)
+    finally:
+        reference.kill()
+        reference.join()
+    print(
+        f"[refusal] reference, a bare grpc.aio server refusing every Score (same load and probe): {ref_codes}; probe "
+        f"{ref_probe_codes}: p50 {percentile_ms(ref_probe, 50):.1f} ms, p99 {percentile_ms(ref_probe, 99):.1f} ms; "
+        f"the service's p99 is {percentile_ms(refused_probe, 99) / percentile_ms(ref_probe, 99):.1f}x the "
+        f"reference's ({load()})"
+    )
 
 
 # -- 8: malformed ------------------------------------------------------------------------------------------------
