@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,11 +26,44 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rewardline.services.tls import ClientTLS
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PICKED_PORT = 10000
+_picked: set[int] = set()
+
+
+def _ephemeral_start() -> int | None:
+    """The first port of the kernel's ephemeral range (Linux), or None where it cannot be read."""
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 def free_port() -> int:
+    """A loopback port that nothing is bound to, for a child process to listen on.
+
+    Picked below the kernel's ephemeral range where there is room, not by binding port 0: port 0's choice comes
+    from that range, the one outgoing connections take their source ports from, and in the seconds between the
+    choice and the child's bind (its imports) any client connecting anywhere on the machine could take the port (a
+    fresh-clone CI run lost a service to "Address already in use" that way). Ports below the range are only ever
+    taken by a bind, and this process never hands out the same one twice."""
+    start = _ephemeral_start()
+    if start is not None and start - LOWEST_PICKED_PORT >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(LOWEST_PICKED_PORT, start)
+            if port in _picked:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _picked.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def wait_serving(

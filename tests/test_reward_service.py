@@ -566,3 +566,17 @@ def test_unknown_model_dir_fails_at_start_with_a_clear_error(tmp_path):
 def test_health_check_helper_times_out_on_nothing():
     with pytest.raises(TimeoutError):
         wait_serving("127.0.0.1:1", timeout=0.5)
+
+
+def test_free_port_is_outside_the_range_outgoing_connections_use():
+    """A port chosen for a child to bind is never one an outgoing connection can take meanwhile (a CI run lost a
+    service to "Address already in use" when ports came from binding port 0, i.e. from the ephemeral range)."""
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not range_file.exists():
+        pytest.skip("no ephemeral port range to read here (not Linux)")
+    ephemeral_start = int(range_file.read_text().split()[0])
+    if ephemeral_start < 11000:
+        pytest.skip("the ephemeral range leaves no room below it here")
+    ports = [free_port() for _ in range(50)]
+    assert all(port < ephemeral_start for port in ports)
+    assert len(set(ports)) == len(ports)
