@@ -28,10 +28,11 @@ from rewardline.services.tls import ClientTLS
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST_PICKED_PORT = 10000
+MIN_PICKED_PORTS = 1000  # fewer ports than this below the ephemeral range: port 0's choice, as before
 _picked: set[int] = set()
 
 
-def _ephemeral_start() -> int | None:
+def ephemeral_port_start() -> int | None:
     """The first port of the kernel's ephemeral range (Linux), or None where it cannot be read."""
     try:
         return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
@@ -47,8 +48,8 @@ def free_port() -> int:
     choice and the child's bind (its imports) any client connecting anywhere on the machine could take the port (a
     fresh-clone CI run lost a service to "Address already in use" that way). Ports below the range are only ever
     taken by a bind, and this process never hands out the same one twice."""
-    start = _ephemeral_start()
-    if start is not None and start - LOWEST_PICKED_PORT >= 1000:
+    start = ephemeral_port_start()
+    if start is not None and start - LOWEST_PICKED_PORT >= MIN_PICKED_PORTS:
         rng = random.SystemRandom()
         for _ in range(200):
             port = rng.randrange(LOWEST_PICKED_PORT, start)

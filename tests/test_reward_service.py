@@ -20,7 +20,14 @@ from support import assert_close, http, metric, metrics, samples, short_pairs
 
 from rewardline.services.api import pb, pb_grpc
 from rewardline.services.client import AsyncRewardClient, RewardClient
-from rewardline.services.process import ServiceProcess, free_port, wait_serving
+from rewardline.services.process import (
+    LOWEST_PICKED_PORT,
+    MIN_PICKED_PORTS,
+    ServiceProcess,
+    ephemeral_port_start,
+    free_port,
+    wait_serving,
+)
 
 MAX_LENGTH = 128
 
@@ -571,11 +578,10 @@ def test_health_check_helper_times_out_on_nothing():
 def test_free_port_is_outside_the_range_outgoing_connections_use():
     """A port chosen for a child to bind is never one an outgoing connection can take meanwhile (a CI run lost a
     service to "Address already in use" when ports came from binding port 0, i.e. from the ephemeral range)."""
-    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    if not range_file.exists():
+    ephemeral_start = ephemeral_port_start()
+    if ephemeral_start is None:
         pytest.skip("no ephemeral port range to read here (not Linux)")
-    ephemeral_start = int(range_file.read_text().split()[0])
-    if ephemeral_start < 11000:
+    if ephemeral_start - LOWEST_PICKED_PORT < MIN_PICKED_PORTS:
         pytest.skip("the ephemeral range leaves no room below it here")
     ports = [free_port() for _ in range(50)]
     assert all(port < ephemeral_start for port in ports)
