@@ -305,7 +305,11 @@ def _run_steps(
     config: ModelsBuildConfig, keys: dict[str, str], root: Path, out: Path, previous: dict | None
 ) -> dict[str, dict]:
     """Every step's manifest entry, in STEPS order. A step starts once the steps it needs are done: here when
-    `workers` is 1, else in a process of its own (`_StepProcesses`), so that independent steps train at once."""
+    `workers` is 1, else in a process of its own (`_StepProcesses`), so that independent steps train at once.
+
+    Some steps run here even with workers: a light one (under a second; a step process costs an interpreter and
+    torch's import, 4-5 s on 2 cores), and one that would run alone (nothing running, nothing else ready), as
+    nothing could run beside it anyway."""
     if config.workers == 1:
         with _build_settings(config.threads):
             return {step.name: _run_step(step, keys[step.name], config, root, out, previous) for step in STEPS}
@@ -319,6 +323,9 @@ def _run_steps(
                 reused = _reused(step, keys[step.name], root, out, previous)
                 if reused is not None:
                     done[step.name] = reused
+                elif step.light or not running and not any(all(n in done for n in s.needs) for s in pending):
+                    with _build_settings(config.threads):
+                        done[step.name] = _execute(step, keys[step.name], config, root)
                 else:
                     running[processes.submit(step.name, keys[step.name])] = step.name
             if not running:

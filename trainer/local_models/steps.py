@@ -31,6 +31,7 @@ class BuildStep:
     run: Callable[[Path, ModelsBuildConfig, int], Metrics]  # (build root, config, seed) -> measured figures
     settings: Callable[[ModelsBuildConfig], list[BaseModel]]  # the parts of the config its output depends on
     needs: tuple[str, ...] = ()
+    light: bool = False  # takes less than starting a step process would: run in the build's own process
 
     @property
     def output(self) -> str:
@@ -161,8 +162,8 @@ def make_judge(root: Path, config: ModelsBuildConfig, seed: int) -> Metrics:
 
 
 STEPS: tuple[BuildStep, ...] = (
-    BuildStep("tokenizer", make_tokenizer, lambda c: [c.tokenizer]),
-    BuildStep("data", make_data, lambda c: [c.data]),
+    BuildStep("tokenizer", make_tokenizer, lambda c: [c.tokenizer], light=True),
+    BuildStep("data", make_data, lambda c: [c.data], light=True),
     BuildStep("policy", make_policy, lambda c: [c.model_size, c.policy], needs=("tokenizer", "data")),
     BuildStep("reward", make_reward, lambda c: [c.reward], needs=("data", "policy")),
     BuildStep("uncertainty", make_uncertainty, lambda c: [c.uncertainty], needs=("data", "reward")),
