@@ -323,7 +323,7 @@ def _run_steps(
                 reused = _reused(step, keys[step.name], root, out, previous)
                 if reused is not None:
                     done[step.name] = reused
-                elif step.light or not running and not any(all(n in done for n in s.needs) for s in pending):
+                elif step.light or (not running and not any(all(n in done for n in s.needs) for s in pending)):
                     with _build_settings(config.threads):
                         done[step.name] = _execute(step, keys[step.name], config, root)
                 else:
