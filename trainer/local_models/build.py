@@ -316,20 +316,24 @@ def _run_steps(
     done: dict[str, dict] = {}
     pending = list(STEPS)
     running: dict[Future[dict], str] = {}
+
+    def ready(step: BuildStep) -> bool:
+        return all(n in done for n in step.needs)
+
     with _StepProcesses(config, root) as processes:
         while pending or running:
-            for step in [s for s in pending if all(n in done for n in s.needs)]:
+            for step in [s for s in pending if ready(s)]:
                 pending.remove(step)
                 reused = _reused(step, keys[step.name], root, out, previous)
                 if reused is not None:
                     done[step.name] = reused
-                elif step.light or (not running and not any(all(n in done for n in s.needs) for s in pending)):
+                elif step.light or (not running and not any(ready(s) for s in pending)):
                     with _build_settings(config.threads):
                         done[step.name] = _execute(step, keys[step.name], config, root)
                 else:
                     running[processes.submit(step.name, keys[step.name])] = step.name
             if not running:
-                if pending and not any(all(n in done for n in s.needs) for s in pending):
+                if pending and not any(ready(s) for s in pending):
                     raise ValueError(f"build steps {[s.name for s in pending]} need steps that never run")
                 continue
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
