@@ -111,6 +111,57 @@ def test_cancelled_samples_never_reach_the_backend():
     assert run(scenario()) == ["blocker", "kept"]
 
 
+def test_a_full_queue_makes_room_from_cancelled_and_expired_samples_and_walks_it_only_then():
+    """A refusal looks through the waiting samples only when some were cancelled or one's deadline has passed: a
+    full queue refuses every request that comes, and walking all of it each time made a refusal cost O(queue)."""
+
+    class CountingBatcher(Batcher):
+        purges = 0
+
+        def _purge(self) -> None:
+            CountingBatcher.purges += 1
+            super()._purge()
+
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def slow(batch):
+            await gate.wait()
+            return batch
+
+        b = CountingBatcher(slow, max_batch_tokens=1000, max_batch_size=1, max_wait_s=0, max_queue=3)
+        b.start()
+        running = b.submit([("running", 1)])
+        await asyncio.sleep(0.01)  # taken by the backend, which blocks
+        soon = asyncio.get_running_loop().time() + 0.05  # asyncio's clock is time.monotonic
+        expiring = b.submit([("expiring", 1)], deadline=soon)
+        doomed = b.submit([("doomed", 1)])
+        waiting = b.submit([("waiting", 1)])
+        before = CountingBatcher.purges
+        for _ in range(50):
+            with pytest.raises(ServiceError) as err:
+                b.submit([("refused", 1)])
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        refusals_walked = CountingBatcher.purges - before
+        doomed[0].cancel()
+        await asyncio.sleep(0)  # the cancellation's callbacks run
+        after_cancel = b.submit([("after cancel", 1)])  # the cancelled sample's room
+        with pytest.raises(ServiceError):
+            b.submit([("refused", 1)])
+        await asyncio.sleep(0.06)
+        after_deadline = b.submit([("after deadline", 1)])  # the expired sample's room
+        gate.set()
+        results = await asyncio.gather(*running, *waiting, *after_cancel, *after_deadline)
+        expired = await asyncio.gather(*expiring, return_exceptions=True)
+        await b.close()
+        return refusals_walked, results, expired[0]
+
+    refusals_walked, results, expired = run(scenario())
+    assert refusals_walked == 0
+    assert results == ["running", "waiting", "after cancel", "after deadline"]
+    assert isinstance(expired, ServiceError) and expired.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def test_a_failing_sample_fails_alone():
     async def scenario():
         async def picky(batch):
