@@ -33,7 +33,7 @@ from rewardline.services.api import REWARD_SERVICE, pb
 from rewardline.services.auth import AsyncAuthInterceptor, TokenStore
 from rewardline.services.compute_threads import set_compute_nice
 from rewardline.services.config import ServeConfig
-from rewardline.services.core import ScoringCore
+from rewardline.services.core import ScoringCore, freeze_long_lived
 from rewardline.services.health_sidecar import HealthSidecar
 from rewardline.services.http_face.app import HttpFace
 from rewardline.services.http_face.auth import bearer_auth
@@ -175,6 +175,7 @@ class RewardServer:
             log.warning(
                 "backend not ready at start; health stays NOT_SERVING until it is", extra={"backend": info.backend}
             )
+        freeze_long_lived()
         self.core.gate.ready = True
         await self._set_health(ready)
         log.info(
