@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import shlex
@@ -670,14 +671,24 @@ def refusing_server(ports) -> None:  # type: ignore[no-untyped-def]
     asyncio.run(main())
 
 
-def measure_refusals(target: str, seconds: float) -> tuple[dict[str, int], list[float], dict[str, int], list[float]]:
+def main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's main thread (the event loop's, for a grpc.aio server) so far."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_refusals(
+    target: str, seconds: float, clients: int = 32, pid: int | None = None
+) -> tuple[dict[str, int], list[float], dict[str, int], list[float], float]:
     """The loading clients (another process) and the probe (one 32-sample Score every 20 ms, from here) against
-    `target`: (loaders' status counts, their refusal latencies, the probe's counts, its refusal latencies)."""
+    `target`: (loaders' status counts, their refusal latencies, the probe's counts, its refusal latencies, the
+    milliseconds of the server's event-loop CPU per call it answered, loaders' and probe's, NaN without `pid`)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    loader = ctx.Process(target=saturate, args=(target, 32, seconds + 3.0, results))
+    cpu_before = main_thread_cpu_s(pid) if pid is not None else math.nan
+    loader = ctx.Process(target=saturate, args=(target, clients, seconds + 3.0, results))
     loader.start()
     time.sleep(3.0)  # the loader is up and the queue full
     channel = grpc.insecure_channel(target)
@@ -698,50 +709,65 @@ def measure_refusals(target: str, seconds: float) -> tuple[dict[str, int], list[
     channel.close()
     codes, refused = results.get(timeout=600)
     loader.join()
-    return codes, refused, dict(probe_codes), refused_probe
+    cpu = main_thread_cpu_s(pid) - cpu_before if pid is not None else math.nan
+    calls = sum(codes.values()) + sum(probe_codes.values())
+    return codes, refused, dict(probe_codes), refused_probe, 1000 * cpu / max(calls, 1)
 
 
-def run_refusal(seconds: float, same_process: bool = False) -> None:
-    """32 clients saturate a reward service whose queue holds 128 samples. The refusal latency is read by a probe
-    in this process (one 32-sample Score every 20 ms) while the load comes from another process, as a client
-    being told to go elsewhere sees it; `same_process` reads it from the loading clients themselves, whose own
-    event loop (32 coroutines building requests and parsing answers) then adds its lag to every figure. The same
-    load and probe are then run against the reference (`refusing_server`), in the same run."""
+def run_refusal(seconds: float, same_process: bool = False, queue: int = 128, clients: int = 32) -> None:
+    """`clients` clients saturate a reward service whose queue holds `queue` samples. The refusal latency is read
+    by a probe in this process (one 32-sample Score every 20 ms) while the load comes from another process, as a
+    client being told to go elsewhere sees it; `same_process` reads it from the loading clients themselves, whose
+    own event loop (coroutines building requests and parsing answers) then adds its lag to every figure. The same
+    load and probe are then run against the reference (`refusing_server`), in the same run.
+
+    Besides latencies, the part prints the event-loop thread's CPU per call answered, the service's and the
+    reference's: the probe waits behind the calls queued before it, so its p99 follows that cost, which unlike
+    the p99 is steady from run to run. With a queue larger than clients x 32 samples nothing is refused."""
     import multiprocessing
-    import queue
+    import queue as queues
 
-    with service("reward", "--max-queue-samples", "128") as svc:
+    shape = f"{clients} clients of 32-sample requests"
+    with service("reward", "--max-queue-samples", str(queue)) as svc:
         if same_process:
-            results_t: queue.Queue = queue.Queue()
-            saturate(svc.target, 32, seconds, results_t)
+            results_t: queues.Queue = queues.Queue()
+            saturate(svc.target, clients, seconds, results_t)
             codes, refused = results_t.get()
             print(
-                f"[refusal] 32 clients of 32-sample requests, queue of 128, latency seen by the loading clients: "
+                f"[refusal] {shape}, queue of {queue}, latency seen by the loading clients: "
                 f"{codes}; RESOURCE_EXHAUSTED p50 {percentile_ms(refused, 50):.1f} ms, p99 "
                 f"{percentile_ms(refused, 99):.1f} ms (aim <= 10) ({load()})"
             )
             return
-        codes, refused, probe_codes, refused_probe = measure_refusals(svc.target, seconds)
+        assert svc.process is not None
+        codes, refused, probe_codes, refused_probe, cpu_ms = measure_refusals(
+            svc.target, seconds, clients, svc.process.pid
+        )
     print(
-        f"[refusal] 32 clients of 32-sample requests (another process), queue of 128: {codes}; probe "
+        f"[refusal] {shape} (another process), queue of {queue}: {codes}; probe "
         f"{probe_codes}: RESOURCE_EXHAUSTED p50 {percentile_ms(refused_probe, 50):.1f} ms, p99 "
         f"{percentile_ms(refused_probe, 99):.1f} ms (aim <= 10); as the loading clients saw it: p50 "
-        f"{percentile_ms(refused, 50):.1f} ms, p99 {percentile_ms(refused, 99):.1f} ms ({load()})"
+        f"{percentile_ms(refused, 50):.1f} ms, p99 {percentile_ms(refused, 99):.1f} ms; event loop "
+        f"{cpu_ms:.3f} ms of CPU per call ({load()})"
     )
     ctx = multiprocessing.get_context("spawn")
     ports = ctx.Queue()
     reference = ctx.Process(target=refusing_server, args=(ports,))
     reference.start()
     try:
-        ref_codes, _, ref_probe_codes, ref_probe = measure_refusals(f"127.0.0.1:{ports.get(timeout=60)}", seconds)
+        assert reference.pid is not None
+        ref_codes, _, ref_probe_codes, ref_probe, ref_cpu_ms = measure_refusals(
+            f"127.0.0.1:{ports.get(timeout=60)}", seconds, clients, reference.pid
+        )
     finally:
         reference.kill()
         reference.join()
     print(
         f"[refusal] reference, a bare grpc.aio server refusing every Score (same load and probe): {ref_codes}; probe "
         f"{ref_probe_codes}: p50 {percentile_ms(ref_probe, 50):.1f} ms, p99 {percentile_ms(ref_probe, 99):.1f} ms; "
-        f"the service's p99 is {percentile_ms(refused_probe, 99) / percentile_ms(ref_probe, 99):.1f}x the "
-        f"reference's ({load()})"
+        f"event loop {ref_cpu_ms:.3f} ms of CPU per call; the service's p99 is "
+        f"{percentile_ms(refused_probe, 99) / percentile_ms(ref_probe, 99):.1f}x the reference's, its CPU per call "
+        f"{cpu_ms / ref_cpu_ms:.1f}x ({load()})"
     )
 
 
@@ -786,7 +812,7 @@ PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
     "inject": lambda a: run_inject("reward" if a.kind == "judge" else a.kind),
     "compare": lambda a: run_compare(512),
     "stream": lambda a: [run_stream(a.seconds), run_stream(a.seconds, window_kb=64)],
-    "refusal": lambda a: run_refusal(a.seconds, a.same_process),
+    "refusal": lambda a: run_refusal(a.seconds, a.same_process, a.queue_samples, a.clients),
     "malformed": lambda a: run_malformed(),
 }
 
@@ -806,6 +832,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="memory: refused 3 MB requests")
     parser.add_argument("--idle", type=float, default=30.0, help="memory: idle seconds before the last reading")
     parser.add_argument("--grace", type=float, default=30.0, help="sigterm: the replica's grace period")
+    parser.add_argument("--queue-samples", type=int, default=128, help="refusal: the service's max_queue_samples")
+    parser.add_argument("--clients", type=int, default=32, help="refusal: loading clients")
     parser.add_argument(
         "--serve-args", default="", help="flags added to every service started, e.g. '--compute-nice 0' (before/after)"
     )
