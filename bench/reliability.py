@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import random
 import shlex
@@ -678,16 +677,16 @@ def main_thread_cpu_s(pid: int) -> float:
 
 
 def measure_refusals(
-    target: str, seconds: float, clients: int = 32, pid: int | None = None
+    target: str, pid: int, seconds: float, clients: int
 ) -> tuple[dict[str, int], list[float], dict[str, int], list[float], float]:
     """The loading clients (another process) and the probe (one 32-sample Score every 20 ms, from here) against
-    `target`: (loaders' status counts, their refusal latencies, the probe's counts, its refusal latencies, the
-    milliseconds of the server's event-loop CPU per call it answered, loaders' and probe's, NaN without `pid`)."""
+    `target`, a server whose process is `pid`: (loaders' status counts, their refusal latencies, the probe's counts,
+    its refusal latencies, the milliseconds of the server's event-loop CPU per call it answered)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    cpu_before = main_thread_cpu_s(pid) if pid is not None else math.nan
+    cpu_before = main_thread_cpu_s(pid)
     loader = ctx.Process(target=saturate, args=(target, clients, seconds + 3.0, results))
     loader.start()
     time.sleep(3.0)  # the loader is up and the queue full
@@ -709,7 +708,7 @@ def measure_refusals(
     channel.close()
     codes, refused = results.get(timeout=600)
     loader.join()
-    cpu = main_thread_cpu_s(pid) - cpu_before if pid is not None else math.nan
+    cpu = main_thread_cpu_s(pid) - cpu_before
     calls = sum(codes.values()) + sum(probe_codes.values())
     return codes, refused, dict(probe_codes), refused_probe, 1000 * cpu / max(calls, 1)
 
@@ -741,7 +740,7 @@ def run_refusal(seconds: float, same_process: bool = False, queue: int = 128, cl
             return
         assert svc.process is not None
         codes, refused, probe_codes, refused_probe, cpu_ms = measure_refusals(
-            svc.target, seconds, clients, svc.process.pid
+            svc.target, svc.process.pid, seconds, clients
         )
     print(
         f"[refusal] {shape} (another process), queue of {queue}: {codes}; probe "
@@ -757,7 +756,7 @@ def run_refusal(seconds: float, same_process: bool = False, queue: int = 128, cl
     try:
         assert reference.pid is not None
         ref_codes, _, ref_probe_codes, ref_probe, ref_cpu_ms = measure_refusals(
-            f"127.0.0.1:{ports.get(timeout=60)}", seconds, clients, reference.pid
+            f"127.0.0.1:{ports.get(timeout=60)}", reference.pid, seconds, clients
         )
     finally:
         reference.kill()
